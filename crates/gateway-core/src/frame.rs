@@ -1,0 +1,261 @@
+//! What the gateway sends: the envelope every frame uses, the gateway's own replies, and the
+//! close codes.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::ids::{AppName, MemberId};
+use crate::message::NO_MEMBER;
+
+/// The `app` of every reply the gateway itself sends.
+pub const GATEWAY_APP: &str = "gateway";
+
+/// One encoded text frame: compact JSON, valid UTF-8, cheap to clone (the bytes are shared), so
+/// a push is encoded once and handed to every recipient.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    fn from_string(text: String) -> Self {
+        Frame(Bytes::from(text))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The frame as text; it is always valid UTF-8 because it is only ever built from a `String`.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("frames are built from Strings")
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The shared bytes, for a transport that takes ownership (no copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({})", self.as_str())
+    }
+}
+
+/// `{"app":"<app>","member_id":<integer>,"text":"<string>"}`: field order is the wire order, and
+/// serde_json's compact writer adds no whitespace.
+#[derive(Serialize)]
+pub(crate) struct Envelope<'a> {
+    pub app: &'a str,
+    pub member_id: i64,
+    pub text: &'a str,
+}
+
+impl Envelope<'_> {
+    pub(crate) fn encode(&self) -> Frame {
+        // Strings always serialize; the error type exists only for I/O writers.
+        Frame::from_string(serde_json::to_string(self).expect("a struct of strings serializes"))
+    }
+}
+
+/// The `text` of a gateway reply: `{"code":<int>,"message":"<string>"}`.
+#[derive(Serialize)]
+struct ReplyText<'a> {
+    code: u16,
+    message: &'a str,
+}
+
+/// A reply of the gateway to one client message, as PROTOCOL.md Part 1 lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// 200 `hello stranger`: the client asked to be anonymous.
+    HelloStranger,
+    /// 200 `hello <member_id>`: the authenticator accepted the member.
+    HelloMember(MemberId),
+    /// 401 `unauthorized`: the authenticator refused; the connection continues as anonymous.
+    Unauthorized,
+    /// 400 `missing auth message`: no valid auth message in time; the connection is closed.
+    MissingAuth,
+    /// 200 `subscribe <app> success`.
+    Subscribed(AppName),
+    /// 400 `bad subscribe message`: the connection stays open.
+    BadSubscribe,
+    /// 403 `subscribe <app> forbidden`: a private app asked for by an anonymous connection.
+    SubscribeForbidden(AppName),
+}
+
+impl Reply {
+    pub fn code(&self) -> u16 {
+        match self {
+            Reply::HelloStranger | Reply::HelloMember(_) | Reply::Subscribed(_) => 200,
+            Reply::MissingAuth | Reply::BadSubscribe => 400,
+            Reply::Unauthorized => 401,
+            Reply::SubscribeForbidden(_) => 403,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Reply::HelloStranger => "hello stranger".to_owned(),
+            Reply::HelloMember(member) => format!("hello {member}"),
+            Reply::Unauthorized => "unauthorized".to_owned(),
+            Reply::MissingAuth => "missing auth message".to_owned(),
+            Reply::Subscribed(app) => format!("subscribe {app} success"),
+            Reply::BadSubscribe => "bad subscribe message".to_owned(),
+            Reply::SubscribeForbidden(app) => format!("subscribe {app} forbidden"),
+        }
+    }
+
+    /// The complete frame: the reply's JSON, escaped into the `text` of a `gateway` envelope.
+    pub fn frame(&self) -> Frame {
+        let text = serde_json::to_string(&ReplyText {
+            code: self.code(),
+            message: &self.message(),
+        })
+        .expect("a struct of a number and a string serializes");
+        Envelope {
+            app: GATEWAY_APP,
+            member_id: NO_MEMBER,
+            text: &text,
+        }
+        .encode()
+    }
+}
+
+/// The close codes the gateway sends, with the reason text that goes with each.
+///
+/// 1000–1015 are RFC 6455's; 4000–4999 are this gateway's own (documented in
+/// `docs/protocol.md`). A client may reconnect after any of them except where the table there
+/// says it should not retry unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// 1000: a normal close, in answer to the client's own close.
+    Normal,
+    /// 1001: the gateway is shutting down.
+    GoingAway,
+    /// 4100: the connection's outbound queue overflowed because the client does not read fast
+    /// enough; it missed messages and should reconnect.
+    SlowConsumer,
+    /// 4400: the first message was not a valid auth message.
+    MissingAuth,
+    /// 4408: no auth message arrived within the auth deadline.
+    AuthTimeout,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::SlowConsumer => 4100,
+            CloseCode::MissingAuth => 4400,
+            CloseCode::AuthTimeout => 4408,
+        }
+    }
+
+    /// The close frame's reason text (short: a close reason is at most 123 bytes).
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::GoingAway => "server shutting down",
+            CloseCode::SlowConsumer => "slow consumer: outbound queue full",
+            CloseCode::MissingAuth => "missing auth message",
+            CloseCode::AuthTimeout => "auth timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str) -> AppName {
+        AppName::parse(name, AppName::DEFAULT_MAX_LEN).unwrap()
+    }
+
+    #[test]
+    fn every_reply_matches_the_protocol_byte_for_byte() {
+        let cases = [
+            (
+                Reply::HelloStranger,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"hello stranger\"}"}"#,
+            ),
+            (
+                Reply::HelloMember(MemberId::new(123456).unwrap()),
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"hello 123456\"}"}"#,
+            ),
+            (
+                Reply::Unauthorized,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":401,\"message\":\"unauthorized\"}"}"#,
+            ),
+            (
+                Reply::MissingAuth,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":400,\"message\":\"missing auth message\"}"}"#,
+            ),
+            (
+                Reply::Subscribed(app("match")),
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"subscribe match success\"}"}"#,
+            ),
+            (
+                Reply::BadSubscribe,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":400,\"message\":\"bad subscribe message\"}"}"#,
+            ),
+            (
+                Reply::SubscribeForbidden(app("im")),
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":403,\"message\":\"subscribe im forbidden\"}"}"#,
+            ),
+        ];
+        for (reply, expected) in cases {
+            assert_eq!(reply.frame().as_str(), expected);
+        }
+    }
+
+    #[test]
+    fn app_names_in_replies_are_escaped_twice() {
+        let frame = Reply::Subscribed(app("a\"b")).frame();
+        assert_eq!(
+            frame.as_str(),
+            r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"subscribe a\\\"b success\"}"}"#
+        );
+    }
+
+    #[test]
+    fn envelope_escapes_text_and_keeps_non_ascii() {
+        let frame = Envelope {
+            app: "chat",
+            member_id: 42,
+            text: "line\n\"quoted\" é \u{1}",
+        }
+        .encode();
+        assert_eq!(
+            frame.as_str(),
+            "{\"app\":\"chat\",\"member_id\":42,\"text\":\"line\\n\\\"quoted\\\" é \\u0001\"}"
+        );
+    }
+
+    #[test]
+    fn close_codes_are_in_the_documented_ranges() {
+        for code in [
+            CloseCode::Normal,
+            CloseCode::GoingAway,
+            CloseCode::SlowConsumer,
+            CloseCode::MissingAuth,
+            CloseCode::AuthTimeout,
+        ] {
+            let n = code.code();
+            assert!(n == 1000 || n == 1001 || (4000..5000).contains(&n));
+            assert!(code.reason().len() <= 123);
+        }
+    }
+}

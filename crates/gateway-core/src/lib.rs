@@ -1,0 +1,39 @@
+//! The protocol of ws-gateway and its hub, with no I/O.
+//!
+//! This crate knows the wire format of `docs/protocol.md` (what a client's auth and subscribe
+//! messages and a backend's push look like, and the exact bytes of every frame the gateway
+//! sends) and the rules that connect them: who is anonymous or which member, who subscribed to
+//! which app, who receives a push, and the per-app counts of `/stat`.
+//!
+//! It does **not** open sockets, spawn tasks, read the clock or decide whether a token is
+//! valid: `gateway-auth` decides tokens and `gateway-server` carries bytes and owns timers.
+//! That keeps it deterministic, so every rule is tested without a network, and embeddable in a
+//! service that has its own transport.
+//!
+//! ```
+//! use gateway_core::{Action, AuthOutcome, ConnId, Hub, HubConfig, Input, PushMessage, Publication};
+//!
+//! let mut hub = Hub::new(HubConfig::default());
+//! let conn = ConnId::new(1);
+//! hub.handle(Input::Authenticated { conn, outcome: AuthOutcome::Anonymous });
+//! hub.handle(Input::Message { conn, payload: br#"{"app":"match"}"# });
+//! let push = PushMessage::parse(br#"{"app":"match","text":"goal"}"#, 128).unwrap();
+//! hub.handle(Input::Push(Publication::from(push)));
+//!
+//! let actions: Vec<Action> = std::iter::from_fn(|| hub.poll_action()).collect();
+//! let Action::Deliver { conns, frame } = &actions[2] else { panic!() };
+//! assert_eq!(conns, &[conn]);
+//! assert_eq!(frame.as_str(), r#"{"app":"match","member_id":-1,"text":"goal"}"#);
+//! ```
+
+mod error;
+mod frame;
+mod hub;
+mod ids;
+mod message;
+
+pub use error::{InvalidAppName, MessageError};
+pub use frame::{CloseCode, Frame, GATEWAY_APP, Reply};
+pub use hub::{Action, AuthOutcome, Hub, HubConfig, Identity, Input, Stat};
+pub use ids::{AppName, ConnId, MemberId};
+pub use message::{AuthRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest};

@@ -1,0 +1,323 @@
+//! Parsing of the messages the gateway receives: a client's auth message, a client's subscribe
+//! request, and a backend's push.
+//!
+//! The seed protocol tells its client messages apart by position (the first one is the auth
+//! message) and by keys, never by a type tag, so each parser accepts exactly one shape and
+//! ignores unknown keys. Wrong types are refused, never coerced.
+
+use serde::Deserialize;
+
+use crate::error::MessageError;
+use crate::frame::{Envelope, Frame};
+use crate::ids::{AppName, MemberId};
+
+/// Deserializes `payload` as `T`, accepting only a JSON object.
+///
+/// serde's derived structs also accept a JSON array of the fields in order (`[7,"x"]`), which
+/// the protocol does not allow, so the top-level value must start with `{`.
+fn from_object<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, MessageError> {
+    let first = payload
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(MessageError::Malformed("not a JSON object".to_owned()));
+    }
+    Ok(serde_json::from_slice(payload)?)
+}
+
+/// The `member_id` that the envelope carries for anything that is not a private message.
+pub const NO_MEMBER: i64 = -1;
+
+/// The first message of a connection: `{"member_id":123456,"token":"654321"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRequest {
+    /// `member_id` < 0: the client asks to be anonymous; the token is not looked at.
+    Anonymous,
+    /// `member_id` > 0: the authenticator decides whether `token` proves this member.
+    Member { member: MemberId, token: String },
+}
+
+#[derive(Deserialize)]
+struct RawAuth {
+    member_id: i64,
+    // `null` and a missing token both mean "", as in the original Go service.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+impl AuthRequest {
+    /// Parses a connection's first message. Any error means "missing auth message".
+    pub fn parse(payload: &[u8]) -> Result<Self, MessageError> {
+        let raw: RawAuth = from_object(payload)?;
+        match raw.member_id {
+            0 => Err(MessageError::ZeroMemberId),
+            id if id < 0 => Ok(AuthRequest::Anonymous),
+            id => Ok(AuthRequest::Member {
+                member: MemberId::new(id).expect("id > 0 in this arm"),
+                token: raw.token.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// A subscribe request: `{"app":"match"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    pub app: AppName,
+}
+
+#[derive(Deserialize)]
+struct RawSubscribe<'a> {
+    #[serde(borrow)]
+    app: std::borrow::Cow<'a, str>,
+}
+
+impl SubscribeRequest {
+    /// Parses a message received after authentication. Any error means "bad subscribe message".
+    pub fn parse(payload: &[u8], max_app_name_len: usize) -> Result<Self, MessageError> {
+        let raw: RawSubscribe<'_> = from_object(payload)?;
+        Ok(SubscribeRequest {
+            app: AppName::parse(&raw.app, max_app_name_len)?,
+        })
+    }
+}
+
+/// A push from a backend: `{"app":"match","member_id":-1,"text":"{\"hello\":\"world\"}"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushMessage {
+    pub app: AppName,
+    /// Carried through as given for a public app; names the recipient for a private app.
+    pub member_id: i64,
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+struct RawPush<'a> {
+    #[serde(borrow)]
+    app: std::borrow::Cow<'a, str>,
+    // Present means "an integer": `null` is a wrong type, not an absent key.
+    #[serde(default, deserialize_with = "integer_if_present")]
+    member_id: Option<i64>,
+    text: String,
+}
+
+fn integer_if_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    i64::deserialize(d).map(Some)
+}
+
+impl PushMessage {
+    /// Parses a `POST /push` body. Any error means `400 Bad Request`.
+    pub fn parse(body: &[u8], max_app_name_len: usize) -> Result<Self, MessageError> {
+        let raw: RawPush<'_> = from_object(body)?;
+        Ok(PushMessage {
+            app: AppName::parse(&raw.app, max_app_name_len)?,
+            member_id: raw.member_id.unwrap_or(NO_MEMBER),
+            text: raw.text,
+        })
+    }
+}
+
+/// A push ready for delivery: its envelope encoded once, shared by every recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub app: AppName,
+    pub member_id: i64,
+    pub frame: Frame,
+}
+
+impl From<PushMessage> for Publication {
+    fn from(push: PushMessage) -> Self {
+        let frame = Envelope {
+            app: push.app.as_str(),
+            member_id: push.member_id,
+            text: &push.text,
+        }
+        .encode();
+        Publication {
+            app: push.app,
+            member_id: push.member_id,
+            frame,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = AppName::DEFAULT_MAX_LEN;
+
+    fn member(id: i64, token: &str) -> AuthRequest {
+        AuthRequest::Member {
+            member: MemberId::new(id).unwrap(),
+            token: token.to_owned(),
+        }
+    }
+
+    #[test]
+    fn auth_member_with_token() {
+        let parsed = AuthRequest::parse(br#"{"member_id":123456,"token":"654321"}"#);
+        assert_eq!(parsed, Ok(member(123456, "654321")));
+    }
+
+    #[test]
+    fn auth_negative_member_is_anonymous_whatever_the_token() {
+        for payload in [
+            &br#"{"member_id":-1,"token":""}"#[..],
+            br#"{"member_id":-42,"token":"x"}"#,
+            br#"{"member_id":-1}"#,
+        ] {
+            assert_eq!(AuthRequest::parse(payload), Ok(AuthRequest::Anonymous));
+        }
+    }
+
+    #[test]
+    fn auth_missing_or_null_token_is_empty() {
+        assert_eq!(AuthRequest::parse(br#"{"member_id":7}"#), Ok(member(7, "")));
+        assert_eq!(
+            AuthRequest::parse(br#"{"member_id":7,"token":null}"#),
+            Ok(member(7, ""))
+        );
+    }
+
+    #[test]
+    fn auth_ignores_unknown_keys() {
+        assert_eq!(
+            AuthRequest::parse(br#"{"member_id":7,"token":"t","device":"ios","n":[1]}"#),
+            Ok(member(7, "t"))
+        );
+    }
+
+    #[test]
+    fn auth_rejects_every_malformed_variant() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"hello",
+            b"{",
+            b"[]",
+            br#"[7,"654321"]"#,
+            b"123",
+            b"\"member_id\"",
+            b"null",
+            br#"{}"#,
+            br#"{"token":"654321"}"#,
+            br#"{"member_id":0,"token":"x"}"#,
+            br#"{"member_id":null}"#,
+            br#"{"member_id":"123456"}"#,
+            br#"{"member_id":1.5}"#,
+            br#"{"member_id":1.0}"#,
+            br#"{"member_id":1e3}"#,
+            br#"{"member_id":true}"#,
+            br#"{"member_id":99999999999999999999}"#,
+            br#"{"member_id":7,"token":654321}"#,
+            br#"{"member_id":7,"token":["a"]}"#,
+            br#"{"member_id":7} trailing"#,
+            br#"{"member_id":7,"member_id":8}"#,
+            b"\xff\xfe",
+        ];
+        for payload in bad {
+            assert!(
+                AuthRequest::parse(payload).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn subscribe_request() {
+        let parsed = SubscribeRequest::parse(br#"{"app":"match"}"#, MAX).unwrap();
+        assert_eq!(parsed.app.as_str(), "match");
+        // Escapes are decoded; unknown keys are ignored.
+        let parsed = SubscribeRequest::parse(br#"{"app":"m\u0061tch","x":1}"#, MAX).unwrap();
+        assert_eq!(parsed.app.as_str(), "match");
+    }
+
+    #[test]
+    fn subscribe_rejects_every_malformed_variant() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"match",
+            b"[\"match\"]",
+            b"{}",
+            br#"{"app":""}"#,
+            br#"{"app":null}"#,
+            br#"{"app":1}"#,
+            br#"{"app":["match"]}"#,
+            br#"{"app":"a\nb"}"#,
+            br#"{"member_id":123456,"token":"654321"}"#,
+        ];
+        for payload in bad {
+            assert!(
+                SubscribeRequest::parse(payload, MAX).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn subscribe_enforces_the_app_name_limit_at_its_boundary() {
+        assert!(SubscribeRequest::parse(br#"{"app":"abcd"}"#, 4).is_ok());
+        assert!(SubscribeRequest::parse(br#"{"app":"abcde"}"#, 4).is_err());
+    }
+
+    #[test]
+    fn push_message() {
+        let push = PushMessage::parse(
+            br#"{"app":"match","member_id":-1,"text":"{\"hello\":\"world\"}"}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(push.app.as_str(), "match");
+        assert_eq!(push.member_id, -1);
+        assert_eq!(push.text, r#"{"hello":"world"}"#);
+    }
+
+    #[test]
+    fn push_member_id_defaults_to_minus_one() {
+        let push = PushMessage::parse(br#"{"app":"match","text":"x"}"#, MAX).unwrap();
+        assert_eq!(push.member_id, NO_MEMBER);
+    }
+
+    #[test]
+    fn push_rejects_wrong_types_instead_of_coercing() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"not json",
+            b"[]",
+            br#"["match",-1,"x"]"#,
+            br#"{"text":"x"}"#,
+            br#"{"app":"","text":"x"}"#,
+            br#"{"app":"match"}"#,
+            br#"{"app":"match","text":null}"#,
+            br#"{"app":"match","text":{"hello":"world"}}"#,
+            br#"{"app":"match","text":5}"#,
+            br#"{"app":5,"text":"x"}"#,
+            br#"{"app":"match","member_id":"5","text":"x"}"#,
+            br#"{"app":"match","member_id":null,"text":"x"}"#,
+            br#"{"app":"match","member_id":1.5,"text":"x"}"#,
+        ];
+        for body in bad {
+            assert!(
+                PushMessage::parse(body, MAX).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn publication_encodes_the_envelope_once() {
+        let push = PushMessage::parse(
+            br#"{"app":"match","member_id":-1,"text":"{\"hello\":\"world\"}"}"#,
+            MAX,
+        )
+        .unwrap();
+        let publication = Publication::from(push);
+        assert_eq!(
+            publication.frame.as_str(),
+            r#"{"app":"match","member_id":-1,"text":"{\"hello\":\"world\"}"}"#
+        );
+    }
+}

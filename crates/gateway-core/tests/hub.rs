@@ -1,0 +1,445 @@
+//! The rules of PROTOCOL.md Part 1, checked on the hub alone: no sockets, no runtime.
+
+use std::collections::HashSet;
+
+use gateway_core::{
+    Action, AppName, AuthOutcome, CloseCode, ConnId, Frame, Hub, HubConfig, Identity, Input,
+    MemberId, Publication, PushMessage, Reply,
+};
+
+/// Drives a hub the way the server does and collects what it asks for.
+struct TestHub {
+    hub: Hub,
+}
+
+fn app(name: &str) -> AppName {
+    AppName::parse(name, AppName::DEFAULT_MAX_LEN).unwrap()
+}
+
+fn member(id: i64) -> MemberId {
+    MemberId::new(id).unwrap()
+}
+
+fn reply(conn: u64, reply: Reply) -> Action {
+    Action::Reply {
+        conn: ConnId::new(conn),
+        frame: reply.frame(),
+    }
+}
+
+impl TestHub {
+    fn new() -> Self {
+        Self::with_config(HubConfig::default())
+    }
+
+    fn with_config(config: HubConfig) -> Self {
+        TestHub {
+            hub: Hub::new(config),
+        }
+    }
+
+    fn auth(&mut self, conn: u64, outcome: AuthOutcome) -> Vec<Action> {
+        self.hub.handle(Input::Authenticated {
+            conn: ConnId::new(conn),
+            outcome,
+        });
+        self.drain()
+    }
+
+    fn anonymous(&mut self, conn: u64) {
+        self.auth(conn, AuthOutcome::Anonymous);
+    }
+
+    fn member(&mut self, conn: u64, id: i64) {
+        self.auth(conn, AuthOutcome::Accepted(member(id)));
+    }
+
+    fn send(&mut self, conn: u64, payload: &str) -> Vec<Action> {
+        self.hub.handle(Input::Message {
+            conn: ConnId::new(conn),
+            payload: payload.as_bytes(),
+        });
+        self.drain()
+    }
+
+    fn subscribe(&mut self, conn: u64, app: &str) -> Vec<Action> {
+        self.send(conn, &format!(r#"{{"app":"{app}"}}"#))
+    }
+
+    /// Pushes and returns the connections that receive it, sorted, with the frame.
+    fn push(&mut self, app: &str, member_id: i64, text: &str) -> (Vec<u64>, Option<Frame>) {
+        let push = PushMessage {
+            app: self::app(app),
+            member_id,
+            text: text.to_owned(),
+        };
+        self.hub.handle(Input::Push(Publication::from(push)));
+        let actions = self.drain();
+        match actions.as_slice() {
+            [] => (Vec::new(), None),
+            [Action::Deliver { conns, frame }] => {
+                let mut ids: Vec<u64> = conns.iter().map(|c| c.get()).collect();
+                ids.sort_unstable();
+                let unique: HashSet<u64> = ids.iter().copied().collect();
+                assert_eq!(unique.len(), ids.len(), "a connection listed twice");
+                (ids, Some(frame.clone()))
+            }
+            other => panic!("unexpected actions for a push: {other:?}"),
+        }
+    }
+
+    fn disconnect(&mut self, conn: u64) -> Vec<Action> {
+        self.hub.handle(Input::Disconnected {
+            conn: ConnId::new(conn),
+        });
+        self.drain()
+    }
+
+    fn stat(&self) -> String {
+        self.hub.stat().to_string()
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.hub.poll_action()).collect()
+    }
+}
+
+// --- authentication -------------------------------------------------------------------------
+
+#[test]
+fn anonymous_auth_says_hello_stranger() {
+    let mut t = TestHub::new();
+    assert_eq!(
+        t.auth(1, AuthOutcome::Anonymous),
+        [reply(1, Reply::HelloStranger)]
+    );
+    assert_eq!(t.hub.identity(ConnId::new(1)), Some(Identity::Anonymous));
+}
+
+#[test]
+fn accepted_member_says_hello_with_the_member_id() {
+    let mut t = TestHub::new();
+    assert_eq!(
+        t.auth(1, AuthOutcome::Accepted(member(123456))),
+        [reply(1, Reply::HelloMember(member(123456)))]
+    );
+    assert_eq!(
+        t.hub.identity(ConnId::new(1)),
+        Some(Identity::Member(member(123456)))
+    );
+}
+
+#[test]
+fn refused_member_gets_401_and_continues_as_anonymous() {
+    let mut t = TestHub::new();
+    assert_eq!(
+        t.auth(1, AuthOutcome::Refused),
+        [reply(1, Reply::Unauthorized)]
+    );
+    assert_eq!(t.hub.identity(ConnId::new(1)), Some(Identity::Anonymous));
+    // Still connected: a public app works, a private one is forbidden.
+    assert_eq!(
+        t.subscribe(1, "match"),
+        [reply(1, Reply::Subscribed(app("match")))]
+    );
+    assert_eq!(
+        t.subscribe(1, "im"),
+        [reply(1, Reply::SubscribeForbidden(app("im")))]
+    );
+}
+
+#[test]
+fn missing_auth_replies_400_then_closes_without_registering() {
+    let mut t = TestHub::new();
+    assert_eq!(
+        t.auth(1, AuthOutcome::Missing),
+        [
+            reply(1, Reply::MissingAuth),
+            Action::Close {
+                conn: ConnId::new(1),
+                code: CloseCode::MissingAuth
+            }
+        ]
+    );
+    assert_eq!(t.hub.connection_count(), 0);
+    // A message that races the close is not answered.
+    assert_eq!(t.subscribe(1, "match"), []);
+}
+
+#[test]
+fn auth_timeout_replies_400_then_closes_with_its_own_code() {
+    let mut t = TestHub::new();
+    assert_eq!(
+        t.auth(1, AuthOutcome::TimedOut),
+        [
+            reply(1, Reply::MissingAuth),
+            Action::Close {
+                conn: ConnId::new(1),
+                code: CloseCode::AuthTimeout
+            }
+        ]
+    );
+    assert_eq!(t.hub.connection_count(), 0);
+}
+
+#[test]
+fn a_second_auth_of_the_same_connection_is_ignored() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    assert_eq!(t.auth(1, AuthOutcome::Accepted(member(5))), []);
+    assert_eq!(t.hub.identity(ConnId::new(1)), Some(Identity::Anonymous));
+}
+
+// --- subscriptions --------------------------------------------------------------------------
+
+#[test]
+fn subscribe_success_for_public_apps_from_anyone() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.member(2, 7);
+    assert_eq!(
+        t.subscribe(1, "match"),
+        [reply(1, Reply::Subscribed(app("match")))]
+    );
+    assert_eq!(
+        t.subscribe(2, "match"),
+        [reply(2, Reply::Subscribed(app("match")))]
+    );
+}
+
+#[test]
+fn bad_subscribe_messages_get_400_and_the_connection_stays() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    for payload in [
+        "",
+        "match",
+        "[]",
+        "{}",
+        r#"{"app":""}"#,
+        r#"{"app":5}"#,
+        r#"{"app":null}"#,
+        r#"{"apps":"match"}"#,
+        // A second auth message after authentication is just a bad subscribe message.
+        r#"{"member_id":123456,"token":"654321"}"#,
+    ] {
+        assert_eq!(
+            t.send(1, payload),
+            [reply(1, Reply::BadSubscribe)],
+            "payload {payload:?}"
+        );
+    }
+    assert_eq!(
+        t.subscribe(1, "match"),
+        [reply(1, Reply::Subscribed(app("match")))]
+    );
+}
+
+#[test]
+fn too_long_app_names_are_bad_subscribe_messages() {
+    let mut t = TestHub::with_config(HubConfig {
+        max_app_name_len: 5,
+        ..HubConfig::default()
+    });
+    t.anonymous(1);
+    assert_eq!(
+        t.subscribe(1, "12345"),
+        [reply(1, Reply::Subscribed(app("12345")))]
+    );
+    assert_eq!(t.subscribe(1, "123456"), [reply(1, Reply::BadSubscribe)]);
+}
+
+#[test]
+fn private_app_is_forbidden_to_anonymous_and_allowed_to_members() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.member(2, 7);
+    assert_eq!(
+        t.subscribe(1, "im"),
+        [reply(1, Reply::SubscribeForbidden(app("im")))]
+    );
+    assert_eq!(
+        t.subscribe(2, "im"),
+        [reply(2, Reply::Subscribed(app("im")))]
+    );
+    assert_eq!(t.stat(), "im 1\n");
+}
+
+#[test]
+fn duplicate_subscribe_repeats_the_reply_but_delivers_once() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.member(2, 7);
+    for _ in 0..3 {
+        assert_eq!(
+            t.subscribe(1, "match"),
+            [reply(1, Reply::Subscribed(app("match")))]
+        );
+        assert_eq!(
+            t.subscribe(2, "im"),
+            [reply(2, Reply::Subscribed(app("im")))]
+        );
+    }
+    assert_eq!(t.push("match", -1, "x").0, [1]);
+    assert_eq!(t.push("im", 7, "x").0, [2]);
+    assert_eq!(t.stat(), "im 1\nmatch 1\n");
+    // One disconnect removes the (single) subscription.
+    t.disconnect(1);
+    t.disconnect(2);
+    assert_eq!(t.stat(), "");
+}
+
+#[test]
+fn private_apps_are_configuration() {
+    let mut t = TestHub::with_config(HubConfig {
+        private_apps: HashSet::from([app("secret")]),
+        ..HubConfig::default()
+    });
+    t.anonymous(1);
+    assert_eq!(
+        t.subscribe(1, "im"),
+        [reply(1, Reply::Subscribed(app("im")))]
+    );
+    assert_eq!(
+        t.subscribe(1, "secret"),
+        [reply(1, Reply::SubscribeForbidden(app("secret")))]
+    );
+}
+
+#[test]
+fn messages_from_unknown_connections_are_ignored() {
+    let mut t = TestHub::new();
+    assert_eq!(t.subscribe(9, "match"), []);
+    assert_eq!(t.disconnect(9), []);
+}
+
+// --- routing --------------------------------------------------------------------------------
+
+#[test]
+fn public_push_fans_out_to_every_subscriber_and_nobody_else() {
+    let mut t = TestHub::new();
+    for conn in 1..=5 {
+        t.anonymous(conn);
+    }
+    t.member(6, 7);
+    for conn in [1, 2, 3, 6] {
+        t.subscribe(conn, "match");
+    }
+    t.subscribe(4, "chat");
+    let (conns, frame) = t.push("match", -1, r#"{"hello":"world"}"#);
+    assert_eq!(conns, [1, 2, 3, 6]);
+    assert_eq!(
+        frame.unwrap().as_str(),
+        r#"{"app":"match","member_id":-1,"text":"{\"hello\":\"world\"}"}"#
+    );
+}
+
+#[test]
+fn public_push_carries_member_id_through() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.subscribe(1, "match");
+    let (conns, frame) = t.push("match", 42, "x");
+    assert_eq!(conns, [1]);
+    assert_eq!(
+        frame.unwrap().as_str(),
+        r#"{"app":"match","member_id":42,"text":"x"}"#
+    );
+}
+
+#[test]
+fn push_to_an_app_without_subscribers_delivers_nothing() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.subscribe(1, "match");
+    assert_eq!(t.push("chat", -1, "x"), (vec![], None));
+}
+
+#[test]
+fn private_push_reaches_only_that_members_connections() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.member(2, 7);
+    t.member(3, 8);
+    t.member(4, 7); // member 7, but not subscribed to im
+    for conn in [1, 2, 3] {
+        t.subscribe(conn, "im");
+    }
+    let (conns, frame) = t.push("im", 7, "hi");
+    assert_eq!(conns, [1, 2]);
+    assert_eq!(
+        frame.unwrap().as_str(),
+        r#"{"app":"im","member_id":7,"text":"hi"}"#
+    );
+    assert_eq!(t.push("im", 8, "hi").0, [3]);
+    assert_eq!(t.push("im", 9, "hi").0, Vec::<u64>::new());
+    assert_eq!(t.push("im", -1, "hi").0, Vec::<u64>::new());
+    assert_eq!(t.push("im", 0, "hi").0, Vec::<u64>::new());
+}
+
+// --- counts and cleanup ---------------------------------------------------------------------
+
+#[test]
+fn stat_counts_connections_for_public_and_members_for_private_sorted() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.member(2, 7);
+    t.member(3, 8);
+    t.anonymous(4);
+    for conn in [1, 2, 3] {
+        t.subscribe(conn, "im");
+    }
+    for conn in [1, 2, 4] {
+        t.subscribe(conn, "match");
+    }
+    t.subscribe(4, "chat");
+    assert_eq!(t.stat(), "chat 1\nim 2\nmatch 3\n");
+    assert_eq!(t.hub.stat().count("im"), 2);
+    assert_eq!(t.hub.stat().count("nope"), 0);
+}
+
+#[test]
+fn disconnect_removes_the_connection_from_every_app_at_once() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.member(2, 7);
+    for app in ["im", "match", "chat"] {
+        t.subscribe(1, app);
+    }
+    t.subscribe(2, "im");
+    assert_eq!(t.stat(), "chat 1\nim 1\nmatch 1\n");
+    assert_eq!(t.disconnect(1), []);
+    // Member 7 still has connection 2 on im.
+    assert_eq!(t.stat(), "im 1\n");
+    assert_eq!(t.push("im", 7, "x").0, [2]);
+    assert_eq!(t.push("match", -1, "x").0, Vec::<u64>::new());
+    t.disconnect(2);
+    assert_eq!(t.stat(), "");
+    assert_eq!(t.hub.connection_count(), 0);
+}
+
+#[test]
+fn a_full_outbox_closes_that_connection_alone() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.anonymous(2);
+    t.subscribe(1, "match");
+    t.subscribe(2, "match");
+    t.hub.handle(Input::OutboxFull {
+        conn: ConnId::new(1),
+    });
+    assert_eq!(
+        t.drain(),
+        [Action::Close {
+            conn: ConnId::new(1),
+            code: CloseCode::SlowConsumer
+        }]
+    );
+    assert_eq!(t.push("match", -1, "x").0, [2]);
+    assert_eq!(t.stat(), "match 1\n");
+    // Reported twice (two pushes overflowed before the close): closed once.
+    t.hub.handle(Input::OutboxFull {
+        conn: ConnId::new(1),
+    });
+    assert_eq!(t.drain(), []);
+}
