@@ -144,6 +144,8 @@ pub enum CloseCode {
     Normal,
     /// 1001: the gateway is shutting down.
     GoingAway,
+    /// 1009: a client message was larger than `limits.max_message_bytes`.
+    MessageTooBig,
     /// 4100: the connection's outbound queue overflowed because the client does not read fast
     /// enough; it missed messages and should reconnect.
     SlowConsumer,
@@ -158,6 +160,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::MessageTooBig => 1009,
             CloseCode::SlowConsumer => 4100,
             CloseCode::MissingAuth => 4400,
             CloseCode::AuthTimeout => 4408,
@@ -169,6 +172,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "bye",
             CloseCode::GoingAway => "server shutting down",
+            CloseCode::MessageTooBig => "message too big",
             CloseCode::SlowConsumer => "slow consumer: outbound queue full",
             CloseCode::MissingAuth => "missing auth message",
             CloseCode::AuthTimeout => "auth timeout",
@@ -249,12 +253,13 @@ mod tests {
         for code in [
             CloseCode::Normal,
             CloseCode::GoingAway,
+            CloseCode::MessageTooBig,
             CloseCode::SlowConsumer,
             CloseCode::MissingAuth,
             CloseCode::AuthTimeout,
         ] {
             let n = code.code();
-            assert!(n == 1000 || n == 1001 || (4000..5000).contains(&n));
+            assert!(matches!(n, 1000 | 1001 | 1009) || (4000..5000).contains(&n));
             assert!(code.reason().len() <= 123);
         }
     }

@@ -1,5 +1,7 @@
 //! The rules of PROTOCOL.md Part 1, checked on the hub alone: no sockets, no runtime.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure should panic where it happens
+
 use std::collections::HashSet;
 
 use gateway_core::{

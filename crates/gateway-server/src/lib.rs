@@ -1,5 +1,25 @@
-pub mod cli {
-    pub fn main() -> std::process::ExitCode {
-        std::process::ExitCode::SUCCESS
-    }
-}
+//! The network side of ws-gateway: hyper listeners in front of the hub of `gateway-core` and
+//! the authenticators of `gateway-auth`.
+//!
+//! - the main listener: WebSocket upgrades (any path) and `POST /push`;
+//! - the stat listener: `GET /stat`;
+//! - [`config`]: the TOML file and its defaults; [`cli`]: the `ws-gateway` binary.
+//!
+//! Each WebSocket connection is one task that owns its socket; pushes reach it through a
+//! bounded outbox that is filled without waiting, so one slow client never delays another.
+//! This crate does not decide protocol policy (that is the hub's) nor whether a token is valid
+//! (that is the authenticator's).
+
+pub mod cli;
+pub mod config;
+mod connection;
+mod dispatcher;
+mod error;
+mod http;
+mod outbox;
+mod server;
+
+pub use config::{AuthConfig, Config, Limits, ServerConfig, Timeouts};
+pub use dispatcher::Dispatcher;
+pub use error::{ConfigError, ServerError};
+pub use server::Gateway;

@@ -1,0 +1,134 @@
+//! The `ws-gateway` binary: flags, configuration file, logging, signals.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{AuthConfig, Config};
+use crate::server::Gateway;
+
+/// A WebSocket push gateway: clients subscribe to apps, backends push with `POST /push`.
+#[derive(Debug, Parser)]
+#[command(name = "ws-gateway", version)]
+pub struct Args {
+    /// TOML configuration file (see the README for every key).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// WebSocket and push listener [default: 0.0.0.0:5000]; overrides `listen` in the file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Stat listener [default: 127.0.0.1:6000]; overrides `stat_listen` in the file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub stat_listen: Option<SocketAddr>,
+}
+
+/// Runs the binary: parses `std::env::args`, serves until SIGINT/SIGTERM.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(err) => {
+                // Also on stderr without the log formatting, for a terminal user.
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(stat_listen) = args.stat_listen {
+        config.server.stat_listen = stat_listen;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let authenticator = config.auth.build();
+    match &config.auth {
+        AuthConfig::Anonymous => warn!(
+            "auth: anonymous only: no [auth] configured, so every member is refused (401) and \
+             continues as anonymous; private apps are unreachable"
+        ),
+        _ => info!("auth: {}", authenticator.describe()),
+    }
+    let mut private: Vec<&str> = config
+        .server
+        .hub
+        .private_apps
+        .iter()
+        .map(|app| app.as_str())
+        .collect();
+    private.sort_unstable();
+    info!("private apps: {private:?}");
+
+    let gateway = match Gateway::bind(config.server, authenticator).await {
+        Ok(gateway) => gateway,
+        Err(err) => {
+            error!("{err}");
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!("websocket and push listener on {}", gateway.local_addr());
+    info!("stat listener on {}", gateway.stat_addr());
+    gateway.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("SIGINT received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,371 @@
+//! The gateway's configuration: the TOML file, its defaults, and what the flags override.
+//!
+//! Every key is optional; a missing key takes the default documented in the README. Unknown
+//! keys are refused, so a typo is an error at start-up rather than a silently ignored setting.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_auth::{AnonymousOnly, Authenticator, StaticTokens};
+use gateway_core::{AppName, HubConfig, MemberId};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The default WebSocket and push listener (the seed's).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+/// The default stat listener: loopback only.
+pub const DEFAULT_STAT_LISTEN: &str = "127.0.0.1:6000";
+
+/// Everything the server needs to run, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// WebSocket upgrades and `POST /push`.
+    pub listen: SocketAddr,
+    /// `GET /stat`.
+    pub stat_listen: SocketAddr,
+    /// Private apps and the app-name limit.
+    pub hub: HubConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// How long the gateway waits for things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the upgrade until the auth message must have arrived. Default 10 s (the seed's).
+    pub auth: Duration,
+    /// After sending a close frame, how long to wait for the client's close reply before
+    /// dropping the TCP connection. Default 1 s.
+    pub close: Duration,
+    /// On SIGINT/SIGTERM, how long connections get to close before the process exits anyway.
+    /// Default 5 s.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            auth: Duration::from_secs(10),
+            close: Duration::from_secs(1),
+            shutdown: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Size limits. Each refusal is documented in `docs/protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest client message (and frame) accepted, in bytes; a larger one closes the
+    /// connection with 1009. Clients only send auth and subscribe messages. Default 4096.
+    pub max_message_bytes: usize,
+    /// The largest `POST /push` body, in bytes; a larger one gets 413. Default 65536.
+    pub max_push_body_bytes: usize,
+    /// Frames queued to one connection and not yet written; one more closes that connection
+    /// (4100 slow consumer) without delaying anyone else. Default 1024.
+    pub outbox_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4096,
+            max_push_body_bytes: 64 * 1024,
+            outbox_messages: 1024,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("a valid address literal"),
+            stat_listen: DEFAULT_STAT_LISTEN
+                .parse()
+                .expect("a valid address literal"),
+            hub: HubConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How members are authenticated (`[auth]`).
+#[derive(Clone, Default)]
+pub enum AuthConfig {
+    /// No `[auth]` table, or `kind = "anonymous"`: every member is refused.
+    #[default]
+    Anonymous,
+    /// `kind = "static"`: the `[auth.tokens]` table.
+    Static(Vec<(MemberId, String)>),
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthConfig::Anonymous => f.write_str("Anonymous"),
+            // Tokens are secrets: show how many, never which.
+            AuthConfig::Static(tokens) => write!(f, "Static({} members)", tokens.len()),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Builds the authenticator this configuration describes.
+    pub fn build(&self) -> Arc<dyn Authenticator> {
+        match self {
+            AuthConfig::Anonymous => Arc::new(AnonymousOnly),
+            AuthConfig::Static(tokens) => Arc::new(StaticTokens::new(tokens.iter().cloned())),
+        }
+    }
+}
+
+/// A configuration file, loaded and validated.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+}
+
+// --- the file's shape -------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    stat_listen: Option<String>,
+    private_apps: Option<Vec<String>>,
+    #[serde(default)]
+    timeouts: FileTimeouts,
+    #[serde(default)]
+    limits: FileLimits,
+    auth: Option<FileAuth>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    auth_ms: Option<u64>,
+    close_ms: Option<u64>,
+    shutdown_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_message_bytes: Option<usize>,
+    max_push_body_bytes: Option<usize>,
+    max_app_name_bytes: Option<usize>,
+    outbox_messages: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    kind: String,
+    tokens: Option<BTreeMap<String, String>>,
+}
+
+impl Config {
+    /// Reads and validates a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        Resolver { path }.resolve(file)
+    }
+}
+
+struct Resolver<'a> {
+    path: &'a Path,
+}
+
+impl Resolver<'_> {
+    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: PathBuf::from(self.path),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn address(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: SocketAddr,
+    ) -> Result<SocketAddr, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|_| {
+                self.invalid(
+                    key,
+                    format!("`{text}` is not an address like 127.0.0.1:5000"),
+                )
+            }),
+        }
+    }
+
+    fn positive<T: Copy + PartialEq + From<u8>>(
+        &self,
+        key: &str,
+        value: Option<T>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) if v == T::from(0) => Err(self.invalid(key, "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    }
+
+    fn millis(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(0) => Err(self.invalid(key, "must be greater than 0")),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(default),
+        }
+    }
+
+    fn resolve(&self, file: FileConfig) -> Result<Config, ConfigError> {
+        let defaults = ServerConfig::default();
+        let listen = self.address("listen", file.listen, defaults.listen)?;
+        let stat_listen = self.address("stat_listen", file.stat_listen, defaults.stat_listen)?;
+
+        let t = file.timeouts;
+        let timeouts = Timeouts {
+            auth: self.millis("timeouts.auth_ms", t.auth_ms, defaults.timeouts.auth)?,
+            close: self.millis("timeouts.close_ms", t.close_ms, defaults.timeouts.close)?,
+            shutdown: self.millis(
+                "timeouts.shutdown_ms",
+                t.shutdown_ms,
+                defaults.timeouts.shutdown,
+            )?,
+        };
+
+        let l = file.limits;
+        let d = defaults.limits;
+        let limits = Limits {
+            max_message_bytes: self.positive(
+                "limits.max_message_bytes",
+                l.max_message_bytes,
+                d.max_message_bytes,
+            )?,
+            max_push_body_bytes: self.positive(
+                "limits.max_push_body_bytes",
+                l.max_push_body_bytes,
+                d.max_push_body_bytes,
+            )?,
+            outbox_messages: self.positive(
+                "limits.outbox_messages",
+                l.outbox_messages,
+                d.outbox_messages,
+            )?,
+        };
+        let max_app_name_len = self.positive(
+            "limits.max_app_name_bytes",
+            l.max_app_name_bytes,
+            defaults.hub.max_app_name_len,
+        )?;
+
+        let private_apps = match file.private_apps {
+            None => defaults.hub.private_apps,
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    AppName::parse(name, max_app_name_len)
+                        .map_err(|err| self.invalid("private_apps", format!("`{name}`: {err}")))
+                })
+                .collect::<Result<HashSet<_>, _>>()?,
+        };
+
+        let auth = match file.auth {
+            None => AuthConfig::Anonymous,
+            Some(auth) => self.auth(auth)?,
+        };
+
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                stat_listen,
+                hub: HubConfig {
+                    private_apps,
+                    max_app_name_len,
+                },
+                timeouts,
+                limits,
+            },
+            auth,
+        })
+    }
+
+    fn auth(&self, auth: FileAuth) -> Result<AuthConfig, ConfigError> {
+        match auth.kind.as_str() {
+            "anonymous" => {
+                if auth.tokens.is_some() {
+                    return Err(self.invalid("auth.tokens", "only used with kind = \"static\""));
+                }
+                Ok(AuthConfig::Anonymous)
+            }
+            "static" => {
+                let tokens = auth.tokens.ok_or_else(|| {
+                    self.invalid(
+                        "auth.tokens",
+                        "kind = \"static\" needs a [auth.tokens] table of member id = \"token\"",
+                    )
+                })?;
+                if tokens.is_empty() {
+                    return Err(self.invalid(
+                        "auth.tokens",
+                        "is empty: list at least one member id = \"token\"",
+                    ));
+                }
+                tokens
+                    .into_iter()
+                    .map(|(key, token)| {
+                        let member =
+                            key.parse::<i64>()
+                                .ok()
+                                .and_then(MemberId::new)
+                                .ok_or_else(|| {
+                                    self.invalid(
+                                        format!("auth.tokens.{key}"),
+                                        "the key must be a member id, an integer > 0",
+                                    )
+                                })?;
+                        if token.is_empty() {
+                            return Err(self.invalid(
+                                format!("auth.tokens.{key}"),
+                                "the token must not be empty",
+                            ));
+                        }
+                        Ok((member, token))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(AuthConfig::Static)
+            }
+            other => Err(self.invalid(
+                "auth.kind",
+                format!("unknown kind `{other}`; expected \"static\" or \"anonymous\""),
+            )),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The hub's driver: one lock around the pure hub and the connections' outboxes.
+//!
+//! Every input goes through [`Dispatcher::handle`], which applies the hub's actions before
+//! returning: replies and deliveries are queued to outboxes (never awaited), closes are
+//! requested. The lock is never held across an `.await`, and the work under it is bounded by
+//! the number of recipients (a refcount increment and a queue push each).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use gateway_core::{Action, ConnId, Frame, Hub, HubConfig, Input, Stat};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::outbox::Outbox;
+
+#[derive(Debug)]
+struct Inner {
+    hub: Hub,
+    outboxes: HashMap<ConnId, Arc<Outbox>>,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    inner: Mutex<Inner>,
+}
+
+fn to_message(frame: Frame) -> Message {
+    let text = Utf8Bytes::try_from(frame.into_bytes()).expect("frames are valid UTF-8");
+    Message::Text(text)
+}
+
+impl Dispatcher {
+    pub fn new(config: HubConfig) -> Self {
+        Dispatcher {
+            inner: Mutex::new(Inner {
+                hub: Hub::new(config),
+                outboxes: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The hub completes each input before returning; a poisoned lock means a bug in it
+        // that has already been reported, and refusing every later client would be worse.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives the hub a connection's outbox, before its first input.
+    pub(crate) fn attach(&self, conn: ConnId, outbox: Arc<Outbox>) {
+        self.lock().outboxes.insert(conn, outbox);
+    }
+
+    /// Forgets a connection that has ended, whatever its state.
+    pub(crate) fn detach(&self, conn: ConnId) {
+        let mut inner = self.lock();
+        inner.outboxes.remove(&conn);
+        inner.hub.handle(Input::Disconnected { conn });
+        inner.apply();
+    }
+
+    /// Feeds one input to the hub and carries out what it asks for.
+    pub fn handle(&self, input: Input<'_>) {
+        let mut inner = self.lock();
+        inner.hub.handle(input);
+        inner.apply();
+    }
+
+    /// The counts of `GET /stat`.
+    pub fn stat(&self) -> Stat {
+        self.lock().hub.stat()
+    }
+
+    /// The number of authenticated connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().hub.connection_count()
+    }
+}
+
+impl Inner {
+    fn apply(&mut self) {
+        while let Some(action) = self.hub.poll_action() {
+            match action {
+                Action::Reply { conn, frame } => {
+                    if let Some(outbox) = self.outboxes.get(&conn)
+                        && outbox.push(to_message(frame)).is_err()
+                    {
+                        self.hub.handle(Input::OutboxFull { conn });
+                    }
+                }
+                Action::Deliver { conns, frame } => {
+                    let message = to_message(frame);
+                    for conn in conns {
+                        if let Some(outbox) = self.outboxes.get(&conn)
+                            && outbox.push(message.clone()).is_err()
+                        {
+                            // Queues a Close; the loop applies it after this delivery.
+                            self.hub.handle(Input::OutboxFull { conn });
+                        }
+                    }
+                }
+                Action::Close { conn, code } => {
+                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                        outbox.close(code);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`) and of the
+//! stat listener (`GET /stat`), and the one place that maps refusals to HTTP responses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gateway_core::{Publication, PushMessage};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::debug;
+
+use crate::connection;
+use crate::server::Shared;
+
+pub(crate) type Body = Full<Bytes>;
+
+/// Every refusal of the HTTP side, mapped to its status in [`Refusal::response`].
+#[derive(Debug)]
+enum Refusal {
+    NotFound,
+    MethodNotAllowed(&'static str),
+    BadUpgrade(&'static str),
+    UnsupportedWebSocketVersion,
+    ShuttingDown,
+    BodyTooLarge(usize),
+    BadBody(String),
+    BadPush(String),
+}
+
+impl Refusal {
+    fn response(self) -> Response<Body> {
+        let (status, text) = match &self {
+            Refusal::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            Refusal::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed".to_owned(),
+            ),
+            Refusal::BadUpgrade(why) => (
+                StatusCode::BAD_REQUEST,
+                format!("bad WebSocket upgrade: {why}"),
+            ),
+            Refusal::UnsupportedWebSocketVersion => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported WebSocket version; use 13".to_owned(),
+            ),
+            Refusal::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned()),
+            Refusal::BodyTooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("push body larger than {max} bytes"),
+            ),
+            Refusal::BadBody(why) => (StatusCode::BAD_REQUEST, format!("cannot read body: {why}")),
+            Refusal::BadPush(why) => (StatusCode::BAD_REQUEST, format!("bad push message: {why}")),
+        };
+        let mut response = text_response(status, format!("{text}\n"));
+        let headers = response.headers_mut();
+        match self {
+            Refusal::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Refusal::UnsupportedWebSocketVersion => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(text.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The main listener: any path that is a WebSocket upgrade, and `POST /push`.
+pub(crate) async fn main_service(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let result = if wants_websocket(&req) {
+        upgrade(req, shared, peer)
+    } else if req.uri().path() == "/push" {
+        if req.method() == Method::POST {
+            push(req, &shared).await
+        } else {
+            Err(Refusal::MethodNotAllowed("POST"))
+        }
+    } else {
+        Err(Refusal::NotFound)
+    };
+    Ok(result.unwrap_or_else(Refusal::response))
+}
+
+/// The stat listener: `GET /stat`.
+pub(crate) async fn stat_service(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let response = match (req.uri().path(), req.method()) {
+        ("/stat", &Method::GET) => {
+            text_response(StatusCode::OK, shared.dispatcher.stat().to_string())
+        }
+        ("/stat", _) => Refusal::MethodNotAllowed("GET").response(),
+        _ => Refusal::NotFound.response(),
+    };
+    Ok(response)
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn wants_websocket(req: &Request<Incoming>) -> bool {
+    header_has_token(req, header::UPGRADE, "websocket")
+}
+
+fn upgrade(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Refusal> {
+    if req.method() != Method::GET {
+        return Err(Refusal::MethodNotAllowed("GET"));
+    }
+    if !header_has_token(&req, header::CONNECTION, "upgrade") {
+        return Err(Refusal::BadUpgrade(
+            "the Connection header must include `upgrade`",
+        ));
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(Refusal::UnsupportedWebSocketVersion);
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(Refusal::BadUpgrade("Sec-WebSocket-Key is missing"));
+    };
+    if shared.shutdown.is_cancelled() {
+        return Err(Refusal::ShuttingDown);
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let conn = shared.next_conn_id();
+    debug!(%conn, %peer, "websocket upgrade");
+
+    let ws_config = shared.websocket_config();
+    shared.clone().tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                connection::serve(socket, conn, shared).await;
+            }
+            Err(err) => debug!(%conn, %err, "upgrade failed"),
+        }
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    Ok(response)
+}
+
+async fn push(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, Refusal> {
+    let max = shared.config.limits.max_push_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(Refusal::BodyTooLarge(max));
+    }
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(Refusal::BodyTooLarge(max));
+        }
+        Err(err) => return Err(Refusal::BadBody(err.to_string())),
+    };
+    let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
+        .map_err(|err| Refusal::BadPush(err.to_string()))?;
+    shared
+        .dispatcher
+        .handle(gateway_core::Input::Push(Publication::from(push)));
+    Ok(text_response(StatusCode::ACCEPTED, Bytes::new()))
+}

@@ -1,0 +1,150 @@
+//! A connection's outbound queue: bounded, filled without waiting, drained by the connection's
+//! own task.
+//!
+//! Pushes are handed to a connection by [`Outbox::push`], which never awaits the socket: a
+//! client that stops reading fills only its own queue, and the hub closes it when the queue is
+//! full. The connection task takes everything queued at once ([`Outbox::take`]) and writes it
+//! with one flush, so a burst costs one syscall rather than one per frame.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use gateway_core::CloseCode;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The queue is full (or closing): the frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
+
+#[derive(Debug)]
+struct State {
+    frames: VecDeque<Message>,
+    /// Set once: after this frame nothing more is queued and the task closes the socket.
+    close: Option<CloseCode>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    capacity: usize,
+    /// Wakes the connection task; `notify_one` keeps a permit if the task is busy writing, so
+    /// no wake-up is ever lost.
+    wake: Notify,
+}
+
+/// What the connection task should write next.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub frames: VecDeque<Message>,
+    pub close: Option<CloseCode>,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                close: None,
+            }),
+            capacity,
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a queue and a flag, consistent after every statement: a panic elsewhere
+        // while holding the lock cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a frame without waiting. `Err(Full)` if the queue holds `capacity` frames or the
+    /// connection is closing.
+    pub(crate) fn push(&self, frame: Message) -> Result<(), Full> {
+        let mut state = self.lock();
+        if state.close.is_some() || state.frames.len() >= self.capacity {
+            return Err(Full);
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the connection task to close with `code` after the frames already queued.
+    pub(crate) fn close(&self, code: CloseCode) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(code);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Takes everything queued. The queue's memory goes with it, so an idle connection holds
+    /// no buffer.
+    pub(crate) fn take(&self) -> Batch {
+        let mut state = self.lock();
+        Batch {
+            frames: std::mem::take(&mut state.frames),
+            close: state.close,
+        }
+    }
+
+    /// The close code, once a close has been requested.
+    pub(crate) fn close_code(&self) -> Option<CloseCode> {
+        self.lock().close
+    }
+
+    /// Resolves after the next `push` to an empty queue or `close` (or at once if one happened
+    /// since the last wait).
+    pub(crate) async fn wait(&self) {
+        self.wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    #[test]
+    fn refuses_beyond_capacity_and_after_close() {
+        let outbox = Outbox::new(2);
+        assert_eq!(outbox.push(text("a")), Ok(()));
+        assert_eq!(outbox.push(text("b")), Ok(()));
+        assert_eq!(outbox.push(text("c")), Err(Full));
+        let batch = outbox.take();
+        assert_eq!(batch.frames, [text("a"), text("b")]);
+        assert_eq!(batch.close, None);
+        assert_eq!(outbox.push(text("d")), Ok(()));
+        outbox.close(CloseCode::SlowConsumer);
+        assert_eq!(outbox.push(text("e")), Err(Full));
+        let batch = outbox.take();
+        assert_eq!(batch.frames, [text("d")]);
+        assert_eq!(batch.close, Some(CloseCode::SlowConsumer));
+    }
+
+    #[test]
+    fn the_first_close_code_wins() {
+        let outbox = Outbox::new(1);
+        outbox.close(CloseCode::SlowConsumer);
+        outbox.close(CloseCode::GoingAway);
+        assert_eq!(outbox.take().close, Some(CloseCode::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_push_before_the_wait_is_not_lost() {
+        let outbox = Outbox::new(4);
+        outbox.push(text("a")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.wait())
+            .await
+            .expect("the permit was kept");
+    }
+}

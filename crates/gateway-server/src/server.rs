@@ -1,0 +1,242 @@
+//! The server: binds the listeners, accepts connections, and shuts down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gateway_auth::Authenticator;
+use gateway_core::ConnId;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::ServerConfig;
+use crate::dispatcher::Dispatcher;
+use crate::error::ServerError;
+use crate::http;
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    /// Cancelled once, when the server starts shutting down.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Buffers sized for many idle connections rather than for throughput: tungstenite's
+    /// defaults (128 KiB read buffer, 128 KiB write buffer) cost ~135 KB per idle connection.
+    pub(crate) fn websocket_config(&self) -> WebSocketConfig {
+        let max = self.config.limits.max_message_bytes;
+        WebSocketConfig::default()
+            .read_buffer_size(1024)
+            // 0: every frame is written through at once; batching happens in the outbox.
+            .write_buffer_size(0)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+/// A bound, not yet running, gateway.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use gateway_server::{Gateway, ServerConfig};
+///
+/// let gateway = Gateway::bind(ServerConfig::default(), Arc::new(gateway_auth::AnonymousOnly)).await?;
+/// println!("clients connect to ws://{}/", gateway.local_addr());
+/// gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stat_listener: TcpListener,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.local_addr())
+            .field("stat_listen", &self.stat_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Binds `config.listen` and `config.stat_listen`.
+    pub async fn bind(
+        config: ServerConfig,
+        authenticator: Arc<dyn Authenticator>,
+    ) -> Result<Gateway, ServerError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { what, addr, source })
+        };
+        let listener = bind("websocket and push", config.listen).await?;
+        let stat_listener = bind("stat", config.stat_listen).await?;
+        Ok(Gateway::from_listeners(
+            config,
+            authenticator,
+            listener,
+            stat_listener,
+        ))
+    }
+
+    /// Uses listeners bound by the caller (tests bind `127.0.0.1:0` first, so they know the
+    /// ports before the server runs). `config.listen` and `config.stat_listen` are ignored.
+    pub fn from_listeners(
+        config: ServerConfig,
+        authenticator: Arc<dyn Authenticator>,
+        listener: TcpListener,
+        stat_listener: TcpListener,
+    ) -> Gateway {
+        let dispatcher = Dispatcher::new(config.hub.clone());
+        Gateway {
+            shared: Arc::new(Shared {
+                config,
+                dispatcher,
+                authenticator,
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                next_conn: AtomicU64::new(1),
+            }),
+            listener,
+            stat_listener,
+        }
+    }
+
+    /// The address of the WebSocket and push listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// The address of the stat listener.
+    pub fn stat_addr(&self) -> SocketAddr {
+        self.stat_listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// The hub's driver, for a service that embeds the gateway and pushes in-process.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.shared.dispatcher
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, closes every WebSocket with 1001
+    /// (going away), lets HTTP requests in flight finish, and returns once every connection is
+    /// done or `timeouts.shutdown` has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Gateway {
+            shared,
+            listener,
+            stat_listener,
+        } = self;
+        let main = tokio::spawn(accept_loop(listener, shared.clone(), Listener::Main));
+        let stat = tokio::spawn(accept_loop(stat_listener, shared.clone(), Listener::Stat));
+
+        shutdown.await;
+        info!("shutting down: closing connections");
+        shared.shutdown.cancel();
+        let _ = main.await;
+        let _ = stat.await;
+        shared.tracker.close();
+        let deadline = shared.config.timeouts.shutdown;
+        if tokio::time::timeout(deadline, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = shared.tracker.len(),
+                "shutdown deadline passed with connections still open"
+            );
+        }
+        info!("stopped");
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Listener {
+    Main,
+    Stat,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning, then try again.
+                    warn!(%err, ?which, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shared.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tracker = shared.tracker.clone();
+        tracker.spawn(async move {
+            let io = TokioIo::new(stream);
+            let shutdown = shared.shutdown.clone();
+            let result = match which {
+                Listener::Main => {
+                    let service = {
+                        let shared = shared.clone();
+                        service_fn(move |req| http::main_service(req, shared.clone(), peer))
+                    };
+                    let conn = http1::Builder::new()
+                        .serve_connection(io, service)
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+                Listener::Stat => {
+                    let service = {
+                        let shared = shared.clone();
+                        service_fn(move |req| http::stat_service(req, shared.clone()))
+                    };
+                    let conn = http1::Builder::new().serve_connection(io, service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+            };
+            if let Err(err) = result {
+                debug!(%err, %peer, "http connection error");
+            }
+        });
+    }
+}
