@@ -1,6 +1,8 @@
 //! PROTOCOL.md Part 1, "Connection life cycle", step 2: every row of the authentication table,
 //! through a real server and a real WebSocket client.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
 mod common;
 
 use std::time::{Duration, Instant};

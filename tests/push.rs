@@ -1,6 +1,8 @@
 //! PROTOCOL.md Part 1, "Push API", "Apps: public and private" and "Stat API", through a real
 //! server: exact bytes delivered, statuses, routing, counts.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
 mod common;
 
 use bytes::Bytes;

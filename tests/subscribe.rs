@@ -1,6 +1,8 @@
 //! PROTOCOL.md Part 1, "Connection life cycle", step 3: the subscription table, pipelining and
 //! idempotence, through a real server.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
 mod common;
 
 use common::*;

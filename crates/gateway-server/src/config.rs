@@ -181,12 +181,29 @@ impl Config {
 
     /// Validates TOML text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+        let syntax = |err: toml::de::Error, key: Option<String>| ConfigError::Syntax {
             path: path.to_owned(),
-            message: err.to_string(),
+            key,
+            message: format!("{}{}", err.message().trim_end(), position(text, err.span())),
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| syntax(err, None))?;
+        let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            syntax(err.into_inner(), (key != ".").then_some(key))
         })?;
         Resolver { path }.resolve(file)
     }
+}
+
+/// " (line L, column C)" for a byte span of `text`.
+fn position(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!(" (line {line}, column {column})")
 }
 
 struct Resolver<'a> {
@@ -367,5 +384,187 @@ impl Resolver<'_> {
                 format!("unknown kind `{other}`; expected \"static\" or \"anonymous\""),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gw.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = parse(
+            r#"
+listen = "0.0.0.0:5000"
+stat_listen = "127.0.0.1:6000"
+private_apps = ["im"]
+[auth]
+kind = "static"            # "static" | "anonymous" (more kinds come later)
+[auth.tokens]
+123456 = "654321"
+777 = "777secret"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(config.server.stat_listen, "127.0.0.1:6000".parse().unwrap());
+        let private: Vec<&str> = config
+            .server
+            .hub
+            .private_apps
+            .iter()
+            .map(AppName::as_str)
+            .collect();
+        assert_eq!(private, ["im"]);
+        let AuthConfig::Static(mut tokens) = config.auth else {
+            panic!("static expected")
+        };
+        tokens.sort();
+        assert_eq!(
+            tokens,
+            [
+                (MemberId::new(777).unwrap(), "777secret".to_owned()),
+                (MemberId::new(123456).unwrap(), "654321".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let config = parse("").unwrap();
+        let defaults = ServerConfig::default();
+        assert_eq!(config.server.listen, defaults.listen);
+        assert_eq!(config.server.stat_listen, defaults.stat_listen);
+        assert_eq!(config.server.timeouts, Timeouts::default());
+        assert_eq!(config.server.limits, Limits::default());
+        assert_eq!(config.server.timeouts.auth, Duration::from_secs(10));
+        assert!(matches!(config.auth, AuthConfig::Anonymous));
+    }
+
+    #[test]
+    fn every_knob_is_read() {
+        let config = parse(
+            r#"
+private_apps = ["im", "dm"]
+[timeouts]
+auth_ms = 1500
+close_ms = 200
+shutdown_ms = 3000
+[limits]
+max_message_bytes = 1000
+max_push_body_bytes = 2000
+max_app_name_bytes = 30
+outbox_messages = 40
+[auth]
+kind = "anonymous"
+"#,
+        )
+        .unwrap();
+        let s = config.server;
+        assert_eq!(s.hub.private_apps.len(), 2);
+        assert_eq!(s.hub.max_app_name_len, 30);
+        assert_eq!(
+            s.timeouts,
+            Timeouts {
+                auth: Duration::from_millis(1500),
+                close: Duration::from_millis(200),
+                shutdown: Duration::from_millis(3000)
+            }
+        );
+        assert_eq!(
+            s.limits,
+            Limits {
+                max_message_bytes: 1000,
+                max_push_body_bytes: 2000,
+                outbox_messages: 40
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let cases = [
+            (
+                "listen = \"localhost\"",
+                "key `listen`: `localhost` is not an address",
+            ),
+            ("stat_listen = 6000", "stat_listen"),
+            ("lisen = \"0.0.0.0:5000\"", "lisen"),
+            (
+                "private_apps = [\"\"]",
+                "key `private_apps`: ``: app name is empty",
+            ),
+            (
+                "[timeouts]\nauth_ms = 0",
+                "key `timeouts.auth_ms`: must be greater than 0",
+            ),
+            (
+                "[limits]\noutbox_messages = 0",
+                "key `limits.outbox_messages`: must be greater than 0",
+            ),
+            ("[limits]\nmax_message_bytes = -1", "max_message_bytes"),
+            (
+                "[auth]\nkind = \"magic\"",
+                "key `auth.kind`: unknown kind `magic`",
+            ),
+            (
+                "[auth]\nkind = \"static\"",
+                "key `auth.tokens`: kind = \"static\" needs",
+            ),
+            (
+                "[auth]\nkind = \"static\"\n[auth.tokens]",
+                "key `auth.tokens`: is empty",
+            ),
+            (
+                "[auth]\nkind = \"static\"\n[auth.tokens]\nabc = \"x\"",
+                "key `auth.tokens.abc`: the key must be a member id",
+            ),
+            (
+                "[auth]\nkind = \"static\"\n[auth.tokens]\n-5 = \"x\"",
+                "key `auth.tokens.-5`",
+            ),
+            (
+                "[auth]\nkind = \"static\"\n[auth.tokens]\n5 = \"\"",
+                "key `auth.tokens.5`: the token must not be empty",
+            ),
+            (
+                "[auth]\nkind = \"static\"\n[auth.tokens]\n5 = 5",
+                "auth.tokens",
+            ),
+            (
+                "[auth]\nkind = \"anonymous\"\n[auth.tokens]\n5 = \"x\"",
+                "key `auth.tokens`: only used with",
+            ),
+            ("[auth]\ntokens = {}", "kind"),
+            ("listen = ", "gw.toml"),
+        ];
+        for (text, expected) in cases {
+            let message = error(text);
+            assert!(message.starts_with("config file `gw.toml`: "), "{message}");
+            assert!(message.contains(expected), "for {text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/gw.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config file `/nonexistent/gw.toml`: cannot read it")
+        );
+    }
+
+    #[test]
+    fn tokens_never_show_in_debug_output() {
+        let config = parse("[auth]\nkind = \"static\"\n[auth.tokens]\n5 = \"s3cr3t\"").unwrap();
+        assert!(!format!("{config:?}").contains("s3cr3t"));
     }
 }

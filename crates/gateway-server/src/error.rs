@@ -13,10 +13,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The file is not valid TOML, or a key is unknown or of the wrong type (toml's message
-    /// names the key and shows the line).
-    #[error("config file `{}`: {message}", path.display())]
-    Syntax { path: PathBuf, message: String },
+    /// The file is not valid TOML (`key` is `None`), or a key is unknown or of the wrong type.
+    #[error("config file `{}`: {}{message}", path.display(), key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Syntax {
+        path: PathBuf,
+        key: Option<String>,
+        message: String,
+    },
     /// A key has a value of the right type that is not acceptable.
     #[error("config file `{}`: key `{key}`: {reason}", path.display())]
     Invalid {

@@ -1,0 +1,229 @@
+//! The built `ws-gateway` binary itself: configuration file, flags, start-up log, a full
+//! session, SIGTERM, and refusal of a bad configuration.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_ws-gateway");
+
+/// The running binary; killed on drop if the test did not stop it.
+struct Gateway {
+    child: Child,
+    stderr: Lines<BufReader<ChildStderr>>,
+    log: Vec<String>,
+}
+
+impl Gateway {
+    fn start(args: &[&str]) -> Gateway {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Gateway {
+            child,
+            stderr,
+            log: Vec::new(),
+        }
+    }
+
+    /// Reads the log until a line contains `marker`; returns the rest of that line after it.
+    async fn wait_for_log(&mut self, marker: &str) -> String {
+        guard(marker, async {
+            loop {
+                let line =
+                    self.stderr.next_line().await.unwrap().unwrap_or_else(|| {
+                        panic!("the log ended before {marker:?}: {:#?}", self.log)
+                    });
+                self.log.push(line.clone());
+                if let Some(at) = line.find(marker) {
+                    return line[at + marker.len()..].trim().to_owned();
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and returns the exit status and the rest of the log.
+    async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = guard("the exit", self.child.wait()).await.unwrap();
+        while let Ok(Some(line)) = self.stderr.next_line().await {
+            self.log.push(line);
+        }
+        (status, self.log)
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_protocol_from_a_config_file_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        r#"
+listen = "127.0.0.1:0"
+stat_listen = "127.0.0.1:1"   # overridden by --stat-listen below
+private_apps = ["im", "dm"]
+[auth]
+kind = "static"
+[auth.tokens]
+123456 = "654321"
+777 = "777secret"
+"#,
+    )
+    .unwrap();
+    let mut gateway = Gateway::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--stat-listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = gateway
+        .wait_for_log("websocket and push listener on ")
+        .await;
+    let stat_addr = gateway.wait_for_log("stat listener on ").await;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let stat_addr: std::net::SocketAddr = stat_addr.parse().unwrap();
+
+    let mut member = Client::connect(&format!("ws://{addr}/")).await;
+    member
+        .send(r#"{"member_id":777,"token":"777secret"}"#)
+        .await;
+    member.expect(&hello(777)).await;
+    member.subscribe("dm").await;
+    let mut stranger = Client::connect(&format!("ws://{addr}/")).await;
+    stranger.send(r#"{"member_id":123456,"token":"bad"}"#).await;
+    stranger.expect(&unauthorized()).await;
+    stranger.send(r#"{"app":"dm"}"#).await;
+    stranger.expect(&forbidden("dm")).await;
+
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/push",
+        r#"{"app":"dm","member_id":777,"text":"hi"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    member
+        .expect(r#"{"app":"dm","member_id":777,"text":"hi"}"#)
+        .await;
+    let (status, _, stat) = http(stat_addr, "GET", "/stat", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(stat, "dm 1\n");
+
+    let closing: Vec<_> = [member, stranger]
+        .into_iter()
+        .map(|mut client| tokio::spawn(async move { client.expect_close(1001).await }))
+        .collect();
+    let (status, log) = gateway.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    for client in closing {
+        guard("a close frame", client).await.unwrap();
+    }
+    let log = log.join("\n");
+    assert!(log.contains("auth: static tokens (2 members)"), "{log}");
+    assert!(log.contains(r#"private apps: ["dm", "im"]"#), "{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    for secret in ["654321", "777secret"] {
+        assert!(!log.contains(secret), "a token leaked into the log: {log}");
+    }
+}
+
+#[tokio::test]
+async fn without_auth_config_the_binary_says_it_is_anonymous_only() {
+    let mut gateway = Gateway::start(&["--listen", "127.0.0.1:0", "--stat-listen", "127.0.0.1:0"]);
+    let warning = gateway.wait_for_log("auth: ").await;
+    assert!(warning.starts_with("anonymous only"), "{warning}");
+    let addr = gateway
+        .wait_for_log("websocket and push listener on ")
+        .await;
+    let mut client = Client::connect(&format!("ws://{addr}/")).await;
+    client
+        .send(r#"{"member_id":123456,"token":"654321"}"#)
+        .await;
+    client.expect(&unauthorized()).await;
+    let (status, _) = gateway.terminate().await;
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_refused_with_its_name_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nkind = \"static\"\n[auth.tokens]\nbob = \"x\"\n",
+    )
+    .unwrap();
+    let output = guard(
+        "the refusal",
+        Command::new(BINARY)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.toml"), "{stderr}");
+    assert!(stderr.contains("key `auth.tokens.bob`"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_refused() {
+    let output = Command::new(BINARY)
+        .args(["--config", "/nonexistent/gateway.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/gateway.toml"));
+}
+
+#[tokio::test]
+async fn an_address_in_use_is_refused_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(BINARY)
+            .args(["--listen", &addr, "--stat-listen", "127.0.0.1:0"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
