@@ -75,6 +75,26 @@ async fn bad_upgrade_requests_are_refused_with_a_status() {
 }
 
 #[tokio::test]
+async fn a_client_close_is_echoed_and_cleans_up() {
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+    let server = TestServer::start().await;
+    let mut client = server.anonymous().await;
+    client.subscribe("match").await;
+    assert_eq!(server.stat().await, "match 1\n");
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    client.ws.close(Some(frame)).await.unwrap();
+    let echo = guard("the close echo", client.ws.next()).await;
+    match echo {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("expected the echoed close frame, got {other:?}"),
+    }
+    server.wait_for_stat("").await;
+}
+
+#[tokio::test]
 async fn any_path_upgrades() {
     let server = TestServer::start().await;
     let mut client = Client::connect(&format!("ws://{}/ws/anything?x=1", server.addr)).await;

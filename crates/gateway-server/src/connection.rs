@@ -25,8 +25,9 @@ pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 enum End {
     /// Close the socket with this code (after writing what was queued).
     Close(CloseCode),
-    /// The client closed, vanished, or broke the protocol at the WebSocket level; tungstenite
-    /// has already answered whatever it could.
+    /// The client sent a close frame: let tungstenite send the echo, then drop.
+    ClientClosed,
+    /// The client vanished or broke the protocol at the WebSocket level.
     Gone,
 }
 
@@ -40,8 +41,10 @@ pub(crate) async fn serve(mut socket: Socket, conn: ConnId, shared: Arc<Shared>)
     };
     // Leave the hub first: no push is queued to a connection that is closing.
     shared.dispatcher.detach(conn);
-    if let End::Close(code) = end {
-        close(&mut socket, code, &shared).await;
+    match end {
+        End::Close(code) => close(&mut socket, code, &shared).await,
+        End::ClientClosed => finish_close(&mut socket, &shared).await,
+        End::Gone => {}
     }
     debug!(%conn, "connection ended");
 }
@@ -102,7 +105,8 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
                 }
                 // Pongs are queued by tungstenite and flushed by the next read or write.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return End::Gone,
+                Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                None => return End::Gone,
                 Some(Err(err)) => return socket_error(conn, err),
             },
         }
@@ -159,7 +163,8 @@ async fn first_message(socket: &mut Socket, conn: ConnId) -> Result<Bytes, End> 
             Some(Ok(Message::Text(text))) => return Ok(Bytes::from(text)),
             Some(Ok(Message::Binary(bytes))) => return Ok(bytes),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+            Some(Ok(Message::Close(_))) => return Err(End::ClientClosed),
+            None => return Err(End::Gone),
             Some(Err(err)) => return Err(socket_error(conn, err)),
         }
     }
@@ -197,11 +202,19 @@ async fn close(socket: &mut Socket, code: CloseCode, shared: &Shared) {
     };
     let grace = shared.config.timeouts.close;
     let _ = tokio::time::timeout(grace, async {
-        if socket.close(Some(frame)).await.is_err() {
-            return;
+        if socket.close(Some(frame)).await.is_ok() {
+            drain(socket).await;
         }
-        // Read until the client's close frame (or the end of the stream).
-        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
+}
+
+/// After the client's close frame: reading on flushes tungstenite's echo of it, then ends.
+async fn finish_close(socket: &mut Socket, shared: &Shared) {
+    let _ = tokio::time::timeout(shared.config.timeouts.close, drain(socket)).await;
+}
+
+/// Reads until the client's close frame (or the end of the stream).
+async fn drain(socket: &mut Socket) {
+    while let Some(Ok(_)) = socket.next().await {}
 }

@@ -215,5 +215,7 @@ async fn push(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>,
     shared
         .dispatcher
         .handle(gateway_core::Input::Push(Publication::from(push)));
-    Ok(text_response(StatusCode::ACCEPTED, Bytes::new()))
+    let mut accepted = Response::new(Full::new(Bytes::new()));
+    *accepted.status_mut() = StatusCode::ACCEPTED;
+    Ok(accepted)
 }

@@ -10,7 +10,7 @@ use gateway_auth::Authenticator;
 use gateway_core::ConnId;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -180,6 +180,14 @@ enum Listener {
     Stat,
 }
 
+/// HTTP/1.1 settings shared by both listeners. The timer arms hyper's default header read
+/// timeout (30 s), so a peer that opens a connection and sends nothing is eventually dropped.
+fn http_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    builder
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -206,9 +214,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
                         let shared = shared.clone();
                         service_fn(move |req| http::main_service(req, shared.clone(), peer))
                     };
-                    let conn = http1::Builder::new()
-                        .serve_connection(io, service)
-                        .with_upgrades();
+                    let conn = http_builder().serve_connection(io, service).with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         result = conn.as_mut() => result,
@@ -223,7 +229,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
                         let shared = shared.clone();
                         service_fn(move |req| http::stat_service(req, shared.clone()))
                     };
-                    let conn = http1::Builder::new().serve_connection(io, service);
+                    let conn = http_builder().serve_connection(io, service);
                     tokio::pin!(conn);
                     tokio::select! {
                         result = conn.as_mut() => result,
