@@ -50,12 +50,12 @@ async fn main() {
         let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream)
             .await
             .expect("upgrade");
-        ws.send(Message::text(r#"{"member_id":-1,"token":""}"#))
-            .await
-            .unwrap();
-        ws.send(Message::text(r#"{"app":"idle"}"#)).await.unwrap();
-        ws.next().await.unwrap().unwrap();
-        ws.next().await.unwrap().unwrap();
+        for message in [r#"{"member_id":-1,"token":""}"#, r#"{"app":"idle"}"#] {
+            ws.send(Message::text(message)).await.expect("send");
+        }
+        for _ in 0..2 {
+            ws.next().await.expect("a reply").expect("a reply");
+        }
         held.push(ws);
     }
     let elapsed = started.elapsed();
