@@ -22,7 +22,7 @@ fn main() {
     let alice_id = MemberId::new(42).expect("42 > 0");
     hub.handle(Input::Authenticated {
         conn: alice,
-        outcome: AuthOutcome::Accepted(alice_id),
+        outcome: AuthOutcome::accepted(alice_id),
     });
     hub.handle(Input::Authenticated {
         conn: stranger,

@@ -227,3 +227,62 @@ async fn an_address_in_use_is_refused_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_token_subcommand_mints_what_the_gateway_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hmac.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nstat_listen = \"127.0.0.1:0\"\n[auth]\nkind = \"hmac\"\n\
+         secrets = [\"the-current-secret-123\", \"the-previous-secret-456\"]\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let minted = Command::new(BINARY)
+        .args([
+            "token", "--member", "4242", "--ttl", "15m", "--config", config,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("v1.4242."), "{token}");
+
+    let mut gateway = Gateway::start(&["--config", config]);
+    let addr = gateway
+        .wait_for_log("websocket and push listener on ")
+        .await;
+    let mut client = Client::connect(&format!("ws://{addr}/")).await;
+    client
+        .send(&format!(r#"{{"member_id":4242,"token":"{token}"}}"#))
+        .await;
+    client.expect(&hello(4242)).await;
+    let mut other = Client::connect(&format!("ws://{addr}/")).await;
+    other
+        .send(&format!(r#"{{"member_id":4243,"token":"{token}"}}"#))
+        .await;
+    other.expect(&unauthorized()).await;
+    drop((client, other));
+    let (status, log) = gateway.terminate().await;
+    assert!(status.success());
+    assert!(!log.join("\n").contains("the-current-secret"));
+
+    // Without an hmac configuration the subcommand refuses.
+    let static_config = dir.path().join("static.toml");
+    std::fs::write(&static_config, "[auth]\nkind = \"anonymous\"\n").unwrap();
+    let refused = Command::new(BINARY)
+        .args([
+            "token",
+            "--member",
+            "1",
+            "--config",
+            static_config.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs kind = \"hmac\""));
+}

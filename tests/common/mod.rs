@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use gateway_auth::{Authenticator, StaticTokens};
 use gateway_core::MemberId;
-use gateway_server::{Gateway, ServerConfig};
+use gateway_server::{Counters, Gateway, ServerConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -81,6 +81,7 @@ pub fn test_authenticator() -> Arc<dyn Authenticator> {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub stat_addr: SocketAddr,
+    pub counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -100,6 +101,7 @@ impl TestServer {
         let stat_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = Gateway::from_listeners(config, authenticator, listener, stat_listener);
         let (addr, stat_addr) = (gateway.local_addr(), gateway.stat_addr());
+        let counters = gateway.counters();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -107,6 +109,7 @@ impl TestServer {
         TestServer {
             addr,
             stat_addr,
+            counters,
             stop: Some(stop),
             task: Some(task),
         }

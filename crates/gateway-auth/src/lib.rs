@@ -5,6 +5,12 @@
 //! [`Decision::Accept`] or [`Decision::Refuse`]; an `Err` means it could not decide (a backend
 //! down, a timeout) and the gateway treats it as a refusal, logs it and counts it.
 //!
+//! Implementations here: [`StaticTokens`] (a table from the configuration), [`AnonymousOnly`],
+//! [`HmacTokens`] (shared-secret tokens verified offline), [`JwtAuthenticator`] (HS256, RS256,
+//! ES256), [`HttpCallback`] (ask the app's backend); and wrappers that compose any of them:
+//! [`Cached`] (a bounded TTL cache of accepted pairs) and [`Chain`] (the first that accepts
+//! wins).
+//!
 //! This crate does not parse client messages, hold connections or time anything out on the
 //! gateway's behalf: an implementation that talks to a backend bounds its own latency.
 //!
@@ -18,7 +24,7 @@
 //! #[async_trait]
 //! impl Authenticator for EvenMembersOnly {
 //!     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {
-//!         Ok(if creds.member.get() % 2 == 0 { Decision::Accept } else { Decision::Refuse })
+//!         Ok(Decision::accept_if(creds.member.get() % 2 == 0))
 //!     }
 //! }
 //! ```
@@ -30,11 +36,23 @@ pub use async_trait::async_trait;
 use gateway_core::MemberId;
 
 mod anonymous;
+mod cache;
+mod chain;
+mod clock;
 mod error;
+mod hmac_tokens;
+mod http_callback;
+mod jwt;
 mod static_tokens;
 
 pub use anonymous::AnonymousOnly;
-pub use error::AuthError;
+pub use cache::Cached;
+pub use chain::Chain;
+pub use clock::{Clock, SystemClock};
+pub use error::{AuthError, SetupError};
+pub use hmac_tokens::{HmacTokens, mint_hmac_token};
+pub use http_callback::{HttpCallback, HttpCallbackConfig};
+pub use jwt::{JwtAlgorithm, JwtAuthenticator, JwtConfig, JwtKey};
 pub use static_tokens::StaticTokens;
 
 /// What a client presented in its auth message. Never logged: it holds a secret.
@@ -63,13 +81,46 @@ impl fmt::Debug for Credentials<'_> {
 }
 
 /// An authenticator's verdict on a pair `(member_id, token)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Decision {
     /// The token proves the member: the connection belongs to that member.
-    Accept,
+    Accept(Grant),
     /// The token does not prove the member: the connection continues as anonymous.
     Refuse,
+}
+
+impl Decision {
+    /// Accepts the member with access to every private app.
+    pub fn accept() -> Decision {
+        Decision::Accept(Grant::default())
+    }
+
+    /// [`Decision::accept`] if `proven`, else [`Decision::Refuse`].
+    pub fn accept_if(proven: bool) -> Decision {
+        if proven {
+            Decision::accept()
+        } else {
+            Decision::Refuse
+        }
+    }
+}
+
+/// What an accepted member may do beyond public apps.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Grant {
+    /// `None`: every private app. `Some(names)`: only these (others are "forbidden").
+    pub private_apps: Option<Vec<String>>,
+}
+
+impl Grant {
+    /// Access to these private apps only.
+    pub fn only_private_apps(apps: impl IntoIterator<Item = impl Into<String>>) -> Grant {
+        Grant {
+            private_apps: Some(apps.into_iter().map(Into::into).collect()),
+        }
+    }
 }
 
 /// Decides whether a client is the member it claims to be.

@@ -61,11 +61,7 @@ impl fmt::Debug for StaticTokens {
 #[async_trait]
 impl Authenticator for StaticTokens {
     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {
-        Ok(if self.verify(creds) {
-            Decision::Accept
-        } else {
-            Decision::Refuse
-        })
+        Ok(Decision::accept_if(self.verify(creds)))
     }
 
     fn describe(&self) -> String {
@@ -94,8 +90,8 @@ mod tests {
     #[tokio::test]
     async fn accepts_the_configured_token() {
         let auth = table();
-        assert_eq!(decide(&auth, 123456, "654321").await, Decision::Accept);
-        assert_eq!(decide(&auth, 777, "777secret").await, Decision::Accept);
+        assert_eq!(decide(&auth, 123456, "654321").await, Decision::accept());
+        assert_eq!(decide(&auth, 777, "777secret").await, Decision::accept());
     }
 
     #[tokio::test]

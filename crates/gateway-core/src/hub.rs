@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::frame::{CloseCode, Frame, Reply};
 use crate::ids::{AppName, ConnId, MemberId};
@@ -37,19 +38,51 @@ impl Default for HubConfig {
     }
 }
 
+/// Which private apps an accepted member may subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PrivateAccess {
+    /// Every private app (the authenticator said nothing more specific).
+    #[default]
+    All,
+    /// Only these (for example the apps listed in a JWT claim); others are "forbidden".
+    Only(Arc<[AppName]>),
+}
+
+impl PrivateAccess {
+    pub fn allows(&self, app: &AppName) -> bool {
+        match self {
+            PrivateAccess::All => true,
+            PrivateAccess::Only(apps) => apps.contains(app),
+        }
+    }
+}
+
 /// How a connection's authentication ended, as the driver observed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
     /// The auth message asked for anonymity (`member_id` < 0).
     Anonymous,
     /// The authenticator accepted the member.
-    Accepted(MemberId),
+    Accepted {
+        member: MemberId,
+        access: PrivateAccess,
+    },
     /// The authenticator refused the member (or failed); the connection continues anonymously.
     Refused,
     /// The first message was not a valid auth message.
     Missing,
     /// No first message arrived before the auth deadline.
     TimedOut,
+}
+
+impl AuthOutcome {
+    /// The member was accepted with access to every private app.
+    pub fn accepted(member: MemberId) -> Self {
+        AuthOutcome::Accepted {
+            member,
+            access: PrivateAccess::All,
+        }
+    }
 }
 
 /// Who is behind a registered connection.
@@ -91,6 +124,8 @@ pub enum Action {
 #[derive(Debug)]
 struct Connection {
     identity: Identity,
+    /// Meaningful for members only: anonymous connections never join a private app.
+    access: PrivateAccess,
     /// The apps this connection subscribed, so that a disconnect touches only those.
     apps: Vec<AppName>,
 }
@@ -195,10 +230,16 @@ impl Hub {
             // A driver bug; registering twice would orphan subscriptions. Keep the first.
             return;
         }
-        let (identity, reply) = match outcome {
-            AuthOutcome::Anonymous => (Identity::Anonymous, Reply::HelloStranger),
-            AuthOutcome::Accepted(member) => (Identity::Member(member), Reply::HelloMember(member)),
-            AuthOutcome::Refused => (Identity::Anonymous, Reply::Unauthorized),
+        let (identity, access, reply) = match outcome {
+            AuthOutcome::Anonymous => (
+                Identity::Anonymous,
+                PrivateAccess::All,
+                Reply::HelloStranger,
+            ),
+            AuthOutcome::Accepted { member, access } => {
+                (Identity::Member(member), access, Reply::HelloMember(member))
+            }
+            AuthOutcome::Refused => (Identity::Anonymous, PrivateAccess::All, Reply::Unauthorized),
             AuthOutcome::Missing | AuthOutcome::TimedOut => {
                 self.reply(conn, Reply::MissingAuth);
                 let code = if outcome == AuthOutcome::Missing {
@@ -214,6 +255,7 @@ impl Hub {
             conn,
             Connection {
                 identity,
+                access,
                 apps: Vec::new(),
             },
         );
@@ -232,6 +274,9 @@ impl Hub {
         let private = self.config.private_apps.contains(&app);
         let newly_subscribed = match (private, connection.identity) {
             (true, Identity::Anonymous) => {
+                return self.reply(conn, Reply::SubscribeForbidden(app));
+            }
+            (true, Identity::Member(_)) if !connection.access.allows(&app) => {
                 return self.reply(conn, Reply::SubscribeForbidden(app));
             }
             (true, Identity::Member(member)) => {

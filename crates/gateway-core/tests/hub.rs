@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use gateway_core::{
     Action, AppName, AuthOutcome, CloseCode, ConnId, Frame, Hub, HubConfig, Identity, Input,
-    MemberId, Publication, PushMessage, Reply,
+    MemberId, PrivateAccess, Publication, PushMessage, Reply,
 };
 
 /// Drives a hub the way the server does and collects what it asks for.
@@ -53,7 +53,7 @@ impl TestHub {
     }
 
     fn member(&mut self, conn: u64, id: i64) {
-        self.auth(conn, AuthOutcome::Accepted(member(id)));
+        self.auth(conn, AuthOutcome::accepted(member(id)));
     }
 
     fn send(&mut self, conn: u64, payload: &str) -> Vec<Action> {
@@ -122,7 +122,7 @@ fn anonymous_auth_says_hello_stranger() {
 fn accepted_member_says_hello_with_the_member_id() {
     let mut t = TestHub::new();
     assert_eq!(
-        t.auth(1, AuthOutcome::Accepted(member(123456))),
+        t.auth(1, AuthOutcome::accepted(member(123456))),
         [reply(1, Reply::HelloMember(member(123456)))]
     );
     assert_eq!(
@@ -188,7 +188,7 @@ fn auth_timeout_replies_400_then_closes_with_its_own_code() {
 fn a_second_auth_of_the_same_connection_is_ignored() {
     let mut t = TestHub::new();
     t.anonymous(1);
-    assert_eq!(t.auth(1, AuthOutcome::Accepted(member(5))), []);
+    assert_eq!(t.auth(1, AuthOutcome::accepted(member(5))), []);
     assert_eq!(t.hub.identity(ConnId::new(1)), Some(Identity::Anonymous));
 }
 
@@ -444,4 +444,32 @@ fn a_full_outbox_closes_that_connection_alone() {
         conn: ConnId::new(1),
     });
     assert_eq!(t.drain(), []);
+}
+
+#[test]
+fn a_member_restricted_to_some_private_apps_is_forbidden_the_others() {
+    let mut t = TestHub::with_config(HubConfig {
+        private_apps: HashSet::from([app("im"), app("dm")]),
+        ..HubConfig::default()
+    });
+    t.auth(
+        1,
+        AuthOutcome::Accepted {
+            member: member(7),
+            access: PrivateAccess::Only(vec![app("dm")].into()),
+        },
+    );
+    assert_eq!(
+        t.subscribe(1, "dm"),
+        [reply(1, Reply::Subscribed(app("dm")))]
+    );
+    assert_eq!(
+        t.subscribe(1, "im"),
+        [reply(1, Reply::SubscribeForbidden(app("im")))]
+    );
+    // Public apps are not restricted.
+    assert_eq!(
+        t.subscribe(1, "match"),
+        [reply(1, Reply::Subscribed(app("match")))]
+    );
 }

@@ -16,6 +16,8 @@ use crate::server::Gateway;
 #[derive(Debug, Parser)]
 #[command(name = "ws-gateway", version)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file (see the README for every key).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -27,9 +29,33 @@ pub struct Args {
     pub stat_listen: Option<SocketAddr>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Mints an HMAC token (`[auth] kind = "hmac"`) for tests and demos; prints it on stdout.
+    Token {
+        /// The member the token authenticates.
+        #[arg(long)]
+        member: i64,
+        /// How long the token is valid: `90s`, `15m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        /// The gateway's configuration file (its first secret signs the token).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
 /// Runs the binary: parses `std::env::args`, serves until SIGINT/SIGTERM.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Token {
+        member,
+        ttl,
+        config,
+    }) = args.command
+    {
+        return mint_token(member, ttl.into(), &config);
+    }
     init_logging();
 
     let mut config = match &args.config {
@@ -61,6 +87,33 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+fn mint_token(member: i64, ttl: std::time::Duration, path: &std::path::Path) -> ExitCode {
+    let Some(member) = gateway_core::MemberId::new(member) else {
+        eprintln!("error: --member must be a member id, an integer > 0");
+        return ExitCode::from(2);
+    };
+    match Config::load(path) {
+        Ok(Config {
+            auth: AuthConfig::Hmac(tokens),
+            ..
+        }) => {
+            println!("{}", tokens.mint(member, ttl.as_secs()));
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!(
+                "error: config file `{}`: key `auth.kind`: `ws-gateway token` needs kind = \"hmac\"",
+                path.display()
+            );
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn init_logging() {

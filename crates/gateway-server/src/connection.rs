@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use gateway_auth::{Credentials, Decision};
-use gateway_core::{AuthOutcome, AuthRequest, CloseCode, ConnId, Input};
+use gateway_auth::{Credentials, Decision, Grant};
+use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -141,18 +141,36 @@ async fn authenticate(
         .authenticate(Credentials::new(member, &token))
         .await
     {
-        Ok(Decision::Accept) => {
+        Ok(Decision::Accept(grant)) => {
             debug!(%conn, %member, "member authenticated");
-            Ok(AuthOutcome::Accepted(member))
+            Ok(AuthOutcome::Accepted {
+                member,
+                access: private_access(grant, shared.config.hub.max_app_name_len),
+            })
         }
         Ok(_refused) => {
             debug!(%conn, %member, "member refused");
             Ok(AuthOutcome::Refused)
         }
         Err(err) => {
-            warn!(%conn, %member, %err, "auth backend error; treating the member as refused");
+            let total = shared.counters.auth_backend_error();
+            warn!(%conn, %member, %err, auth_backend_errors = total, "auth backend error; treating the member as refused");
             Ok(AuthOutcome::Refused)
         }
+    }
+}
+
+/// What an authenticator's grant means to the hub. Names that are not valid app names can
+/// match no app, so they are dropped.
+fn private_access(grant: Grant, max_app_name_len: usize) -> PrivateAccess {
+    match grant.private_apps {
+        None => PrivateAccess::All,
+        Some(names) => PrivateAccess::Only(
+            names
+                .iter()
+                .filter_map(|name| AppName::parse(name, max_app_name_len).ok())
+                .collect(),
+        ),
     }
 }
 

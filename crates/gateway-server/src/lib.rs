@@ -13,13 +13,15 @@
 pub mod cli;
 pub mod config;
 mod connection;
+mod counters;
 mod dispatcher;
 mod error;
 mod http;
 mod outbox;
 mod server;
 
-pub use config::{AuthConfig, Config, Limits, ServerConfig, Timeouts};
+pub use config::{AuthConfig, CacheSettings, Config, Limits, ServerConfig, Timeouts};
+pub use counters::Counters;
 pub use dispatcher::Dispatcher;
 pub use error::{ConfigError, ServerError};
 pub use server::Gateway;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
+use crate::counters::Counters;
 use crate::dispatcher::Dispatcher;
 use crate::error::ServerError;
 use crate::http;
@@ -31,6 +32,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
+    pub(crate) counters: Arc<Counters>,
     next_conn: AtomicU64,
 }
 
@@ -116,6 +118,7 @@ impl Gateway {
                 authenticator,
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                counters: Arc::new(Counters::default()),
                 next_conn: AtomicU64::new(1),
             }),
             listener,
@@ -135,6 +138,11 @@ impl Gateway {
         self.stat_listener
             .local_addr()
             .expect("a bound TCP listener has an address")
+    }
+
+    /// Event counters, readable while (and after) the gateway runs.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
     }
 
     /// The hub's driver, for a service that embeds the gateway and pushes in-process.

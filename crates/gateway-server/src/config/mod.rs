@@ -3,17 +3,19 @@
 //! Every key is optional; a missing key takes the default documented in the README. Unknown
 //! keys are refused, so a typo is an error at start-up rather than a silently ignored setting.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_auth::{AnonymousOnly, Authenticator, StaticTokens};
-use gateway_core::{AppName, HubConfig, MemberId};
+use gateway_core::{AppName, HubConfig};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+
+mod auth;
+
+pub use auth::{AuthConfig, CacheSettings};
 
 /// The default WebSocket and push listener (the seed's).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
@@ -93,36 +95,6 @@ impl Default for ServerConfig {
     }
 }
 
-/// How members are authenticated (`[auth]`).
-#[derive(Clone, Default)]
-pub enum AuthConfig {
-    /// No `[auth]` table, or `kind = "anonymous"`: every member is refused.
-    #[default]
-    Anonymous,
-    /// `kind = "static"`: the `[auth.tokens]` table.
-    Static(Vec<(MemberId, String)>),
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthConfig::Anonymous => f.write_str("Anonymous"),
-            // Tokens are secrets: show how many, never which.
-            AuthConfig::Static(tokens) => write!(f, "Static({} members)", tokens.len()),
-        }
-    }
-}
-
-impl AuthConfig {
-    /// Builds the authenticator this configuration describes.
-    pub fn build(&self) -> Arc<dyn Authenticator> {
-        match self {
-            AuthConfig::Anonymous => Arc::new(AnonymousOnly),
-            AuthConfig::Static(tokens) => Arc::new(StaticTokens::new(tokens.iter().cloned())),
-        }
-    }
-}
-
 /// A configuration file, loaded and validated.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -142,7 +114,7 @@ struct FileConfig {
     timeouts: FileTimeouts,
     #[serde(default)]
     limits: FileLimits,
-    auth: Option<FileAuth>,
+    auth: Option<toml::Table>,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,13 +132,6 @@ struct FileLimits {
     max_push_body_bytes: Option<usize>,
     max_app_name_bytes: Option<usize>,
     outbox_messages: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAuth {
-    kind: String,
-    tokens: Option<BTreeMap<String, String>>,
 }
 
 impl Config {
@@ -206,12 +171,20 @@ fn position(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     format!(" (line {line}, column {column})")
 }
 
-struct Resolver<'a> {
+pub(crate) struct Resolver<'a> {
     path: &'a Path,
 }
 
 impl Resolver<'_> {
-    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    /// A path from the file, relative to the file's own directory.
+    pub(crate) fn relative(&self, path: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+
+    pub(crate) fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: PathBuf::from(self.path),
             key: key.into(),
@@ -236,7 +209,7 @@ impl Resolver<'_> {
         }
     }
 
-    fn positive<T: Copy + PartialEq + From<u8>>(
+    pub(crate) fn positive<T: Copy + PartialEq + From<u8>>(
         &self,
         key: &str,
         value: Option<T>,
@@ -249,7 +222,7 @@ impl Resolver<'_> {
         }
     }
 
-    fn millis(
+    pub(crate) fn millis(
         &self,
         key: &str,
         value: Option<u64>,
@@ -316,7 +289,7 @@ impl Resolver<'_> {
 
         let auth = match file.auth {
             None => AuthConfig::Anonymous,
-            Some(auth) => self.auth(auth)?,
+            Some(auth) => auth::resolve(auth::read_file_auth(auth, self)?, self)?,
         };
 
         Ok(Config {
@@ -332,58 +305,6 @@ impl Resolver<'_> {
             },
             auth,
         })
-    }
-
-    fn auth(&self, auth: FileAuth) -> Result<AuthConfig, ConfigError> {
-        match auth.kind.as_str() {
-            "anonymous" => {
-                if auth.tokens.is_some() {
-                    return Err(self.invalid("auth.tokens", "only used with kind = \"static\""));
-                }
-                Ok(AuthConfig::Anonymous)
-            }
-            "static" => {
-                let tokens = auth.tokens.ok_or_else(|| {
-                    self.invalid(
-                        "auth.tokens",
-                        "kind = \"static\" needs a [auth.tokens] table of member id = \"token\"",
-                    )
-                })?;
-                if tokens.is_empty() {
-                    return Err(self.invalid(
-                        "auth.tokens",
-                        "is empty: list at least one member id = \"token\"",
-                    ));
-                }
-                tokens
-                    .into_iter()
-                    .map(|(key, token)| {
-                        let member =
-                            key.parse::<i64>()
-                                .ok()
-                                .and_then(MemberId::new)
-                                .ok_or_else(|| {
-                                    self.invalid(
-                                        format!("auth.tokens.{key}"),
-                                        "the key must be a member id, an integer > 0",
-                                    )
-                                })?;
-                        if token.is_empty() {
-                            return Err(self.invalid(
-                                format!("auth.tokens.{key}"),
-                                "the token must not be empty",
-                            ));
-                        }
-                        Ok((member, token))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(AuthConfig::Static)
-            }
-            other => Err(self.invalid(
-                "auth.kind",
-                format!("unknown kind `{other}`; expected \"static\" or \"anonymous\""),
-            )),
-        }
     }
 }
 
@@ -424,17 +345,10 @@ kind = "static"            # "static" | "anonymous" (more kinds come later)
             .map(AppName::as_str)
             .collect();
         assert_eq!(private, ["im"]);
-        let AuthConfig::Static(mut tokens) = config.auth else {
+        let AuthConfig::Static(tokens) = config.auth else {
             panic!("static expected")
         };
-        tokens.sort();
-        assert_eq!(
-            tokens,
-            [
-                (MemberId::new(777).unwrap(), "777secret".to_owned()),
-                (MemberId::new(123456).unwrap(), "654321".to_owned())
-            ]
-        );
+        assert_eq!(tokens.len(), 2);
     }
 
     #[test]
@@ -541,7 +455,55 @@ kind = "anonymous"
             ),
             (
                 "[auth]\nkind = \"anonymous\"\n[auth.tokens]\n5 = \"x\"",
-                "key `auth.tokens`: only used with",
+                "key `auth.tokens`: unknown field `tokens`",
+            ),
+            (
+                "[auth]\nkind = \"hmac\"",
+                "key `auth.secrets`: kind = \"hmac\" needs",
+            ),
+            (
+                "[auth]\nkind = \"hmac\"\nsecrets = []",
+                "key `auth.secrets`: at least one secret is required",
+            ),
+            (
+                "[auth]\nkind = \"hmac\"\nsecrets = [\"short\"]",
+                "key `auth.secrets`: secret #1 is shorter than 16 bytes",
+            ),
+            (
+                "[auth]\nkind = \"jwt\"\nsecret = \"0123456789abcdef\"",
+                "key `auth.algorithm`: kind = \"jwt\" needs",
+            ),
+            (
+                "[auth]\nkind = \"jwt\"\nalgorithm = \"HS256\"",
+                "key `auth.secret`: kind = \"jwt\" needs",
+            ),
+            (
+                "[auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\npublic_key_file = \"missing.pem\"",
+                "key `auth.public_key_file`: cannot read `missing.pem`",
+            ),
+            (
+                "[auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\nsecret = \"0123456789abcdef\"",
+                "key `auth.secret`: public_key_file (for RS*/ES* algorithms) is required",
+            ),
+            (
+                "[auth]\nkind = \"http\"",
+                "key `auth.url`: kind = \"http\" needs",
+            ),
+            (
+                "[auth]\nkind = \"http\"\nurl = \"ftp://x/\"",
+                "key `auth.url`: `ftp://x/` is not an http:// URL",
+            ),
+            (
+                "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\ntimeout_ms = 0",
+                "key `auth.timeout_ms`: must be greater than 0",
+            ),
+            (
+                "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\ncache_max_entries = 5",
+                "key `auth.cache_max_entries`: only used with",
+            ),
+            (
+                "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\n[auth.headers]\n\"x-key\" = \"a\\nb\"",
+                "key `auth.headers.x-key`: not a valid HTTP header value",
             ),
             ("[auth]\ntokens = {}", "kind"),
             ("listen = ", "gw.toml"),
@@ -551,6 +513,42 @@ kind = "anonymous"
             assert!(message.starts_with("config file `gw.toml`: "), "{message}");
             assert!(message.contains(expected), "for {text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn each_auth_kind_is_read() {
+        let hmac = parse("[auth]\nkind = \"hmac\"\nsecrets = [\"current-secret-0123\", \"previous-secret-0123\"]\nleeway_s = 2").unwrap();
+        assert!(matches!(hmac.auth, AuthConfig::Hmac(_)));
+
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway-auth/tests/keys");
+        let rs = Config::parse(
+            "[auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\npublic_key_file = \"rsa_public.pem\"\n\
+             member_claim = \"uid\"\napps_claim = \"apps\"\nissuer = \"https://id.example\"\n\
+             audience = [\"a\", \"b\"]\nleeway_s = 1",
+            // Relative key files are found next to the configuration file.
+            &Path::new(keys).join("gw.toml"),
+        )
+        .unwrap();
+        assert!(matches!(rs.auth, AuthConfig::Jwt(_)));
+
+        let http = parse(
+            "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9000/auth\"\ntimeout_ms = 250\n\
+             max_concurrency = 8\ncache_ttl_s = 60\n[auth.headers]\n\"X-Api-Key\" = \"k\"",
+        )
+        .unwrap();
+        let AuthConfig::Http { callback, cache } = http.auth else {
+            panic!("http expected")
+        };
+        assert_eq!(callback.timeout, Duration::from_millis(250));
+        assert_eq!(callback.max_concurrency, 8);
+        assert_eq!(callback.headers.len(), 1);
+        assert_eq!(
+            cache,
+            Some(CacheSettings {
+                ttl: Duration::from_secs(60),
+                max_entries: 100_000
+            })
+        );
     }
 
     #[test]
