@@ -92,6 +92,9 @@ pub enum Reply {
     BadSubscribe,
     /// 403 `subscribe <app> forbidden`: a private app asked for by an anonymous connection.
     SubscribeForbidden(AppName),
+    /// 429 `too many subscriptions`: the connection already holds the configured maximum of
+    /// subscriptions (an extension: a client within the limit never sees it).
+    TooManySubscriptions,
 }
 
 impl Reply {
@@ -101,6 +104,7 @@ impl Reply {
             Reply::MissingAuth | Reply::BadSubscribe => 400,
             Reply::Unauthorized => 401,
             Reply::SubscribeForbidden(_) => 403,
+            Reply::TooManySubscriptions => 429,
         }
     }
 
@@ -113,6 +117,7 @@ impl Reply {
             Reply::Subscribed(app) => format!("subscribe {app} success"),
             Reply::BadSubscribe => "bad subscribe message".to_owned(),
             Reply::SubscribeForbidden(app) => format!("subscribe {app} forbidden"),
+            Reply::TooManySubscriptions => "too many subscriptions".to_owned(),
         }
     }
 
@@ -144,26 +149,52 @@ pub enum CloseCode {
     Normal,
     /// 1001: the gateway is shutting down.
     GoingAway,
+    /// 1002: the client broke the WebSocket protocol (bad framing, unmasked frames, …).
+    ProtocolError,
+    /// 1007: a text frame was not valid UTF-8.
+    InvalidPayload,
     /// 1009: a client message was larger than `limits.max_message_bytes`.
     MessageTooBig,
     /// 4100: the connection's outbound queue overflowed because the client does not read fast
     /// enough; it missed messages and should reconnect.
     SlowConsumer,
+    /// 4101: nothing (not even a pong) arrived from the client within the idle timeout.
+    IdleTimeout,
     /// 4400: the first message was not a valid auth message.
     MissingAuth,
     /// 4408: no auth message arrived within the auth deadline.
     AuthTimeout,
+    /// 4429: the client sent more messages than its rate limit allows.
+    TooManyMessages,
 }
 
 impl CloseCode {
+    /// Every close code, for documentation and tests.
+    pub const ALL: [CloseCode; 10] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
+        CloseCode::MessageTooBig,
+        CloseCode::SlowConsumer,
+        CloseCode::IdleTimeout,
+        CloseCode::MissingAuth,
+        CloseCode::AuthTimeout,
+        CloseCode::TooManyMessages,
+    ];
+
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::MessageTooBig => 1009,
             CloseCode::SlowConsumer => 4100,
+            CloseCode::IdleTimeout => 4101,
             CloseCode::MissingAuth => 4400,
             CloseCode::AuthTimeout => 4408,
+            CloseCode::TooManyMessages => 4429,
         }
     }
 
@@ -172,10 +203,14 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "bye",
             CloseCode::GoingAway => "server shutting down",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::InvalidPayload => "invalid UTF-8",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::SlowConsumer => "slow consumer: outbound queue full",
+            CloseCode::IdleTimeout => "idle timeout: no sign of life",
             CloseCode::MissingAuth => "missing auth message",
             CloseCode::AuthTimeout => "auth timeout",
+            CloseCode::TooManyMessages => "too many messages",
         }
     }
 }
@@ -219,6 +254,10 @@ mod tests {
                 Reply::SubscribeForbidden(app("im")),
                 r#"{"app":"gateway","member_id":-1,"text":"{\"code\":403,\"message\":\"subscribe im forbidden\"}"}"#,
             ),
+            (
+                Reply::TooManySubscriptions,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":429,\"message\":\"too many subscriptions\"}"}"#,
+            ),
         ];
         for (reply, expected) in cases {
             assert_eq!(reply.frame().as_str(), expected);
@@ -250,17 +289,12 @@ mod tests {
 
     #[test]
     fn close_codes_are_in_the_documented_ranges() {
-        for code in [
-            CloseCode::Normal,
-            CloseCode::GoingAway,
-            CloseCode::MessageTooBig,
-            CloseCode::SlowConsumer,
-            CloseCode::MissingAuth,
-            CloseCode::AuthTimeout,
-        ] {
+        let mut seen = std::collections::HashSet::new();
+        for code in CloseCode::ALL {
             let n = code.code();
-            assert!(matches!(n, 1000 | 1001 | 1009) || (4000..5000).contains(&n));
+            assert!(matches!(n, 1000..=1015) || (4000..5000).contains(&n));
             assert!(code.reason().len() <= 123);
+            assert!(seen.insert(n), "{n} used twice");
         }
     }
 }

@@ -26,6 +26,13 @@ pub struct HubConfig {
     pub private_apps: HashSet<AppName>,
     /// The longest app name accepted, in bytes. Default: [`AppName::DEFAULT_MAX_LEN`].
     pub max_app_name_len: usize,
+    /// Subscriptions one connection may hold; one more is answered "too many subscriptions".
+    /// Default: [`HubConfig::DEFAULT_MAX_SUBSCRIPTIONS`].
+    pub max_subscriptions: usize,
+}
+
+impl HubConfig {
+    pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
 }
 
 impl Default for HubConfig {
@@ -34,6 +41,7 @@ impl Default for HubConfig {
         HubConfig {
             private_apps: HashSet::from([im]),
             max_app_name_len: AppName::DEFAULT_MAX_LEN,
+            max_subscriptions: HubConfig::DEFAULT_MAX_SUBSCRIPTIONS,
         }
     }
 }
@@ -272,6 +280,10 @@ impl Hub {
             Err(_) => return self.reply(conn, Reply::BadSubscribe),
         };
         let private = self.config.private_apps.contains(&app);
+        if connection.apps.len() >= self.config.max_subscriptions && !connection.apps.contains(&app)
+        {
+            return self.reply(conn, Reply::TooManySubscriptions);
+        }
         let newly_subscribed = match (private, connection.identity) {
             (true, Identity::Anonymous) => {
                 return self.reply(conn, Reply::SubscribeForbidden(app));

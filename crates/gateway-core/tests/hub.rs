@@ -473,3 +473,18 @@ fn a_member_restricted_to_some_private_apps_is_forbidden_the_others() {
         [reply(1, Reply::Subscribed(app("match")))]
     );
 }
+
+#[test]
+fn the_subscription_limit_holds_at_its_boundary_and_repeats_stay_idempotent() {
+    let mut t = TestHub::with_config(HubConfig {
+        max_subscriptions: 2,
+        ..HubConfig::default()
+    });
+    t.member(1, 7);
+    t.subscribe(1, "a");
+    t.subscribe(1, "im");
+    assert_eq!(t.subscribe(1, "c"), [reply(1, Reply::TooManySubscriptions)]);
+    // Repeating a held subscription is still a success.
+    assert_eq!(t.subscribe(1, "a"), [reply(1, Reply::Subscribed(app("a")))]);
+    assert_eq!(t.stat(), "a 1\nim 1\n");
+}

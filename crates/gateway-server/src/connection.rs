@@ -11,11 +11,14 @@ use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tracing::{debug, info, warn};
 
+use crate::liveness::{Heartbeat, RateLimit, Tick};
 use crate::outbox::Outbox;
 use crate::server::Shared;
 
@@ -27,22 +30,36 @@ enum End {
     Close(CloseCode),
     /// The client sent a close frame: let tungstenite send the echo, then drop.
     ClientClosed,
-    /// The client vanished or broke the protocol at the WebSocket level.
+    /// The client vanished or the socket failed.
     Gone,
 }
 
-pub(crate) async fn serve(mut socket: Socket, conn: ConnId, shared: Arc<Shared>) {
-    let outbox = Arc::new(Outbox::new(shared.config.limits.outbox_messages));
+/// Serves one upgraded connection until it ends. `_slot` is this connection's place under
+/// `limits.max_connections`, released when the task ends.
+pub(crate) async fn serve(
+    mut socket: Socket,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let limits = &shared.config.limits;
+    let outbox = Arc::new(Outbox::new(limits.outbox_messages, limits.outbox_bytes));
     shared.dispatcher.attach(conn, outbox.clone());
 
-    let end = tokio::select! {
-        end = run(&mut socket, conn, &shared, &outbox) => end,
-        () = shared.shutdown.cancelled() => End::Close(CloseCode::GoingAway),
-    };
+    let end = run(&mut socket, conn, &shared, &outbox).await;
     // Leave the hub first: no push is queued to a connection that is closing.
     shared.dispatcher.detach(conn);
     match end {
-        End::Close(code) => close(&mut socket, code, &shared).await,
+        End::Close(code) => {
+            let total = shared.counters.closed(code);
+            match code {
+                CloseCode::SlowConsumer | CloseCode::IdleTimeout | CloseCode::TooManyMessages => {
+                    info!(%conn, code = code.code(), reason = code.reason(), total, "closing connection");
+                }
+                _ => debug!(%conn, code = code.code(), "closing connection"),
+            }
+            close(&mut socket, code, &shared).await;
+        }
         End::ClientClosed => finish_close(&mut socket, &shared).await,
         End::Gone => {}
     }
@@ -50,22 +67,33 @@ pub(crate) async fn serve(mut socket: Socket, conn: ConnId, shared: Arc<Shared>)
 }
 
 async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox) -> End {
-    let outcome = match authenticate(socket, conn, shared).await {
-        Ok(outcome) => outcome,
-        Err(end) => return end,
+    let outcome = tokio::select! {
+        outcome = authenticate(socket, conn, shared) => match outcome {
+            Ok(outcome) => outcome,
+            Err(end) => return end,
+        },
+        () = shared.shutdown.cancelled() => return End::Close(CloseCode::GoingAway),
     };
     shared
         .dispatcher
         .handle(Input::Authenticated { conn, outcome });
 
+    let timeouts = &shared.config.timeouts;
+    let limits = &shared.config.limits;
+    let mut heartbeat = Heartbeat::new(Instant::now(), timeouts.ping_interval, timeouts.idle);
+    let mut rate = RateLimit::new(
+        Instant::now(),
+        limits.max_messages_per_s,
+        limits.message_burst,
+    );
     loop {
         let mut batch = outbox.take();
         let wrote = !batch.frames.is_empty();
         if wrote {
-            // A client that does not read blocks this write; the hub then closes the
-            // connection when its outbox fills, and that close must not wait for the write.
+            // A write that makes no progress for the idle timeout means a dead or stuck peer.
+            let stuck = tokio::time::sleep(timeouts.idle);
             let write = write_all(socket, std::mem::take(&mut batch.frames));
-            tokio::pin!(write);
+            tokio::pin!(stuck, write);
             loop {
                 tokio::select! {
                     result = &mut write => {
@@ -74,15 +102,14 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
                         }
                         break;
                     }
+                    // A slow consumer is closed without waiting for its write to finish;
+                    // other closes (shutdown) come after the frames already queued.
                     () = outbox.wait() => {
-                        // A close requested after this batch was taken (a slow consumer) does
-                        // not wait for the write; one taken with the batch comes after it.
-                        if batch.close.is_none()
-                            && let Some(code) = outbox.close_code()
-                        {
-                            return End::Close(code);
+                        if outbox.close_code() == Some(CloseCode::SlowConsumer) {
+                            return End::Close(CloseCode::SlowConsumer);
                         }
                     }
+                    () = &mut stuck => return End::Close(CloseCode::IdleTimeout),
                 }
             }
         }
@@ -96,19 +123,34 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
         tokio::select! {
             biased;
             () = outbox.wait() => {}
-            message = socket.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    shared.dispatcher.handle(Input::Message { conn, payload: text.as_bytes() });
+            () = tokio::time::sleep_until(heartbeat.deadline()) => {
+                match heartbeat.on_deadline(Instant::now()) {
+                    // A full outbox already means the client is about to be closed.
+                    Some(Tick::Ping) => { let _ = outbox.push(Message::Ping(Bytes::new())); }
+                    Some(Tick::Dead) => return End::Close(CloseCode::IdleTimeout),
+                    None => {}
                 }
-                Some(Ok(Message::Binary(bytes))) => {
-                    shared.dispatcher.handle(Input::Message { conn, payload: &bytes });
+            }
+            message = socket.next() => {
+                let now = Instant::now();
+                heartbeat.seen(now);
+                if !rate.allow(now) {
+                    return End::Close(CloseCode::TooManyMessages);
                 }
-                // Pongs are queued by tungstenite and flushed by the next read or write.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) => return End::ClientClosed,
-                None => return End::Gone,
-                Some(Err(err)) => return socket_error(conn, err),
-            },
+                match message {
+                    Some(Ok(Message::Text(text))) => {
+                        shared.dispatcher.handle(Input::Message { conn, payload: text.as_bytes() });
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        shared.dispatcher.handle(Input::Message { conn, payload: &bytes });
+                    }
+                    // Pongs are queued by tungstenite and flushed by the next read or write.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                    None => return End::Gone,
+                    Some(Err(err)) => return socket_error(conn, err),
+                }
+            }
         }
     }
 }
@@ -188,17 +230,19 @@ async fn first_message(socket: &mut Socket, conn: ConnId) -> Result<Bytes, End> 
     }
 }
 
+/// The close for a failed read: the client broke a limit or the protocol, or just vanished.
 fn socket_error(conn: ConnId, err: tungstenite::Error) -> End {
-    match err {
-        tungstenite::Error::Capacity(err) => {
-            info!(%conn, %err, "client message too big; closing with 1009");
-            End::Close(CloseCode::MessageTooBig)
-        }
-        err => {
+    let code = match &err {
+        tungstenite::Error::Capacity(_) => CloseCode::MessageTooBig,
+        tungstenite::Error::Utf8(_) => CloseCode::InvalidPayload,
+        tungstenite::Error::Protocol(_) => CloseCode::ProtocolError,
+        _ => {
             debug!(%conn, %err, "connection error");
-            End::Gone
+            return End::Gone;
         }
-    }
+    };
+    debug!(%conn, %err, code = code.code(), "bad client frame");
+    End::Close(code)
 }
 
 async fn write_all(

@@ -3,9 +3,22 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gateway_core::CloseCode;
+
 #[derive(Debug, Default)]
 pub struct Counters {
     auth_backend_errors: AtomicU64,
+    upgrades_refused: AtomicU64,
+    pushes_refused: AtomicU64,
+    /// Indexed like [`CloseCode::ALL`].
+    closes: [AtomicU64; CloseCode::ALL.len()],
+}
+
+fn index(code: CloseCode) -> usize {
+    CloseCode::ALL
+        .iter()
+        .position(|c| *c == code)
+        .expect("CloseCode::ALL lists every code")
 }
 
 impl Counters {
@@ -15,8 +28,36 @@ impl Counters {
         self.auth_backend_errors.load(Ordering::Relaxed)
     }
 
+    /// WebSocket upgrades refused with 503 because `limits.max_connections` were open.
+    pub fn upgrades_refused(&self) -> u64 {
+        self.upgrades_refused.load(Ordering::Relaxed)
+    }
+
+    /// Pushes refused with 503 (overload or shutdown).
+    pub fn pushes_refused(&self) -> u64 {
+        self.pushes_refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections the gateway closed with `code`.
+    pub fn closes(&self, code: CloseCode) -> u64 {
+        self.closes[index(code)].load(Ordering::Relaxed)
+    }
+
     /// Counts one auth-backend error; returns the new total.
     pub(crate) fn auth_backend_error(&self) -> u64 {
         self.auth_backend_errors.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn upgrade_refused(&self) -> u64 {
+        self.upgrades_refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn push_refused(&self) -> u64 {
+        self.pushes_refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a close; returns the new total for that code.
+    pub(crate) fn closed(&self, code: CloseCode) -> u64 {
+        self.closes[index(code)].fetch_add(1, Ordering::Relaxed) + 1
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{Action, ConnId, Frame, Hub, HubConfig, Input, Stat};
+use gateway_core::{Action, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Stat};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::outbox::Outbox;
@@ -17,6 +17,8 @@ use crate::outbox::Outbox;
 struct Inner {
     hub: Hub,
     outboxes: HashMap<ConnId, Arc<Outbox>>,
+    /// Set once by [`Dispatcher::shut_down`]: every outbox, even one attached later, closes.
+    closing: bool,
 }
 
 #[derive(Debug)]
@@ -35,6 +37,7 @@ impl Dispatcher {
             inner: Mutex::new(Inner {
                 hub: Hub::new(config),
                 outboxes: HashMap::new(),
+                closing: false,
             }),
         }
     }
@@ -47,7 +50,20 @@ impl Dispatcher {
 
     /// Gives the hub a connection's outbox, before its first input.
     pub(crate) fn attach(&self, conn: ConnId, outbox: Arc<Outbox>) {
-        self.lock().outboxes.insert(conn, outbox);
+        let mut inner = self.lock();
+        if inner.closing {
+            outbox.close(CloseCode::GoingAway);
+        }
+        inner.outboxes.insert(conn, outbox);
+    }
+
+    /// Asks every connection to close with 1001 after the frames already queued to it.
+    pub(crate) fn shut_down(&self) {
+        let mut inner = self.lock();
+        inner.closing = true;
+        for outbox in inner.outboxes.values() {
+            outbox.close(CloseCode::GoingAway);
+        }
     }
 
     /// Forgets a connection that has ended, whatever its state.

@@ -12,10 +12,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::connection;
 use crate::server::Shared;
@@ -29,7 +31,12 @@ enum Refusal {
     MethodNotAllowed(&'static str),
     BadUpgrade(&'static str),
     UnsupportedWebSocketVersion,
+    OriginNotAllowed,
+    TooManyConnections,
     ShuttingDown,
+    PushKeyRequired,
+    PushNotAllowedFrom,
+    PushOverloaded,
     BodyTooLarge(usize),
     BadBody(String),
     BadPush(String),
@@ -51,7 +58,21 @@ impl Refusal {
                 StatusCode::UPGRADE_REQUIRED,
                 "unsupported WebSocket version; use 13".to_owned(),
             ),
+            Refusal::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin not allowed".to_owned()),
+            Refusal::TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections".to_owned(),
+            ),
             Refusal::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned()),
+            Refusal::PushKeyRequired => (
+                StatusCode::UNAUTHORIZED,
+                "push requires Authorization: Bearer <push api key>".to_owned(),
+            ),
+            Refusal::PushNotAllowedFrom => (
+                StatusCode::FORBIDDEN,
+                "push is not allowed from this address".to_owned(),
+            ),
+            Refusal::PushOverloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned()),
             Refusal::BodyTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("push body larger than {max} bytes"),
@@ -97,7 +118,7 @@ pub(crate) async fn main_service(
         upgrade(req, shared, peer)
     } else if req.uri().path() == "/push" {
         if req.method() == Method::POST {
-            push(req, &shared).await
+            push(req, &shared, peer).await
         } else {
             Err(Refusal::MethodNotAllowed("POST"))
         }
@@ -158,9 +179,24 @@ fn upgrade(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return Err(Refusal::BadUpgrade("Sec-WebSocket-Key is missing"));
     };
+    if let (Some(allowed), Some(origin)) = (
+        &shared.config.access.allowed_origins,
+        req.headers().get(header::ORIGIN),
+    ) {
+        let origin = origin.to_str().unwrap_or("");
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+            debug!(%peer, origin, "upgrade refused: origin not allowed");
+            return Err(Refusal::OriginNotAllowed);
+        }
+    }
     if shared.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
+    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        let total = shared.counters.upgrade_refused();
+        warn!(%peer, total, "upgrade refused: limits.max_connections reached");
+        return Err(Refusal::TooManyConnections);
+    };
     let accept = derive_accept_key(key.as_bytes());
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
@@ -175,7 +211,7 @@ fn upgrade(
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(socket, conn, shared).await;
+                connection::serve(socket, conn, shared, slot).await;
             }
             Err(err) => debug!(%conn, %err, "upgrade failed"),
         }
@@ -193,7 +229,64 @@ fn upgrade(
     Ok(response)
 }
 
-async fn push(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, Refusal> {
+/// Whether this request may push: with keys configured, it must present one; without, it
+/// must come from an allowed network.
+fn push_allowed(req: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Result<(), Refusal> {
+    if shared.push_key_digests.is_empty() {
+        let ip = peer.ip().to_canonical();
+        return if shared
+            .config
+            .access
+            .push_allow_from
+            .iter()
+            .any(|net| net.contains(&ip))
+        {
+            Ok(())
+        } else {
+            debug!(%peer, "push refused: address not in push_allow_from");
+            Err(Refusal::PushNotAllowedFrom)
+        };
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    let Some(presented) = presented else {
+        return Err(Refusal::PushKeyRequired);
+    };
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    // Compare with every key, each in constant time, without stopping at a match.
+    let matched = shared
+        .push_key_digests
+        .iter()
+        .fold(Choice::from(0), |any, key| any | key.ct_eq(&digest));
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        debug!(%peer, "push refused: wrong key");
+        Err(Refusal::PushKeyRequired)
+    }
+}
+
+async fn push(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Refusal> {
+    push_allowed(&req, shared, peer)?;
+    if shared.shutdown.is_cancelled() {
+        shared.counters.push_refused();
+        return Err(Refusal::ShuttingDown);
+    }
+    // Held until the push is handed over: 202 means delivered to every recipient's queue.
+    let Ok(_slot) = shared.push_slots.try_acquire() else {
+        let total = shared.counters.push_refused();
+        warn!(total, "push refused: limits.max_inflight_pushes reached");
+        return Err(Refusal::PushOverloaded);
+    };
     let max = shared.config.limits.max_push_body_bytes;
     let declared = req
         .headers()

@@ -17,10 +17,12 @@ mod counters;
 mod dispatcher;
 mod error;
 mod http;
+mod liveness;
 mod outbox;
 mod server;
+pub mod tls;
 
-pub use config::{AuthConfig, CacheSettings, Config, Limits, ServerConfig, Timeouts};
+pub use config::{Access, AuthConfig, CacheSettings, Config, Limits, ServerConfig, Timeouts};
 pub use counters::Counters;
 pub use dispatcher::Dispatcher;
 pub use error::{ConfigError, ServerError};

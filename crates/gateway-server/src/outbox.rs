@@ -20,6 +20,8 @@ pub(crate) struct Full;
 #[derive(Debug)]
 struct State {
     frames: VecDeque<Message>,
+    /// The payload bytes of `frames`.
+    bytes: usize,
     /// Set once: after this frame nothing more is queued and the task closes the socket.
     close: Option<CloseCode>,
 }
@@ -28,6 +30,7 @@ struct State {
 pub(crate) struct Outbox {
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
     /// Wakes the connection task; `notify_one` keeps a permit if the task is busy writing, so
     /// no wake-up is ever lost.
     wake: Notify,
@@ -41,13 +44,17 @@ pub(crate) struct Batch {
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// At most `capacity` frames and `max_bytes` bytes (one frame of any size is always
+    /// accepted into an empty queue, so a large push never closes every subscriber).
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                bytes: 0,
                 close: None,
             }),
             capacity,
+            max_bytes,
             wake: Notify::new(),
         }
     }
@@ -58,14 +65,19 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a frame without waiting. `Err(Full)` if the queue holds `capacity` frames or the
+    /// Queues a frame without waiting. `Err(Full)` if the queue is at one of its bounds or the
     /// connection is closing.
     pub(crate) fn push(&self, frame: Message) -> Result<(), Full> {
+        let len = frame.len();
         let mut state = self.lock();
-        if state.close.is_some() || state.frames.len() >= self.capacity {
+        let was_empty = state.frames.is_empty();
+        if state.close.is_some()
+            || state.frames.len() >= self.capacity
+            || (!was_empty && state.bytes + len > self.max_bytes)
+        {
             return Err(Full);
         }
-        let was_empty = state.frames.is_empty();
+        state.bytes += len;
         state.frames.push_back(frame);
         drop(state);
         if was_empty {
@@ -88,6 +100,7 @@ impl Outbox {
     /// no buffer.
     pub(crate) fn take(&self) -> Batch {
         let mut state = self.lock();
+        state.bytes = 0;
         Batch {
             frames: std::mem::take(&mut state.frames),
             close: state.close,
@@ -116,7 +129,7 @@ mod tests {
 
     #[test]
     fn refuses_beyond_capacity_and_after_close() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, 1024);
         assert_eq!(outbox.push(text("a")), Ok(()));
         assert_eq!(outbox.push(text("b")), Ok(()));
         assert_eq!(outbox.push(text("c")), Err(Full));
@@ -132,8 +145,23 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_holds_but_one_frame_always_fits() {
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(
+            outbox.push(text("0123456789abcdef")),
+            Ok(()),
+            "alone in the queue"
+        );
+        assert_eq!(outbox.push(text("x")), Err(Full));
+        outbox.take();
+        assert_eq!(outbox.push(text("01234")), Ok(()));
+        assert_eq!(outbox.push(text("56789")), Ok(()));
+        assert_eq!(outbox.push(text("a")), Err(Full));
+    }
+
+    #[test]
     fn the_first_close_code_wins() {
-        let outbox = Outbox::new(1);
+        let outbox = Outbox::new(1, 1024);
         outbox.close(CloseCode::SlowConsumer);
         outbox.close(CloseCode::GoingAway);
         assert_eq!(outbox.take().close, Some(CloseCode::SlowConsumer));
@@ -141,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_push_before_the_wait_is_not_lost() {
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(4, 1024);
         outbox.push(text("a")).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), outbox.wait())
             .await

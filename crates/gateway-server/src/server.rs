@@ -11,7 +11,11 @@ use gateway_core::ConnId;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +37,12 @@ pub(crate) struct Shared {
     /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     pub(crate) counters: Arc<Counters>,
+    /// One permit per WebSocket connection (`limits.max_connections`).
+    pub(crate) connection_slots: Arc<Semaphore>,
+    /// One permit per push being handled (`limits.max_inflight_pushes`).
+    pub(crate) push_slots: Semaphore,
+    /// SHA-256 of each push API key, compared in constant time.
+    pub(crate) push_key_digests: Vec<[u8; 32]>,
     next_conn: AtomicU64,
 }
 
@@ -111,8 +121,17 @@ impl Gateway {
         stat_listener: TcpListener,
     ) -> Gateway {
         let dispatcher = Dispatcher::new(config.hub.clone());
+        let push_key_digests = config
+            .access
+            .push_api_keys
+            .iter()
+            .map(|key| Sha256::digest(key.as_bytes()).into())
+            .collect();
         Gateway {
             shared: Arc::new(Shared {
+                connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+                push_slots: Semaphore::new(config.limits.max_inflight_pushes),
+                push_key_digests,
                 config,
                 dispatcher,
                 authenticator,
@@ -165,6 +184,7 @@ impl Gateway {
         shutdown.await;
         info!("shutting down: closing connections");
         shared.shutdown.cancel();
+        shared.dispatcher.shut_down();
         let _ = main.await;
         let _ = stat.await;
         shared.tracker.close();
@@ -197,6 +217,11 @@ fn http_builder() -> http1::Builder {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener) {
+    let tls = match which {
+        Listener::Main => shared.config.tls.clone(),
+        Listener::Stat => shared.config.stat_tls.clone(),
+    }
+    .map(TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -212,45 +237,57 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let tracker = shared.tracker.clone();
-        tracker.spawn(async move {
-            let io = TokioIo::new(stream);
-            let shutdown = shared.shutdown.clone();
-            let result = match which {
-                Listener::Main => {
-                    let service = {
-                        let shared = shared.clone();
-                        service_fn(move |req| http::main_service(req, shared.clone(), peer))
-                    };
-                    let conn = http_builder().serve_connection(io, service).with_upgrades();
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = shutdown.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
-                }
-                Listener::Stat => {
-                    let service = {
-                        let shared = shared.clone();
-                        service_fn(move |req| http::stat_service(req, shared.clone()))
-                    };
-                    let conn = http_builder().serve_connection(io, service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = shutdown.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
-                }
+        let tls = tls.clone();
+        shared.tracker.clone().spawn(async move {
+            let Some(tls) = tls else {
+                return serve_http(stream, peer, shared, which).await;
             };
-            if let Err(err) = result {
-                debug!(%err, %peer, "http connection error");
+            // The handshake shares the auth deadline: a peer that stalls it is dropped.
+            let handshake = tokio::time::timeout(shared.config.timeouts.auth, tls.accept(stream));
+            match handshake.await {
+                Ok(Ok(stream)) => serve_http(stream, peer, shared, which).await,
+                Ok(Err(err)) => debug!(%err, %peer, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection (plain or TLS) until it ends or, on shutdown,
+/// until its request in flight is answered.
+async fn serve_http<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, which: Listener)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let shutdown = shared.shutdown.clone();
+    let result = match which {
+        Listener::Main => {
+            let service = service_fn(move |req| http::main_service(req, shared.clone(), peer));
+            let conn = http_builder().serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Listener::Stat => {
+            let service = service_fn(move |req| http::stat_service(req, shared.clone()));
+            let conn = http_builder().serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        debug!(%err, %peer, "http connection error");
     }
 }

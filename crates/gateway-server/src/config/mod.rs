@@ -6,9 +6,11 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::{AppName, HubConfig};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
@@ -29,10 +31,53 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `GET /stat`.
     pub stat_listen: SocketAddr,
-    /// Private apps and the app-name limit.
+    /// Private apps, the app-name limit and the subscription limit.
     pub hub: HubConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Who may push and which origins may connect.
+    pub access: Access,
+    /// TLS on the main listener (`wss://`, `https://…/push`); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS on the stat listener; `None`: plain TCP.
+    pub stat_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Access control of the main listener.
+#[derive(Clone)]
+pub struct Access {
+    /// When not empty, `POST /push` requires `Authorization: Bearer <one of these>` (401
+    /// otherwise), from any address.
+    pub push_api_keys: Vec<String>,
+    /// When no key is configured, `POST /push` is accepted only from peers in these networks
+    /// (403 otherwise). Default: loopback (`127.0.0.0/8`, `::1/128`).
+    pub push_allow_from: Vec<IpNet>,
+    /// When set, a WebSocket upgrade that carries an `Origin` header must carry one of these
+    /// (403 otherwise). Upgrades without `Origin` (non-browser clients) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            push_api_keys: Vec::new(),
+            push_allow_from: vec![
+                "127.0.0.0/8".parse().expect("a valid network literal"),
+                "::1/128".parse().expect("a valid network literal"),
+            ],
+            allowed_origins: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("push_api_keys", &self.push_api_keys.len())
+            .field("push_allow_from", &self.push_allow_from)
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
 }
 
 /// How long the gateway waits for things.
@@ -46,6 +91,11 @@ pub struct Timeouts {
     /// On SIGINT/SIGTERM, how long connections get to close before the process exits anyway.
     /// Default 5 s.
     pub shutdown: Duration,
+    /// A connection from which nothing has arrived for this long is sent a ping. Default 25 s.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (not even a pong) has arrived for this long is closed
+    /// with 4101. Default 60 s.
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -54,6 +104,8 @@ impl Default for Timeouts {
             auth: Duration::from_secs(10),
             close: Duration::from_secs(1),
             shutdown: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(25),
+            idle: Duration::from_secs(60),
         }
     }
 }
@@ -69,6 +121,21 @@ pub struct Limits {
     /// Frames queued to one connection and not yet written; one more closes that connection
     /// (4100 slow consumer) without delaying anyone else. Default 1024.
     pub outbox_messages: usize,
+    /// Bytes queued to one connection; one more frame beyond closes it with 4100 (a single
+    /// frame is always accepted into an empty queue). Default 1 MiB.
+    pub outbox_bytes: usize,
+    /// WebSocket connections (authenticated or not) held at once; an upgrade beyond gets 503.
+    /// Default 10000.
+    pub max_connections: usize,
+    /// Client messages (and pings) per second per connection, sustained; beyond the burst the
+    /// connection is closed with 4429. Default 50.
+    pub max_messages_per_s: u32,
+    /// Client messages a connection may send at once before the rate applies. Default 300
+    /// (enough to pipeline the auth message and every allowed subscription).
+    pub message_burst: u32,
+    /// `POST /push` requests being handled at once; one more gets 503 with `Retry-After`.
+    /// Default 1024.
+    pub max_inflight_pushes: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +144,11 @@ impl Default for Limits {
             max_message_bytes: 4096,
             max_push_body_bytes: 64 * 1024,
             outbox_messages: 1024,
+            outbox_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            max_messages_per_s: 50,
+            message_burst: 300,
+            max_inflight_pushes: 1024,
         }
     }
 }
@@ -91,6 +163,9 @@ impl Default for ServerConfig {
             hub: HubConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            access: Access::default(),
+            tls: None,
+            stat_tls: None,
         }
     }
 }
@@ -114,7 +189,19 @@ struct FileConfig {
     timeouts: FileTimeouts,
     #[serde(default)]
     limits: FileLimits,
+    push_api_keys: Option<Vec<String>>,
+    push_allow_from: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    tls: Option<FileTls>,
+    stat_tls: Option<FileTls>,
     auth: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,6 +210,8 @@ struct FileTimeouts {
     auth_ms: Option<u64>,
     close_ms: Option<u64>,
     shutdown_ms: Option<u64>,
+    ping_interval_ms: Option<u64>,
+    idle_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -131,7 +220,13 @@ struct FileLimits {
     max_message_bytes: Option<usize>,
     max_push_body_bytes: Option<usize>,
     max_app_name_bytes: Option<usize>,
+    max_subscriptions: Option<usize>,
     outbox_messages: Option<usize>,
+    outbox_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_messages_per_s: Option<u32>,
+    message_burst: Option<u32>,
+    max_inflight_pushes: Option<usize>,
 }
 
 impl Config {
@@ -240,40 +335,73 @@ impl Resolver<'_> {
         let listen = self.address("listen", file.listen, defaults.listen)?;
         let stat_listen = self.address("stat_listen", file.stat_listen, defaults.stat_listen)?;
 
-        let t = file.timeouts;
+        let (t, dt) = (file.timeouts, defaults.timeouts);
         let timeouts = Timeouts {
-            auth: self.millis("timeouts.auth_ms", t.auth_ms, defaults.timeouts.auth)?,
-            close: self.millis("timeouts.close_ms", t.close_ms, defaults.timeouts.close)?,
-            shutdown: self.millis(
-                "timeouts.shutdown_ms",
-                t.shutdown_ms,
-                defaults.timeouts.shutdown,
+            auth: self.millis("timeouts.auth_ms", t.auth_ms, dt.auth)?,
+            close: self.millis("timeouts.close_ms", t.close_ms, dt.close)?,
+            shutdown: self.millis("timeouts.shutdown_ms", t.shutdown_ms, dt.shutdown)?,
+            ping_interval: self.millis(
+                "timeouts.ping_interval_ms",
+                t.ping_interval_ms,
+                dt.ping_interval,
             )?,
+            idle: self.millis("timeouts.idle_ms", t.idle_ms, dt.idle)?,
         };
+        if timeouts.idle <= timeouts.ping_interval {
+            return Err(self.invalid(
+                "timeouts.idle_ms",
+                "must be longer than timeouts.ping_interval_ms, or a healthy idle client is closed before its pong can arrive",
+            ));
+        }
 
-        let l = file.limits;
-        let d = defaults.limits;
+        let (l, dl) = (file.limits, defaults.limits);
         let limits = Limits {
             max_message_bytes: self.positive(
                 "limits.max_message_bytes",
                 l.max_message_bytes,
-                d.max_message_bytes,
+                dl.max_message_bytes,
             )?,
             max_push_body_bytes: self.positive(
                 "limits.max_push_body_bytes",
                 l.max_push_body_bytes,
-                d.max_push_body_bytes,
+                dl.max_push_body_bytes,
             )?,
             outbox_messages: self.positive(
                 "limits.outbox_messages",
                 l.outbox_messages,
-                d.outbox_messages,
+                dl.outbox_messages,
+            )?,
+            outbox_bytes: self.positive("limits.outbox_bytes", l.outbox_bytes, dl.outbox_bytes)?,
+            max_connections: self.positive(
+                "limits.max_connections",
+                l.max_connections,
+                dl.max_connections,
+            )?,
+            max_messages_per_s: self.positive(
+                "limits.max_messages_per_s",
+                l.max_messages_per_s,
+                dl.max_messages_per_s,
+            )?,
+            message_burst: self.positive(
+                "limits.message_burst",
+                l.message_burst,
+                dl.message_burst,
+            )?,
+            max_inflight_pushes: self.positive(
+                "limits.max_inflight_pushes",
+                l.max_inflight_pushes,
+                dl.max_inflight_pushes,
             )?,
         };
         let max_app_name_len = self.positive(
             "limits.max_app_name_bytes",
             l.max_app_name_bytes,
             defaults.hub.max_app_name_len,
+        )?;
+        let max_subscriptions = self.positive(
+            "limits.max_subscriptions",
+            l.max_subscriptions,
+            defaults.hub.max_subscriptions,
         )?;
 
         let private_apps = match file.private_apps {
@@ -287,6 +415,14 @@ impl Resolver<'_> {
                 .collect::<Result<HashSet<_>, _>>()?,
         };
 
+        let access = self.access(
+            file.push_api_keys,
+            file.push_allow_from,
+            file.allowed_origins,
+        )?;
+        let tls = self.tls("tls", file.tls)?;
+        let stat_tls = self.tls("stat_tls", file.stat_tls)?;
+
         let auth = match file.auth {
             None => AuthConfig::Anonymous,
             Some(auth) => auth::resolve(auth::read_file_auth(auth, self)?, self)?,
@@ -299,12 +435,77 @@ impl Resolver<'_> {
                 hub: HubConfig {
                     private_apps,
                     max_app_name_len,
+                    max_subscriptions,
                 },
                 timeouts,
                 limits,
+                access,
+                tls,
+                stat_tls,
             },
             auth,
         })
+    }
+
+    fn access(
+        &self,
+        keys: Option<Vec<String>>,
+        allow_from: Option<Vec<String>>,
+        origins: Option<Vec<String>>,
+    ) -> Result<Access, ConfigError> {
+        let defaults = Access::default();
+        let push_api_keys = keys.unwrap_or_default();
+        if let Some(i) = push_api_keys.iter().position(|k| k.len() < 16) {
+            return Err(self.invalid(
+                "push_api_keys",
+                format!("key #{} is shorter than 16 characters", i + 1),
+            ));
+        }
+        let push_allow_from = match allow_from {
+            None => defaults.push_allow_from,
+            Some(networks) => networks
+                .iter()
+                .map(|net| {
+                    net.parse::<IpNet>()
+                        .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            self.invalid(
+                                "push_allow_from",
+                                format!("`{net}` is not a network like 10.0.0.0/8 or an address"),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if let Some(origins) = &origins {
+            if origins.is_empty() {
+                return Err(self.invalid(
+                    "allowed_origins",
+                    "is empty, which would refuse every browser; remove the key to allow all",
+                ));
+            }
+        }
+        Ok(Access {
+            push_api_keys,
+            push_allow_from,
+            allowed_origins: origins,
+        })
+    }
+
+    fn tls(
+        &self,
+        key: &str,
+        file: Option<FileTls>,
+    ) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        crate::tls::load(
+            &self.relative(&file.cert_file),
+            &self.relative(&file.key_file),
+        )
+        .map(Some)
+        .map_err(|reason| self.invalid(key, reason))
     }
 }
 
@@ -368,15 +569,26 @@ kind = "static"            # "static" | "anonymous" (more kinds come later)
         let config = parse(
             r#"
 private_apps = ["im", "dm"]
+push_api_keys = ["0123456789abcdef"]
+push_allow_from = ["10.0.0.0/8", "192.168.1.7"]
+allowed_origins = ["https://app.example.com"]
 [timeouts]
 auth_ms = 1500
 close_ms = 200
 shutdown_ms = 3000
+ping_interval_ms = 4000
+idle_ms = 9000
 [limits]
 max_message_bytes = 1000
 max_push_body_bytes = 2000
 max_app_name_bytes = 30
+max_subscriptions = 12
 outbox_messages = 40
+outbox_bytes = 50000
+max_connections = 60
+max_messages_per_s = 7
+message_burst = 8
+max_inflight_pushes = 9
 [auth]
 kind = "anonymous"
 "#,
@@ -385,12 +597,15 @@ kind = "anonymous"
         let s = config.server;
         assert_eq!(s.hub.private_apps.len(), 2);
         assert_eq!(s.hub.max_app_name_len, 30);
+        assert_eq!(s.hub.max_subscriptions, 12);
         assert_eq!(
             s.timeouts,
             Timeouts {
                 auth: Duration::from_millis(1500),
                 close: Duration::from_millis(200),
-                shutdown: Duration::from_millis(3000)
+                shutdown: Duration::from_millis(3000),
+                ping_interval: Duration::from_millis(4000),
+                idle: Duration::from_millis(9000),
             }
         );
         assert_eq!(
@@ -398,9 +613,40 @@ kind = "anonymous"
             Limits {
                 max_message_bytes: 1000,
                 max_push_body_bytes: 2000,
-                outbox_messages: 40
+                outbox_messages: 40,
+                outbox_bytes: 50000,
+                max_connections: 60,
+                max_messages_per_s: 7,
+                message_burst: 8,
+                max_inflight_pushes: 9,
             }
         );
+        assert_eq!(s.access.push_api_keys, ["0123456789abcdef"]);
+        let nets: Vec<String> = s
+            .access
+            .push_allow_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32"]);
+        assert_eq!(
+            s.access.allowed_origins,
+            Some(vec!["https://app.example.com".to_owned()])
+        );
+        assert!(s.tls.is_none() && s.stat_tls.is_none());
+    }
+
+    #[test]
+    fn access_defaults_to_loopback_pushes_and_any_origin() {
+        let access = parse("").unwrap().server.access;
+        assert!(access.push_api_keys.is_empty());
+        let nets: Vec<String> = access
+            .push_allow_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(access.allowed_origins, None);
     }
 
     #[test]
@@ -507,6 +753,28 @@ kind = "anonymous"
             ),
             ("[auth]\ntokens = {}", "kind"),
             ("listen = ", "gw.toml"),
+            (
+                "push_api_keys = [\"short\"]",
+                "key `push_api_keys`: key #1 is shorter than 16",
+            ),
+            (
+                "push_allow_from = [\"10.0.0.0/33\"]",
+                "key `push_allow_from`: `10.0.0.0/33` is not a network",
+            ),
+            ("allowed_origins = []", "key `allowed_origins`: is empty"),
+            (
+                "[timeouts]\nping_interval_ms = 5000\nidle_ms = 5000",
+                "key `timeouts.idle_ms`: must be longer",
+            ),
+            (
+                "[limits]\nmax_connections = 0",
+                "key `limits.max_connections`: must be greater than 0",
+            ),
+            (
+                "[tls]\ncert_file = \"nope.pem\"\nkey_file = \"nope.key\"",
+                "key `tls`: cannot read certificates from `nope.pem`",
+            ),
+            ("[stat_tls]\ncert_file = \"a\"", "stat_tls"),
         ];
         for (text, expected) in cases {
             let message = error(text);
