@@ -92,6 +92,12 @@ impl Refusal {
                     HeaderValue::from_static("13"),
                 );
             }
+            Refusal::PushKeyRequired => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::TooManyConnections | Refusal::ShuttingDown | Refusal::PushOverloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response
