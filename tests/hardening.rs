@@ -417,9 +417,11 @@ async fn tls_serves_wss_https_push_and_https_stat_with_a_self_signed_certificate
     std::fs::write(&cert_file, cert.cert.pem()).unwrap();
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
     let tls = gateway_server::tls::load(&cert_file, &key_file).unwrap();
-    let mut config = ServerConfig::default();
-    config.tls = Some(tls.clone());
-    config.stat_tls = Some(tls);
+    let config = ServerConfig {
+        tls: Some(tls.clone()),
+        stat_tls: Some(tls),
+        ..ServerConfig::default()
+    };
     let server = TestServer::with_config(config).await;
 
     let mut roots = rustls::RootCertStore::empty();
