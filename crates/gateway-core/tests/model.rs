@@ -1,0 +1,210 @@
+//! Property tests: arbitrary bytes never break the parsers, and arbitrary sequences of
+//! connect / auth / subscribe / push / disconnect keep the hub equal to a simple model.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use gateway_core::{
+    Action, AppName, AuthOutcome, AuthRequest, ConnId, Hub, HubConfig, Input, MemberId,
+    Publication, PushMessage, Reply, SubscribeRequest,
+};
+use proptest::prelude::*;
+
+const APPS: [&str; 4] = ["a", "b", "im", "c"];
+const PRIVATE: &str = "im";
+
+#[derive(Debug, Clone)]
+enum Op {
+    Auth { conn: u64, outcome: u8, member: i64 },
+    Subscribe { conn: u64, app: usize },
+    Garbage { conn: u64, bytes: Vec<u8> },
+    Push { app: usize, member_id: i64 },
+    OutboxFull { conn: u64 },
+    Disconnect { conn: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let conn = 0..6u64;
+    prop_oneof![
+        2 => (conn.clone(), 0..5u8, 1..4i64).prop_map(|(conn, outcome, member)| Op::Auth { conn, outcome, member }),
+        4 => (conn.clone(), 0..APPS.len()).prop_map(|(conn, app)| Op::Subscribe { conn, app }),
+        1 => (conn.clone(), proptest::collection::vec(any::<u8>(), 0..24)).prop_map(|(conn, bytes)| Op::Garbage { conn, bytes }),
+        3 => (0..APPS.len(), -2..4i64).prop_map(|(app, member_id)| Op::Push { app, member_id }),
+        1 => (conn.clone()).prop_map(|conn| Op::OutboxFull { conn }),
+        2 => conn.prop_map(|conn| Op::Disconnect { conn }),
+    ]
+}
+
+/// What the hub should know: per registered connection, its member (if any) and its apps.
+#[derive(Debug, Default)]
+struct Model {
+    conns: BTreeMap<u64, (Option<i64>, BTreeSet<&'static str>)>,
+}
+
+impl Model {
+    fn recipients(&self, app: &str, member_id: i64) -> BTreeSet<u64> {
+        self.conns
+            .iter()
+            .filter(|(_, (member, apps))| {
+                apps.contains(app) && (app != PRIVATE || *member == Some(member_id))
+            })
+            .map(|(conn, _)| *conn)
+            .collect()
+    }
+
+    fn stat(&self) -> String {
+        let mut counts: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+        for (conn, (member, apps)) in &self.conns {
+            for app in apps {
+                // Public apps count connections, private apps count members.
+                let key = if *app == PRIVATE { member.unwrap() } else { *conn as i64 };
+                counts.entry(app).or_default().insert(key);
+            }
+        }
+        counts.iter().map(|(app, set)| format!("{app} {}\n", set.len())).collect()
+    }
+}
+
+fn app(name: &str) -> AppName {
+    AppName::parse(name, 128).unwrap()
+}
+
+fn drain(hub: &mut Hub) -> Vec<Action> {
+    std::iter::from_fn(|| hub.poll_action()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn parsers_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = AuthRequest::parse(&bytes);
+        let _ = SubscribeRequest::parse(&bytes, 128);
+        let _ = PushMessage::parse(&bytes, 128);
+    }
+
+    #[test]
+    fn any_message_gets_exactly_one_reply(text in ".{0,64}") {
+        let mut hub = Hub::new(HubConfig::default());
+        let conn = ConnId::new(1);
+        hub.handle(Input::Authenticated { conn, outcome: AuthOutcome::Anonymous });
+        drain(&mut hub);
+        hub.handle(Input::Message { conn, payload: text.as_bytes() });
+        let actions = drain(&mut hub);
+        prop_assert_eq!(actions.len(), 1);
+        let to_sender = matches!(actions[0], Action::Reply { conn: c, .. } if c == conn);
+        prop_assert!(to_sender);
+    }
+
+    #[test]
+    fn the_hub_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut hub = Hub::new(HubConfig {
+            private_apps: HashSet::from([app(PRIVATE)]),
+            ..HubConfig::default()
+        });
+        let mut model = Model::default();
+        // A connection id is used for one connection only, as the server guarantees.
+        let mut retired: HashSet<u64> = HashSet::new();
+
+        for op in ops {
+            match op {
+                Op::Auth { conn, outcome, member } => {
+                    if retired.contains(&conn) || model.conns.contains_key(&conn) {
+                        continue;
+                    }
+                    let (outcome, identity) = match outcome {
+                        0 => (AuthOutcome::Anonymous, Some(None)),
+                        1 | 2 => (AuthOutcome::accepted(MemberId::new(member).unwrap()), Some(Some(member))),
+                        3 => (AuthOutcome::Refused, Some(None)),
+                        _ => (AuthOutcome::Missing, None),
+                    };
+                    hub.handle(Input::Authenticated { conn: ConnId::new(conn), outcome });
+                    let actions = drain(&mut hub);
+                    match identity {
+                        Some(member) => {
+                            prop_assert_eq!(actions.len(), 1);
+                            model.conns.insert(conn, (member, BTreeSet::new()));
+                        }
+                        None => {
+                            prop_assert_eq!(actions.len(), 2, "a reply and a close");
+                            retired.insert(conn);
+                        }
+                    }
+                }
+                Op::Subscribe { conn, app: index } => {
+                    let name = APPS[index];
+                    hub.handle(Input::Message { conn: ConnId::new(conn), payload: format!(r#"{{"app":"{name}"}}"#).as_bytes() });
+                    let actions = drain(&mut hub);
+                    match model.conns.get_mut(&conn) {
+                        None => prop_assert!(actions.is_empty()),
+                        Some((member, apps)) => {
+                            let expected = if name == PRIVATE && member.is_none() {
+                                Reply::SubscribeForbidden(app(name))
+                            } else {
+                                apps.insert(name);
+                                Reply::Subscribed(app(name))
+                            };
+                            prop_assert_eq!(actions, vec![Action::Reply { conn: ConnId::new(conn), frame: expected.frame() }]);
+                        }
+                    }
+                }
+                Op::Garbage { conn, bytes } => {
+                    hub.handle(Input::Message { conn: ConnId::new(conn), payload: &bytes });
+                    let actions = drain(&mut hub);
+                    prop_assert!(actions.len() <= 1);
+                    // Garbage never subscribes to anything; if it happened to be a valid
+                    // subscribe request, mirror it.
+                    if let (Ok(request), Some((member, apps))) = (SubscribeRequest::parse(&bytes, 128), model.conns.get_mut(&conn)) {
+                        if let Some(name) = APPS.iter().find(|a| **a == request.app.as_str()) {
+                            if !(*name == PRIVATE && member.is_none()) {
+                                apps.insert(name);
+                            }
+                        }
+                    }
+                }
+                Op::Push { app: index, member_id } => {
+                    let name = APPS[index];
+                    let push = PushMessage { app: app(name), member_id, text: "t".to_owned() };
+                    let publication = Publication::from(push);
+                    let frame = publication.frame.clone();
+                    hub.handle(Input::Push(publication));
+                    let delivered: BTreeSet<u64> = match drain(&mut hub).as_slice() {
+                        [] => BTreeSet::new(),
+                        [Action::Deliver { conns, frame: f }] => {
+                            prop_assert_eq!(f, &frame);
+                            let set: BTreeSet<u64> = conns.iter().map(|c| c.get()).collect();
+                            prop_assert_eq!(set.len(), conns.len(), "a recipient listed twice");
+                            set
+                        }
+                        other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                    };
+                    prop_assert_eq!(delivered, model.recipients(name, member_id));
+                }
+                Op::OutboxFull { conn } => {
+                    hub.handle(Input::OutboxFull { conn: ConnId::new(conn) });
+                    let actions = drain(&mut hub);
+                    let was = model.conns.remove(&conn).is_some();
+                    prop_assert_eq!(actions.len(), usize::from(was));
+                    retired.insert(conn);
+                }
+                Op::Disconnect { conn } => {
+                    hub.handle(Input::Disconnected { conn: ConnId::new(conn) });
+                    prop_assert!(drain(&mut hub).is_empty());
+                    model.conns.remove(&conn);
+                    retired.insert(conn);
+                }
+            }
+            prop_assert_eq!(hub.stat().to_string(), model.stat());
+            prop_assert_eq!(hub.connection_count(), model.conns.len());
+        }
+
+        // Everyone leaves: nothing is left behind.
+        for conn in 0..6 {
+            hub.handle(Input::Disconnected { conn: ConnId::new(conn) });
+        }
+        prop_assert_eq!(hub.stat().to_string(), "");
+        prop_assert_eq!(hub.connection_count(), 0);
+        prop_assert!(drain(&mut hub).is_empty());
+    }
+}
