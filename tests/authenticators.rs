@@ -174,6 +174,11 @@ struct Backend {
 
 impl Backend {
     async fn start() -> Backend {
+        Self::start_with(None).await
+    }
+
+    /// With `tls`, the backend speaks HTTPS.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = Backend {
             addr: listener.local_addr().unwrap(),
@@ -189,6 +194,7 @@ impl Backend {
                 let (stream, _) = listener.accept().await.unwrap();
                 connections.fetch_add(1, Ordering::SeqCst);
                 let (requests, held, release) = (requests.clone(), held.clone(), release.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (requests, held, release) =
@@ -219,9 +225,21 @@ impl Backend {
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -322,4 +340,42 @@ async fn the_cache_spares_the_backend_on_reconnect() {
         assert_eq!(auth_reply(&server, 2, "x").await.1, unauthorized());
     }
     assert_eq!(backend.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn http_callback_over_https_with_a_private_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(gateway_server::tls::load(&cert_file, &key_file).unwrap());
+    let backend = Backend::start_with(Some(acceptor)).await;
+    let url = format!("https://localhost:{}/auth", backend.addr.port());
+
+    let mut callback = HttpCallbackConfig::new(&url).unwrap();
+    callback.headers.push((
+        http::header::HeaderName::from_static("x-api-key"),
+        http::header::HeaderValue::from_static("backend-key"),
+    ));
+    callback.ca_certs = vec![cert.cert.der().clone()];
+    let (server, counters) = server_with(AuthConfig::Http {
+        callback: callback.clone(),
+        cache: None,
+    })
+    .await;
+    assert_eq!(auth_reply(&server, 1, "good").await.1, hello(1));
+    assert_eq!(auth_reply(&server, 2, "x").await.1, unauthorized());
+    assert_eq!(counters.auth_backend_errors(), 0);
+
+    // Without the private CA the certificate is not trusted: refused and counted.
+    callback.ca_certs.clear();
+    let (untrusting, counters) = server_with(AuthConfig::Http {
+        callback,
+        cache: None,
+    })
+    .await;
+    assert_eq!(auth_reply(&untrusting, 1, "good").await.1, unauthorized());
+    assert_eq!(counters.auth_backend_errors(), 1);
 }

@@ -4,18 +4,23 @@
 //! and the configured static headers. `2xx` accepts, `401` and `403` refuse; anything else (a
 //! `5xx`, a timeout, a refused connection) refuses *and* is returned as an [`AuthError`], which
 //! the gateway logs and counts. Connections to the backend are reused; at most
-//! `max_concurrency` requests are in flight (others wait, within the same timeout).
+//! `max_concurrency` requests are in flight (others wait, within the same timeout). `https://`
+//! URLs are verified against the Mozilla root certificates, or against `ca_certs` when given
+//! (a private PKI).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 
 use crate::{AuthError, Authenticator, Credentials, Decision, SetupError, async_trait};
@@ -34,6 +39,8 @@ pub struct HttpCallbackConfig {
     pub timeout: Duration,
     /// Requests in flight at once. Default 64.
     pub max_concurrency: usize,
+    /// For `https://`: the only roots to trust; empty means the Mozilla roots.
+    pub ca_certs: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for HttpCallbackConfig {
@@ -44,6 +51,7 @@ impl fmt::Debug for HttpCallbackConfig {
             .field("headers", &names)
             .field("timeout", &self.timeout)
             .field("max_concurrency", &self.max_concurrency)
+            .field("ca_certs", &self.ca_certs.len())
             .finish()
     }
 }
@@ -54,19 +62,10 @@ impl HttpCallbackConfig {
         let uri: Uri = url
             .parse()
             .map_err(|err| SetupError::Invalid(format!("`{url}` is not a URL: {err}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(SetupError::Invalid(format!(
-                    "`{url}`: https is not supported yet; use http:// (on a trusted network or \
-                     through a local TLS proxy)"
-                )));
-            }
-            _ => {
-                return Err(SetupError::Invalid(format!(
-                    "`{url}` is not an http:// URL"
-                )));
-            }
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(SetupError::Invalid(format!(
+                "`{url}` is not an http:// or https:// URL"
+            )));
         }
         if uri.host().is_none_or(str::is_empty) {
             return Err(SetupError::Invalid(format!("`{url}` has no host")));
@@ -76,6 +75,7 @@ impl HttpCallbackConfig {
             headers: Vec::new(),
             timeout: Duration::from_secs(1),
             max_concurrency: 64,
+            ca_certs: Vec::new(),
         })
     }
 }
@@ -83,7 +83,7 @@ impl HttpCallbackConfig {
 /// Asks an HTTP endpoint of the app's backend. See the module docs.
 pub struct HttpCallback {
     config: HttpCallbackConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     slots: Semaphore,
 }
 
@@ -108,21 +108,43 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 impl HttpCallback {
-    /// Must be called inside a Tokio runtime (the connection pool uses its timer).
-    pub fn new(config: HttpCallbackConfig) -> HttpCallback {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.timeout));
+    /// Builds the client. Fails only if `ca_certs` holds a certificate rustls cannot use.
+    pub fn new(config: HttpCallbackConfig) -> Result<HttpCallback, SetupError> {
+        let mut roots = rustls::RootCertStore::empty();
+        if config.ca_certs.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        } else {
+            for cert in &config.ca_certs {
+                roots.add(cert.clone()).map_err(|err| {
+                    SetupError::Invalid(format!("a CA certificate is unusable: {err}"))
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| SetupError::Invalid(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeout));
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let slots = Semaphore::new(config.max_concurrency.max(1));
-        HttpCallback {
+        Ok(HttpCallback {
             config,
             client,
             slots,
-        }
+        })
     }
 
     async fn ask(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {

@@ -58,11 +58,18 @@ impl Model {
         for (conn, (member, apps)) in &self.conns {
             for app in apps {
                 // Public apps count connections, private apps count members.
-                let key = if *app == PRIVATE { member.unwrap() } else { *conn as i64 };
+                let key = if *app == PRIVATE {
+                    member.unwrap()
+                } else {
+                    *conn as i64
+                };
                 counts.entry(app).or_default().insert(key);
             }
         }
-        counts.iter().map(|(app, set)| format!("{app} {}\n", set.len())).collect()
+        counts
+            .iter()
+            .map(|(app, set)| format!("{app} {}\n", set.len()))
+            .collect()
     }
 }
 

@@ -143,6 +143,30 @@ async fn serve(config: Config) -> ExitCode {
         .collect();
     private.sort_unstable();
     info!("private apps: {private:?}");
+    let access = &config.server.access;
+    if access.push_api_keys.is_empty() {
+        let networks: Vec<String> = access
+            .push_allow_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        info!(
+            "push API: no push_api_keys configured; /push is accepted only from {networks:?} (403 otherwise)"
+        );
+    } else {
+        info!(
+            "push API: Authorization: Bearer <key> required ({} keys)",
+            access.push_api_keys.len()
+        );
+    }
+    if let Some(origins) = &access.allowed_origins {
+        info!("websocket origins allowed: {origins:?}");
+    }
+    let scheme = if config.server.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
 
     let gateway = match Gateway::bind(config.server, authenticator).await {
         Ok(gateway) => gateway,
@@ -153,6 +177,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     info!("websocket and push listener on {}", gateway.local_addr());
+    info!("clients connect to {scheme}://{}/", gateway.local_addr());
     info!("stat listener on {}", gateway.stat_addr());
     gateway.run(shutdown_signal()).await;
     ExitCode::SUCCESS

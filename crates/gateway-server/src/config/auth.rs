@@ -13,6 +13,8 @@ use gateway_auth::{
 };
 use gateway_core::MemberId;
 use http::header::{HeaderName, HeaderValue};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use super::Resolver;
@@ -67,7 +69,8 @@ impl AuthConfig {
             AuthConfig::Hmac(tokens) => Arc::new(tokens.clone()),
             AuthConfig::Jwt(jwt) => jwt.clone(),
             AuthConfig::Http { callback, cache } => {
-                let callback = HttpCallback::new(callback.clone());
+                let callback = HttpCallback::new(callback.clone())
+                    .expect("the callback was built once when the configuration was loaded");
                 match cache {
                     None => Arc::new(callback),
                     Some(cache) => Arc::new(Cached::new(callback, cache.ttl, cache.max_entries)),
@@ -143,6 +146,7 @@ pub(super) struct HttpAuth {
     cache_ttl_s: Option<u64>,
     cache_max_entries: Option<usize>,
     headers: Option<BTreeMap<String, String>>,
+    ca_file: Option<PathBuf>,
 }
 
 const KINDS: &str = "\"anonymous\", \"static\", \"hmac\", \"jwt\" or \"http\"";
@@ -307,6 +311,7 @@ pub(super) fn resolve(file: FileAuth, r: &Resolver<'_>) -> Result<AuthConfig, Co
             cache_ttl_s,
             cache_max_entries,
             headers,
+            ca_file,
         }) => {
             let url = url
                 .ok_or_else(|| r.invalid("auth.url", "kind = \"http\" needs url = \"http://…\""))?;
@@ -327,6 +332,25 @@ pub(super) fn resolve(file: FileAuth, r: &Resolver<'_>) -> Result<AuthConfig, Co
                     .map_err(|_| r.invalid(&key, "not a valid HTTP header value"))?;
                 callback.headers.push((header, value));
             }
+            if let Some(file) = ca_file {
+                let path = r.relative(&file);
+                callback.ca_certs = CertificateDer::pem_file_iter(&path)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|err| {
+                        r.invalid(
+                            "auth.ca_file",
+                            format!("cannot read certificates from `{}`: {err}", path.display()),
+                        )
+                    })?;
+                if callback.ca_certs.is_empty() {
+                    return Err(r.invalid(
+                        "auth.ca_file",
+                        format!("`{}` holds no certificate", path.display()),
+                    ));
+                }
+            }
+            // Built once here so that a bad CA certificate stops the start.
+            HttpCallback::new(callback.clone()).map_err(setup("auth.ca_file"))?;
             let cache = match cache_ttl_s {
                 None | Some(0) => {
                     if cache_max_entries.is_some() {

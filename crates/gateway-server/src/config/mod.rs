@@ -737,7 +737,11 @@ kind = "anonymous"
             ),
             (
                 "[auth]\nkind = \"http\"\nurl = \"ftp://x/\"",
-                "key `auth.url`: `ftp://x/` is not an http:// URL",
+                "key `auth.url`: `ftp://x/` is not an http:// or https:// URL",
+            ),
+            (
+                "[auth]\nkind = \"http\"\nurl = \"https://x/\"\nca_file = \"none.pem\"",
+                "key `auth.ca_file`: cannot read certificates from `none.pem`",
             ),
             (
                 "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\ntimeout_ms = 0",
