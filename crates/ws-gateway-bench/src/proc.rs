@@ -1,0 +1,48 @@
+//! What the server process costs, read from `/proc/<pid>`: resident memory and CPU time.
+
+use std::time::Duration;
+
+/// Resident set size in bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// CPU time used so far by every thread of the process, from each thread's `schedstat`
+/// (nanoseconds on CPU): finer than the clock ticks of `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread may exit between listing and reading.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Samples both around a piece of work.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub rss: u64,
+    pub cpu: Duration,
+}
+
+impl Sample {
+    pub fn take(pid: Option<u32>) -> Option<Sample> {
+        let pid = pid?;
+        Some(Sample {
+            rss: rss_bytes(pid)?,
+            cpu: cpu_time(pid)?,
+        })
+    }
+}
