@@ -434,11 +434,12 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
                 let (mut ok, mut failed) = (0u64, 0u64);
                 while Instant::now() < deadline {
                     let (path, body) = common.target.push(&common.app, "0 0");
-                    let (status, _) = request(&mut sender, "POST", &path, body).await?;
-                    if (200..300).contains(&status) {
-                        ok += 1;
-                    } else {
-                        failed += 1;
+                    match request(&mut sender, "POST", &path, body).await {
+                        Ok((status, _)) if (200..300).contains(&status) => ok += 1,
+                        Ok(_) => failed += 1,
+                        // The server ended the keep-alive connection (nginx does after
+                        // keepalive_requests): open another, as any client would.
+                        Err(_) => sender = http_connection(common.addr).await?,
                     }
                 }
                 Ok::<_, Error>((ok, failed))

@@ -15,10 +15,11 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-/// The source address for the `i`-th connection: spread over 127.0.1.x so that many
-/// connections never run out of ephemeral ports on one address pair.
+/// The source address for the `i`-th connection: spread over 127.1.0.0/16 (250 connections
+/// per address) so that repeated runs never run out of ephemeral ports, even with the
+/// previous run's sockets still in TIME_WAIT.
 pub fn source_for(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 1, 1 + (i / 10_000) as u8)
+    Ipv4Addr::new(127, 1, (i / 250 % 250) as u8, (i % 250 + 1) as u8)
 }
 
 #[derive(Debug)]
