@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
 use hyper::upgrade::Upgraded;
@@ -58,6 +58,15 @@ pub(crate) async fn serve(
                 }
                 _ => debug!(%conn, code = code.code(), "closing connection"),
             }
+            // Replies already queued (say, to the requests before a flood) still go out first,
+            // unless the client is not reading at all.
+            if !matches!(code, CloseCode::SlowConsumer | CloseCode::IdleTimeout) {
+                let queued = outbox.take().frames;
+                if !queued.is_empty() {
+                    let grace = shared.config.timeouts.close;
+                    let _ = tokio::time::timeout(grace, write_all(&mut socket, queued)).await;
+                }
+            }
             close(&mut socket, code, &shared).await;
         }
         End::ClientClosed => finish_close(&mut socket, &shared).await,
@@ -86,6 +95,12 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
         limits.max_messages_per_s,
         limits.message_burst,
     );
+    // Requests pipelined behind the auth message are answered in the same write.
+    while let Some(message) = socket.next().now_or_never() {
+        if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+            return end;
+        }
+    }
     loop {
         let mut batch = outbox.take();
         let wrote = !batch.frames.is_empty();
@@ -132,27 +147,54 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
                 }
             }
             message = socket.next() => {
-                let now = Instant::now();
-                heartbeat.seen(now);
-                if !rate.allow(now) {
-                    return End::Close(CloseCode::TooManyMessages);
+                if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+                    return end;
                 }
-                match message {
-                    Some(Ok(Message::Text(text))) => {
-                        shared.dispatcher.handle(Input::Message { conn, payload: text.as_bytes() });
+                // Handle every message that has already arrived before writing the replies,
+                // so that pipelined requests are answered with one write.
+                while let Some(message) = socket.next().now_or_never() {
+                    if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+                        return end;
                     }
-                    Some(Ok(Message::Binary(bytes))) => {
-                        shared.dispatcher.handle(Input::Message { conn, payload: &bytes });
-                    }
-                    // Pongs are queued by tungstenite and flushed by the next read or write.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) => return End::ClientClosed,
-                    None => return End::Gone,
-                    Some(Err(err)) => return socket_error(conn, err),
                 }
             }
         }
     }
+}
+
+/// Handles one read from the client; `Some(end)` when the connection must end.
+fn receive(
+    message: Option<Result<Message, tungstenite::Error>>,
+    conn: ConnId,
+    shared: &Shared,
+    heartbeat: &mut Heartbeat,
+    rate: &mut RateLimit,
+) -> Option<End> {
+    let now = Instant::now();
+    heartbeat.seen(now);
+    if !rate.allow(now) {
+        return Some(End::Close(CloseCode::TooManyMessages));
+    }
+    match message {
+        Some(Ok(Message::Text(text))) => {
+            shared.dispatcher.handle(Input::Message {
+                conn,
+                payload: text.as_bytes(),
+            });
+        }
+        Some(Ok(Message::Binary(bytes))) => {
+            shared.dispatcher.handle(Input::Message {
+                conn,
+                payload: &bytes,
+            });
+        }
+        // Pongs are queued by tungstenite and flushed by the next read or write.
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+        Some(Ok(Message::Close(_))) => return Some(End::ClientClosed),
+        None => return Some(End::Gone),
+        Some(Err(err)) => return Some(socket_error(conn, err)),
+    }
+    None
 }
 
 /// Waits for the auth message (within the deadline) and asks the authenticator.

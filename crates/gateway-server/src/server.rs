@@ -27,6 +27,9 @@ use crate::dispatcher::Dispatcher;
 use crate::error::ServerError;
 use crate::http;
 
+/// The most bytes coalesced into one socket write.
+const WRITE_COALESCE_BYTES: usize = 16 * 1024;
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
@@ -57,8 +60,10 @@ impl Shared {
         let max = self.config.limits.max_message_bytes;
         WebSocketConfig::default()
             .read_buffer_size(1024)
-            // 0: every frame is written through at once; batching happens in the outbox.
-            .write_buffer_size(0)
+            // Frames fed before a flush are written together, up to this many bytes per
+            // write: a batch from the outbox (replies to pipelined requests, a burst of
+            // pushes) costs one syscall. The buffer only grows as large as the batches.
+            .write_buffer_size(WRITE_COALESCE_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }
