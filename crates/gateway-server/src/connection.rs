@@ -101,14 +101,17 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
             return end;
         }
     }
+    // One timer for the connection's whole life, re-armed lazily: it fires at the
+    // heartbeat's deadline, which only moves later as signs of life arrive.
+    let timer = tokio::time::sleep_until(heartbeat.deadline());
+    tokio::pin!(timer);
+    let mut last_read = Instant::now();
     loop {
         let mut batch = outbox.take();
         let wrote = !batch.frames.is_empty();
         if wrote {
-            // A write that makes no progress for the idle timeout means a dead or stuck peer.
-            let stuck = tokio::time::sleep(timeouts.idle);
             let write = write_all(socket, std::mem::take(&mut batch.frames));
-            tokio::pin!(stuck, write);
+            tokio::pin!(write);
             loop {
                 tokio::select! {
                     result = &mut write => {
@@ -124,7 +127,12 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
                             return End::Close(CloseCode::SlowConsumer);
                         }
                     }
-                    () = &mut stuck => return End::Close(CloseCode::IdleTimeout),
+                    // A write that makes no progress until the idle timeout: a dead peer.
+                    () = &mut timer => {
+                        if let Some(end) = on_timer(&mut heartbeat, outbox, timer.as_mut()) {
+                            return end;
+                        }
+                    }
                 }
             }
         }
@@ -132,18 +140,26 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
             return End::Close(code);
         }
         if wrote {
+            // A client kept busy by a steady stream of frames still gets its pongs read,
+            // once per ping interval, so that it is not mistaken for a dead one.
+            if last_read.elapsed() >= timeouts.ping_interval {
+                last_read = Instant::now();
+                while let Some(message) = socket.next().now_or_never() {
+                    if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+                        return end;
+                    }
+                }
+            }
             // More may have been queued while writing (its wake-up was consumed above).
             continue;
         }
+        last_read = Instant::now();
         tokio::select! {
             biased;
             () = outbox.wait() => {}
-            () = tokio::time::sleep_until(heartbeat.deadline()) => {
-                match heartbeat.on_deadline(Instant::now()) {
-                    // A full outbox already means the client is about to be closed.
-                    Some(Tick::Ping) => { let _ = outbox.push(Message::Ping(Bytes::new())); }
-                    Some(Tick::Dead) => return End::Close(CloseCode::IdleTimeout),
-                    None => {}
+            () = &mut timer => {
+                if let Some(end) = on_timer(&mut heartbeat, outbox, timer.as_mut()) {
+                    return end;
                 }
             }
             message = socket.next() => {
@@ -160,6 +176,24 @@ async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox
             }
         }
     }
+}
+
+/// The connection's timer fired: ping a quiet client, give up on a dead one, and re-arm.
+fn on_timer(
+    heartbeat: &mut Heartbeat,
+    outbox: &Outbox,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Option<End> {
+    match heartbeat.on_deadline(Instant::now()) {
+        // A full outbox already means the client is about to be closed.
+        Some(Tick::Ping) => {
+            let _ = outbox.push(Message::Ping(Bytes::new()));
+        }
+        Some(Tick::Dead) => return Some(End::Close(CloseCode::IdleTimeout)),
+        None => {}
+    }
+    timer.reset(heartbeat.deadline());
+    None
 }
 
 /// Handles one read from the client; `Some(end)` when the connection must end.

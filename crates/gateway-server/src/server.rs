@@ -27,6 +27,10 @@ use crate::dispatcher::Dispatcher;
 use crate::error::ServerError;
 use crate::http;
 
+/// Each connection's read buffer, allocated up front: client messages are auth and subscribe
+/// requests of a few dozen bytes; a larger one is read in several chunks.
+const READ_BUFFER_BYTES: usize = 256;
+
 /// The most bytes coalesced into one socket write.
 const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 
@@ -55,11 +59,12 @@ impl Shared {
     }
 
     /// Buffers sized for many idle connections rather than for throughput: tungstenite's
-    /// defaults (128 KiB read buffer, 128 KiB write buffer) cost ~135 KB per idle connection.
+    /// defaults (128 KiB read buffer, 128 KiB write buffer) cost ~135 KB per idle connection;
+    /// these cost well under 1 KB.
     pub(crate) fn websocket_config(&self) -> WebSocketConfig {
         let max = self.config.limits.max_message_bytes;
         WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(READ_BUFFER_BYTES)
             // Frames fed before a flush are written together, up to this many bytes per
             // write: a batch from the outbox (replies to pipelined requests, a burst of
             // pushes) costs one syscall. The buffer only grows as large as the batches.
