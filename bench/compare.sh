@@ -20,28 +20,38 @@ cargo build --release --bin ws-gateway -p ws-gateway --quiet
 cargo build --release -p ws-gateway-bench --quiet
 BENCH=target/release/ws-gateway-bench
 
-cleanup() {
-  [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null || true
-  [ -f /tmp/ws-bench-nginx/nginx.pid ] && kill "$(cat /tmp/ws-bench-nginx/nginx.pid)" 2>/dev/null || true
+GW_PID=""
+stop_servers() {
+  if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; GW_PID=""; fi
+  if [ -f /tmp/ws-bench-nginx/nginx.pid ]; then
+    kill "$(cat /tmp/ws-bench-nginx/nginx.pid)" 2>/dev/null || true
+    for _ in $(seq 50); do [ -f /tmp/ws-bench-nginx/nginx.pid ] || break; sleep 0.1; done
+  fi
 }
-trap cleanup EXIT
+trap stop_servers EXIT
 
-target/release/ws-gateway --config bench/gateway.toml 2> "$OUT/gateway.log" &
-GW_PID=$!
-nginx -c "$PWD/bench/nchan.conf" -p /tmp/ws-bench-nginx/
-for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:6000/stat > /dev/null && curl -sf http://127.0.0.1:8090/nchan_status > /dev/null && break
-  sleep 0.1
-done
-NCHAN_PID=$(pgrep -f "nginx: worker process" | head -n 1)
+# A fresh server for every run: RSS growth is only meaningful on a process that has not
+# already grown its heap in an earlier run.
+start_server() { # start_server TARGET -> sets SERVER_PID
+  if [ "$1" = gateway ]; then
+    target/release/ws-gateway --config bench/gateway.toml 2>> "$OUT/gateway.log" &
+    GW_PID=$!
+    SERVER_PID=$GW_PID
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:6000/stat > /dev/null && break; sleep 0.1; done
+  else
+    nginx -c "$PWD/bench/nchan.conf" -p /tmp/ws-bench-nginx/
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:8090/nchan_status > /dev/null && break; sleep 0.1; done
+    SERVER_PID=$(pgrep -f "nginx: worker process" | head -n 1)
+  fi
+}
 
 run() { # run TARGET MODE ARGS...
   local target=$1 mode=$2; shift 2
   local common
   if [ "$target" = gateway ]; then
-    common=(--target gateway --addr 127.0.0.1:5000 --stat-addr 127.0.0.1:6000 --pid "$GW_PID")
+    common=(--target gateway --addr 127.0.0.1:5000 --stat-addr 127.0.0.1:6000 --pid "$SERVER_PID")
   else
-    common=(--target nchan --addr 127.0.0.1:8090 --stat-addr 127.0.0.1:8090 --pid "$NCHAN_PID")
+    common=(--target nchan --addr 127.0.0.1:8090 --stat-addr 127.0.0.1:8090 --pid "$SERVER_PID")
   fi
   "$BENCH" "$mode" "${common[@]}" "$@" | tail -n 1 | python3 -c '
 import json, sys
@@ -53,11 +63,13 @@ for run_no in $(seq "$RUNS"); do
   if [ $((run_no % 2)) -eq 1 ]; then order="gateway nchan"; else order="nchan gateway"; fi
   for target in $order; do
     echo "run $run_no: $target" >&2
+    start_server "$target"
     LABEL=conns10k   run "$target" conns --connections 10000 --concurrency 200 --app c$run_no
     LABEL=fanout10k  run "$target" fanout --subscribers 10000 --pushes 50 --app f$run_no
     LABEL=latency1k  run "$target" fanout --subscribers 1000 --pushes 100 --rate 20 --app l$run_no
     LABEL=latency10k run "$target" fanout --subscribers 10000 --pushes 40 --rate 20 --app m$run_no
     LABEL=push50     run "$target" push --connections 50 --seconds 10 --app p$run_no
+    stop_servers
   done
 done
 

@@ -9,6 +9,8 @@ MEASURES = [
     ("conns10k", "conns_per_s", "connections/s, 10k at concurrency 200", "higher"),
     ("conns10k", "server_cpu_per_setup_us", "server CPU per connection set-up (µs)", "lower"),
     ("conns10k", "close_clean_s", "closing 10k connections: time until state is clean (s)", "lower"),
+    ("conns10k", "rss_after_close_kib", "RSS after the 10k connections left (KiB)", "lower"),
+    ("conns10k", "rss_before_kib", "RSS of the fresh server before connecting (KiB)", "lower"),
     ("fanout10k", "deliveries_per_s", "fan-out 10k × 50 flat out: deliveries/s", "higher"),
     ("fanout10k", "server_cpu_per_delivery_us", "server CPU per delivery (µs)", "lower"),
     ("fanout10k", "lost", "fan-out 10k × 50: lost deliveries", "lower"),

@@ -45,6 +45,7 @@ pub(crate) async fn serve(
     let limits = &shared.config.limits;
     let outbox = Arc::new(Outbox::new(limits.outbox_messages, limits.outbox_bytes));
     shared.dispatcher.attach(conn, outbox.clone());
+    shared.counters.connection_opened();
 
     let end = run(&mut socket, conn, &shared, &outbox).await;
     // Leave the hub first: no push is queued to a connection that is closing.
@@ -72,6 +73,7 @@ pub(crate) async fn serve(
         End::ClientClosed => finish_close(&mut socket, &shared).await,
         End::Gone => {}
     }
+    shared.counters.connection_closed();
     debug!(%conn, "connection ended");
 }
 

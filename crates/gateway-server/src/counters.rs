@@ -7,6 +7,10 @@ use gateway_core::CloseCode;
 
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// A gauge: WebSocket connections open now (authenticated or not).
+    open_connections: AtomicU64,
+    /// The highest `open_connections` since [`Counters::take_peak`] last reset it.
+    open_peak: AtomicU64,
     auth_backend_errors: AtomicU64,
     upgrades_refused: AtomicU64,
     pushes_refused: AtomicU64,
@@ -22,6 +26,26 @@ fn index(code: CloseCode) -> usize {
 }
 
 impl Counters {
+    /// WebSocket connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        let open = self.open_connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open_peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    /// The peak of open connections since the last call; restarts from the current count.
+    pub(crate) fn take_peak(&self) -> u64 {
+        let now = self.open_connections();
+        self.open_peak.swap(now, Ordering::Relaxed).max(now)
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Times an authenticator could not decide (backend down, timeout, 5xx); each such client
     /// was treated as refused.
     pub fn auth_backend_errors(&self) -> u64 {
