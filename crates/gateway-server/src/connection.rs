@@ -2,7 +2,8 @@
 //!
 //! The task is the only owner of its socket. Frames for the client arrive through its
 //! [`Outbox`]; client messages go to the [`Dispatcher`]. Protocol decisions (what to reply,
-//! when to close) are the hub's; this module only moves bytes and keeps the auth deadline.
+//! when to close) are the hub's; this module moves bytes and keeps the per-connection clocks
+//! and counters: the auth deadline, heartbeats, the message rate limit.
 
 use std::sync::Arc;
 
