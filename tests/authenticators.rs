@@ -379,3 +379,29 @@ async fn http_callback_over_https_with_a_private_ca() {
     assert_eq!(auth_reply(&untrusting, 1, "good").await.1, unauthorized());
     assert_eq!(counters.auth_backend_errors(), 1);
 }
+
+#[tokio::test]
+async fn the_callback_keeps_at_most_max_concurrency_requests_in_flight() {
+    let backend = Backend::start().await;
+    let AuthConfig::Http {
+        mut callback,
+        cache,
+    } = http_auth(backend.addr, Duration::from_millis(800), None)
+    else {
+        unreachable!()
+    };
+    callback.max_concurrency = 1;
+    let (server, counters) = server_with(AuthConfig::Http { callback, cache }).await;
+
+    // The only slot is taken by a request the backend holds.
+    let mut held = server.connect().await;
+    held.send(r#"{"member_id":5,"token":"x"}"#).await;
+    guard("the held request", backend.held.notified()).await;
+
+    // A second member waits for the slot, never reaches the backend, and times out.
+    assert_eq!(auth_reply(&server, 1, "good").await.1, unauthorized());
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+    held.expect(&unauthorized()).await;
+    assert_eq!(counters.auth_backend_errors(), 2);
+    backend.release.notify_waiters();
+}
