@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -107,13 +107,12 @@ impl Gateway {
         config: ServerConfig,
         authenticator: Arc<dyn Authenticator>,
     ) -> Result<Gateway, ServerError> {
-        let bind = |what, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { what, addr, source })
+        let backlog = config.limits.accept_backlog;
+        let bind = |what, addr| {
+            listen(addr, backlog).map_err(|source| ServerError::Bind { what, addr, source })
         };
-        let listener = bind("websocket and push", config.listen).await?;
-        let stat_listener = bind("stat", config.stat_listen).await?;
+        let listener = bind("websocket and push", config.listen)?;
+        let stat_listener = bind("stat", config.stat_listen)?;
         Ok(Gateway::from_listeners(
             config,
             authenticator,
@@ -216,6 +215,20 @@ impl Gateway {
 enum Listener {
     Main,
     Stat,
+}
+
+/// A listening socket with an explicit accept backlog: the default of the standard library
+/// (128) overflows under a burst of connections, and every dropped SYN costs its client a
+/// one-second retransmission. `SO_REUSEADDR` lets a restarted gateway bind at once.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// HTTP/1.1 settings shared by both listeners. The timer arms hyper's default header read

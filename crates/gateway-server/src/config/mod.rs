@@ -136,6 +136,10 @@ pub struct Limits {
     /// `POST /push` requests being handled at once; one more gets 503 with `Retry-After`.
     /// Default 1024.
     pub max_inflight_pushes: usize,
+    /// Connections the kernel queues for each listener before the gateway accepts them
+    /// (capped by `net.core.somaxconn`); beyond it, connection attempts are dropped and
+    /// retried by the client a second later. Default 4096.
+    pub accept_backlog: u32,
 }
 
 impl Default for Limits {
@@ -149,6 +153,7 @@ impl Default for Limits {
             max_messages_per_s: 50,
             message_burst: 300,
             max_inflight_pushes: 1024,
+            accept_backlog: 4096,
         }
     }
 }
@@ -227,6 +232,7 @@ struct FileLimits {
     max_messages_per_s: Option<u32>,
     message_burst: Option<u32>,
     max_inflight_pushes: Option<usize>,
+    accept_backlog: Option<u32>,
 }
 
 impl Config {
@@ -391,6 +397,11 @@ impl Resolver<'_> {
                 "limits.max_inflight_pushes",
                 l.max_inflight_pushes,
                 dl.max_inflight_pushes,
+            )?,
+            accept_backlog: self.positive(
+                "limits.accept_backlog",
+                l.accept_backlog,
+                dl.accept_backlog,
             )?,
         };
         let max_app_name_len = self.positive(
@@ -589,6 +600,7 @@ max_connections = 60
 max_messages_per_s = 7
 message_burst = 8
 max_inflight_pushes = 9
+accept_backlog = 10
 [auth]
 kind = "anonymous"
 "#,
@@ -619,6 +631,7 @@ kind = "anonymous"
                 max_messages_per_s: 7,
                 message_burst: 8,
                 max_inflight_pushes: 9,
+                accept_backlog: 10,
             }
         );
         assert_eq!(s.access.push_api_keys, ["0123456789abcdef"]);
