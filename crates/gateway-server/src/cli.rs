@@ -179,6 +179,7 @@ async fn serve(config: Config) -> ExitCode {
     info!("websocket and push listener on {}", gateway.local_addr());
     info!("clients connect to {scheme}://{}/", gateway.local_addr());
     info!("stat listener on {}", gateway.stat_addr());
+    memory::grow_heap_in_larger_steps();
     tokio::spawn(memory::return_freed_memory(gateway.counters()));
     gateway.run(shutdown_signal()).await;
     ExitCode::SUCCESS
@@ -233,6 +234,25 @@ mod memory {
             }
         }
     }
+
+    /// glibc grows a worker thread's heap a few pages at a time, one `mprotect` each: about
+    /// one system call per new connection under a connection burst. Growing by 1 MiB steps
+    /// touches no more memory (untouched pages are not resident).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)] // one FFI call into glibc, below
+    pub(super) fn grow_heap_in_larger_steps() {
+        const M_TOP_PAD: std::ffi::c_int = -2;
+        unsafe extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // SAFETY: mallopt takes two integers and only changes the allocator's tuning.
+        unsafe {
+            mallopt(M_TOP_PAD, 1 << 20);
+        }
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    pub(super) fn grow_heap_in_larger_steps() {}
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)] // one FFI call into glibc, below

@@ -227,6 +227,9 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux, which saves a
+    // setsockopt per connection; `accept_loop` checks and sets it where that is not so.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
 }
@@ -245,6 +248,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
         Listener::Stat => shared.config.stat_tls.clone(),
     }
     .map(TlsAcceptor::from);
+    // Whether accepted sockets come with TCP_NODELAY already (inherited from a listener made
+    // by `listen`), learned from the first one with a single getsockopt.
+    let mut inherits_nodelay: Option<bool> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -258,7 +264,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
             },
             () = shared.shutdown.cancelled() => return,
         };
-        let _ = stream.set_nodelay(true);
+        // Small frames must leave at once (no Nagle delay).
+        let inherited = *inherits_nodelay.get_or_insert_with(|| stream.nodelay().unwrap_or(false));
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let shared = shared.clone();
         let tls = tls.clone();
         shared.tracker.clone().spawn(async move {
