@@ -298,29 +298,57 @@ where
         Listener::Main => {
             let service = service_fn(move |req| http::main_service(req, shared.clone(), peer));
             let conn = http_builder().serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown(conn, &shutdown).await
         }
         Listener::Stat => {
             let service = service_fn(move |req| http::stat_service(req, shared.clone()));
             let conn = http_builder().serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown(conn, &shutdown).await
         }
     };
     if let Err(err) = result {
         debug!(%err, %peer, "http connection error");
+    }
+}
+
+/// A hyper connection that can be asked to finish its request in flight and stop.
+/// (hyper-util's `GracefulConnection` does not cover connections with upgrades.)
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+/// Drives `conn` to its end; on shutdown, lets it answer the request in flight, then stops.
+async fn until_shutdown(conn: impl Graceful, shutdown: &CancellationToken) -> hyper::Result<()> {
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }

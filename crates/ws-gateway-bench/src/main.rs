@@ -410,12 +410,8 @@ async fn fanout(
             "ms",
         )
         .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms");
-    if let (Some(b), Some(a)) = (before, after) {
-        report.add(
-            "server_cpu_per_delivery_us",
-            (a.cpu - b.cpu).as_secs_f64() * 1e6 / delivered.max(1) as f64,
-            "µs",
-        );
+    if let Some(cpu) = proc::cpu_per_us(before, after, delivered) {
+        report.add("server_cpu_per_delivery_us", cpu, "µs");
     }
     report.print("fanout", target_name(common.target));
     Ok(())
@@ -462,12 +458,8 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
         .add("accepted", ok, "")
         .add("refused", failed, "")
         .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s");
-    if let (Some(b), Some(a)) = (before, after) {
-        report.add(
-            "server_cpu_per_request_us",
-            (a.cpu - b.cpu).as_secs_f64() * 1e6 / ok.max(1) as f64,
-            "µs",
-        );
+    if let Some(cpu) = proc::cpu_per_us(before, after, ok) {
+        report.add("server_cpu_per_request_us", cpu, "µs");
     }
     report.print("push", target_name(common.target));
     Ok(())
