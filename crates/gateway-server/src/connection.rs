@@ -10,8 +10,7 @@ use std::sync::Arc;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -23,7 +22,11 @@ use crate::liveness::{Heartbeat, RateLimit, Tick};
 use crate::outbox::Outbox;
 use crate::server::Shared;
 
-pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// A byte stream a WebSocket runs over: a plain TCP or a TLS connection, or an upgrade
+/// completed by hyper.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Why the connection loop ended.
 enum End {
@@ -38,7 +41,7 @@ enum End {
 /// Serves one upgraded connection until it ends. `_slot` is this connection's place under
 /// `limits.max_connections`, released when the task ends.
 pub(crate) async fn serve(
-    mut socket: Socket,
+    mut socket: WebSocketStream<impl Io>,
     conn: ConnId,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
@@ -78,7 +81,12 @@ pub(crate) async fn serve(
     debug!(%conn, "connection ended");
 }
 
-async fn run(socket: &mut Socket, conn: ConnId, shared: &Shared, outbox: &Outbox) -> End {
+async fn run(
+    socket: &mut WebSocketStream<impl Io>,
+    conn: ConnId,
+    shared: &Shared,
+    outbox: &Outbox,
+) -> End {
     let outcome = tokio::select! {
         outcome = authenticate(socket, conn, shared) => match outcome {
             Ok(outcome) => outcome,
@@ -236,7 +244,7 @@ fn receive(
 
 /// Waits for the auth message (within the deadline) and asks the authenticator.
 async fn authenticate(
-    socket: &mut Socket,
+    socket: &mut WebSocketStream<impl Io>,
     conn: ConnId,
     shared: &Shared,
 ) -> Result<AuthOutcome, End> {
@@ -296,7 +304,7 @@ fn private_access(grant: Grant, max_app_name_len: usize) -> PrivateAccess {
 }
 
 /// The payload of the first text or binary message.
-async fn first_message(socket: &mut Socket, conn: ConnId) -> Result<Bytes, End> {
+async fn first_message(socket: &mut WebSocketStream<impl Io>, conn: ConnId) -> Result<Bytes, End> {
     loop {
         match socket.next().await {
             Some(Ok(Message::Text(text))) => return Ok(Bytes::from(text)),
@@ -325,7 +333,7 @@ fn socket_error(conn: ConnId, err: tungstenite::Error) -> End {
 }
 
 async fn write_all(
-    socket: &mut Socket,
+    socket: &mut WebSocketStream<impl Io>,
     frames: std::collections::VecDeque<Message>,
 ) -> Result<(), tungstenite::Error> {
     for frame in frames {
@@ -336,7 +344,7 @@ async fn write_all(
 
 /// Sends a close frame and waits (briefly) for the client's answer, so the client sees the
 /// code and reason rather than a reset.
-async fn close(socket: &mut Socket, code: CloseCode, shared: &Shared) {
+async fn close(socket: &mut WebSocketStream<impl Io>, code: CloseCode, shared: &Shared) {
     let frame = CloseFrame {
         code: code.code().into(),
         reason: code.reason().into(),
@@ -351,11 +359,11 @@ async fn close(socket: &mut Socket, code: CloseCode, shared: &Shared) {
 }
 
 /// After the client's close frame: reading on flushes tungstenite's echo of it, then ends.
-async fn finish_close(socket: &mut Socket, shared: &Shared) {
+async fn finish_close(socket: &mut WebSocketStream<impl Io>, shared: &Shared) {
     let _ = tokio::time::timeout(shared.config.timeouts.close, drain(socket)).await;
 }
 
 /// Reads until the client's close frame (or the end of the stream).
-async fn drain(socket: &mut Socket) {
+async fn drain(socket: &mut WebSocketStream<impl Io>) {
     while let Some(Ok(_)) = socket.next().await {}
 }

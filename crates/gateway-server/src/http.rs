@@ -26,7 +26,7 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Every refusal of the HTTP side, mapped to its status in [`Refusal::response`].
 #[derive(Debug)]
-enum Refusal {
+pub(crate) enum Refusal {
     NotFound,
     MethodNotAllowed(&'static str),
     BadUpgrade(&'static str),
@@ -120,7 +120,7 @@ pub(crate) async fn main_service(
     shared: Arc<Shared>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
-    let result = if wants_websocket(&req) {
+    let result = if wants_websocket(req.headers()) {
         upgrade(req, shared, peer)
     } else if req.uri().path() == "/push" {
         if req.method() == Method::POST {
@@ -149,47 +149,69 @@ pub(crate) async fn stat_service(
     Ok(response)
 }
 
-fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
-    req.headers().get_all(name).iter().any(|value| {
-        value
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+/// The header fields of a request head, from hyper or from the hand-read first request
+/// (`handshake`), so both judge an upgrade by the same rules.
+pub(crate) trait Head {
+    /// Every value of the header `name` (case-insensitive), in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// Whether a comma-separated header `name` holds `token` (case-insensitive).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.values(name).any(|value| {
+            std::str::from_utf8(value)
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    }
+
+    fn value<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
 }
 
-fn wants_websocket(req: &Request<Incoming>) -> bool {
-    header_has_token(req, header::UPGRADE, "websocket")
+impl Head for http::HeaderMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
 }
 
-fn upgrade(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
+impl Head for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+pub(crate) fn wants_websocket(head: &(impl Head + ?Sized)) -> bool {
+    head.has_token("upgrade", "websocket")
+}
+
+/// Judges a WebSocket upgrade request; on success, the `Sec-WebSocket-Accept` value.
+/// Taking a place under `limits.max_connections` is the caller's next step.
+pub(crate) fn check_upgrade(
+    is_get: bool,
+    head: &(impl Head + ?Sized),
+    shared: &Shared,
     peer: SocketAddr,
-) -> Result<Response<Body>, Refusal> {
-    if req.method() != Method::GET {
+) -> Result<String, Refusal> {
+    if !is_get {
         return Err(Refusal::MethodNotAllowed("GET"));
     }
-    if !header_has_token(&req, header::CONNECTION, "upgrade") {
+    if !head.has_token("connection", "upgrade") {
         return Err(Refusal::BadUpgrade(
             "the Connection header must include `upgrade`",
         ));
     }
-    if req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    if head.value("sec-websocket-version") != Some(b"13") {
         return Err(Refusal::UnsupportedWebSocketVersion);
     }
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+    let Some(key) = head.value("sec-websocket-key") else {
         return Err(Refusal::BadUpgrade("Sec-WebSocket-Key is missing"));
     };
-    if let (Some(allowed), Some(origin)) = (
-        &shared.config.access.allowed_origins,
-        req.headers().get(header::ORIGIN),
-    ) {
-        let origin = origin.to_str().unwrap_or("");
+    if let (Some(allowed), Some(origin)) =
+        (&shared.config.access.allowed_origins, head.value("origin"))
+    {
+        let origin = std::str::from_utf8(origin).unwrap_or("");
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
             debug!(%peer, origin, "upgrade refused: origin not allowed");
             return Err(Refusal::OriginNotAllowed);
@@ -198,12 +220,22 @@ fn upgrade(
     if shared.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
+    Ok(derive_accept_key(key))
+}
+
+/// An upgrade that came to hyper: after another request on the same connection, or refused.
+/// (The first request of a connection is normally read by `handshake`.)
+fn upgrade(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Refusal> {
+    let accept = check_upgrade(req.method() == Method::GET, req.headers(), &shared, peer)?;
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
         let total = shared.counters.upgrade_refused();
         warn!(%peer, total, "upgrade refused: limits.max_connections reached");
         return Err(Refusal::TooManyConnections);
     };
-    let accept = derive_accept_key(key.as_bytes());
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
 

@@ -1,7 +1,8 @@
 //! The network side of ws-gateway: hyper listeners in front of the hub of `gateway-core` and
 //! the authenticators of `gateway-auth`.
 //!
-//! - the main listener: WebSocket upgrades (any path) and `POST /push`;
+//! - the main listener: WebSocket upgrades (any path) and `POST /push`; a connection's first
+//!   request is read by hand, so that an upgrade needs neither hyper nor a second task;
 //! - the stat listener: `GET /stat`;
 //! - [`config`]: the TOML file and its defaults; [`cli`]: the `ws-gateway` binary.
 //!
@@ -16,6 +17,7 @@ mod connection;
 mod counters;
 mod dispatcher;
 mod error;
+mod handshake;
 mod http;
 mod liveness;
 mod outbox;

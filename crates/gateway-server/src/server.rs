@@ -12,7 +12,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -22,9 +21,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
+use crate::connection::{self, Io};
 use crate::counters::Counters;
 use crate::dispatcher::Dispatcher;
 use crate::error::ServerError;
+use crate::handshake::{self, FirstRequest};
 use crate::http;
 
 /// Each connection's read buffer, allocated up front: client messages are auth and subscribe
@@ -270,15 +271,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
             let _ = stream.set_nodelay(true);
         }
         let shared = shared.clone();
-        let tls = tls.clone();
-        shared.tracker.clone().spawn(async move {
-            let Some(tls) = tls else {
-                return serve_http(stream, peer, shared, which).await;
-            };
+        let tracker = shared.tracker.clone();
+        // Two separate tasks, so that a plain connection's task has no room for TLS state.
+        let Some(tls) = tls.clone() else {
+            tracker.spawn(serve_connection(stream, peer, shared, which));
+            continue;
+        };
+        tracker.spawn(async move {
             // The handshake shares the auth deadline: a peer that stalls it is dropped.
             let handshake = tokio::time::timeout(shared.config.timeouts.auth, tls.accept(stream));
             match handshake.await {
-                Ok(Ok(stream)) => serve_http(stream, peer, shared, which).await,
+                Ok(Ok(stream)) => serve_connection(stream, peer, shared, which).await,
                 Ok(Err(err)) => debug!(%err, %peer, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
@@ -286,12 +289,28 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Listener
     }
 }
 
-/// Serves HTTP/1.1 on one accepted connection (plain or TLS) until it ends or, on shutdown,
-/// until its request in flight is answered.
-async fn serve_http<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, which: Listener)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// Serves one accepted connection (plain or TLS). On the main listener, its first request is
+/// read by `handshake`: an accepted WebSocket upgrade is served right here, in this task;
+/// anything else goes to hyper.
+async fn serve_connection<I: Io>(io: I, peer: SocketAddr, shared: Arc<Shared>, which: Listener) {
+    if let Listener::Stat = which {
+        return serve_http(io, peer, shared, which).await;
+    }
+    match handshake::first_request(io, &shared, peer).await {
+        FirstRequest::WebSocket { socket, slot } => {
+            let conn = shared.next_conn_id();
+            debug!(%conn, %peer, "websocket upgrade");
+            connection::serve(socket, conn, shared, slot).await;
+        }
+        // Boxed, so that a WebSocket's task does not carry room for hyper's connection state.
+        FirstRequest::Http(io) => Box::pin(serve_http(io, peer, shared, which)).await,
+        FirstRequest::Gone => {}
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends or, on shutdown, until its request in
+/// flight is answered.
+async fn serve_http(io: impl Io, peer: SocketAddr, shared: Arc<Shared>, which: Listener) {
     let io = TokioIo::new(io);
     let shutdown = shared.shutdown.clone();
     let result = match which {

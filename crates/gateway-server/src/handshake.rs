@@ -1,0 +1,224 @@
+//! The first request of a main-listener connection, read by hand. Nearly every connection
+//! starts with a WebSocket upgrade: when it is one the gateway accepts, it is answered here and
+//! the connection becomes a WebSocket in the same task. Anything else (a push, an upgrade to be
+//! refused, a head too large or malformed) goes to hyper together with the bytes already read,
+//! and hyper answers it as it answers every later request.
+//!
+//! Why: through hyper, every set-up paid for hyper's connection state and buffers, a second
+//! task, and the hand-over of the upgraded socket between the two (BENCHMARKS.md, step 8).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::debug;
+
+use crate::connection::Io;
+use crate::http::{self, Head};
+use crate::server::Shared;
+
+/// A head larger than this goes to hyper, whose limits then apply.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Enough for any browser's upgrade request; more headers go to hyper.
+const MAX_HEADERS: usize = 32;
+/// What a first read reserves: an upgrade request is 150–600 bytes.
+const FIRST_READ_BYTES: usize = 1024;
+/// Like hyper's header read timeout for later requests: a peer that connects and sends
+/// nothing is dropped.
+pub(crate) const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the first request turned out to be.
+// Returned once per connection and consumed at once; boxing the WebSocket would cost every
+// connection an allocation and an indirection for its whole life.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum FirstRequest<I> {
+    /// An accepted upgrade, its 101 already written.
+    WebSocket {
+        socket: WebSocketStream<I>,
+        slot: OwnedSemaphorePermit,
+    },
+    /// For hyper: the connection, replaying what was read of it.
+    Http(Prefixed<I>),
+    /// The peer left, sent nothing in time, or the gateway is shutting down.
+    Gone,
+}
+
+/// The verdict on a complete request head.
+enum Verdict {
+    /// Accept the upgrade with this `Sec-WebSocket-Accept`.
+    Upgrade(String),
+    /// Let hyper answer it.
+    Http,
+}
+
+/// Reads the first request head of `io` and acts on it.
+pub(crate) async fn first_request<I: Io>(
+    mut io: I,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> FirstRequest<I> {
+    let mut buf = Vec::with_capacity(FIRST_READ_BYTES);
+    let read = async {
+        loop {
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            if let Some(found) = judge(&buf, shared, peer) {
+                return Some(found);
+            }
+        }
+    };
+    let found = tokio::select! {
+        found = tokio::time::timeout(HEAD_READ_TIMEOUT, read) => found.ok().flatten(),
+        () = shared.shutdown.cancelled() => None,
+    };
+    let Some((verdict, head_len)) = found else {
+        return match buf.is_empty() {
+            // Bytes but no complete head (the peer half-closed): hyper answers what it can.
+            false if !shared.shutdown.is_cancelled() => FirstRequest::Http(Prefixed::new(io, buf)),
+            _ => FirstRequest::Gone,
+        };
+    };
+    let accept = match verdict {
+        Verdict::Http => return FirstRequest::Http(Prefixed::new(io, buf)),
+        Verdict::Upgrade(accept) => accept,
+    };
+    // A refusal for want of a place is hyper's to answer (and to count).
+    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        return FirstRequest::Http(Prefixed::new(io, buf));
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-accept: {accept}\r\n\r\n"
+    );
+    if let Err(err) = io.write_all(response.as_bytes()).await {
+        debug!(%peer, %err, "upgrade failed");
+        return FirstRequest::Gone;
+    }
+    // A client may send its first messages right behind the upgrade request.
+    let config = Some(shared.websocket_config());
+    let socket = if buf.len() == head_len {
+        WebSocketStream::from_raw_socket(io, Role::Server, config).await
+    } else {
+        buf.drain(..head_len);
+        WebSocketStream::from_partially_read(io, buf, Role::Server, config).await
+    };
+    FirstRequest::WebSocket { socket, slot }
+}
+
+/// Judges what has been read so far: `None` while the head is incomplete, else the verdict
+/// and the head's length.
+fn judge(buf: &[u8], shared: &Shared, peer: SocketAddr) -> Option<(Verdict, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return None,
+        // Too large, too many headers or malformed: hyper has the answer for each.
+        _ => return Some((Verdict::Http, buf.len())),
+    };
+    let headers: &[httparse::Header<'_>] = request.headers;
+    // An upgrade with a body, or over HTTP/1.0, is unusual enough to leave to hyper.
+    let plain = request.version == Some(1)
+        && headers.value("content-length").is_none()
+        && headers.value("transfer-encoding").is_none();
+    if !(plain && http::wants_websocket(headers)) {
+        return Some((Verdict::Http, head_len));
+    }
+    let is_get = request.method == Some("GET");
+    match http::check_upgrade(is_get, headers, shared, peer) {
+        Ok(accept) => Some((Verdict::Upgrade(accept), head_len)),
+        Err(_) => Some((Verdict::Http, head_len)),
+    }
+}
+
+/// A connection that first replays bytes already read from it.
+pub(crate) struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(io: I, prefix: Vec<u8>) -> Prefixed<I> {
+        Prefixed {
+            prefix: Bytes::from(prefix),
+            io,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // Free the first read's buffer.
+            self.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn prefixed_replays_then_reads_on() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut prefixed = Prefixed::new(client, b"GET / HTTP/1.1\r\n".to_vec());
+        server.write_all(b"rest").await.unwrap();
+        drop(server);
+        let mut all = Vec::new();
+        prefixed.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1\r\nrest");
+    }
+}
