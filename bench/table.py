@@ -8,17 +8,23 @@ MEASURES = [
     ("conns10k", "rss_per_conn_bytes", "RSS per idle subscribed connection, 10k (bytes)", "lower"),
     ("conns10k", "conns_per_s", "connections/s, 10k at concurrency 200", "higher"),
     ("conns10k", "server_cpu_per_setup_us", "server CPU per connection set-up (µs)", "lower"),
+    ("conns10k", "client_cpu_per_setup_us", "load generator CPU per set-up (µs)", "lower"),
     ("conns10k", "close_clean_s", "closing 10k connections: time until state is clean (s)", "lower"),
     ("conns10k", "rss_after_close_kib", "RSS after the 10k connections left (KiB)", "lower"),
     ("conns10k", "rss_before_kib", "RSS of the fresh server before connecting (KiB)", "lower"),
     ("fanout10k", "deliveries_per_s", "fan-out 10k × 50 flat out: deliveries/s", "higher"),
     ("fanout10k", "server_cpu_per_delivery_us", "server CPU per delivery (µs)", "lower"),
+    ("fanout10k", "client_cpu_per_delivery_us", "load generator CPU per delivery (µs)", "lower"),
     ("fanout10k", "lost", "fan-out 10k × 50: lost deliveries", "lower"),
     ("latency1k", "latency_p50_ms", "latency p50, 1k subscribers at 20 pushes/s (ms)", "lower"),
     ("latency1k", "latency_p99_ms", "latency p99, 1k subscribers at 20 pushes/s (ms)", "lower"),
+    ("latency1k", "server_cpu_per_delivery_us", "1k at 20/s: server CPU per delivery (µs)", "lower"),
+    ("latency1k", "client_cpu_per_delivery_us", "1k at 20/s: load generator CPU per delivery (µs)", "lower"),
     ("latency10k", "latency_p50_ms", "latency p50, 10k subscribers at 20 pushes/s (ms)", "lower"),
     ("latency10k", "latency_p99_ms", "latency p99, 10k subscribers at 20 pushes/s (ms)", "lower"),
     ("push50", "requests_per_s", "push requests/s, 50 keep-alive connections", "higher"),
+    ("push50", "server_cpu_per_request_us", "server CPU per push request (µs)", "lower"),
+    ("push50", "client_cpu_per_request_us", "load generator CPU per push request (µs)", "lower"),
 ]
 
 values = defaultdict(list)

@@ -152,8 +152,8 @@ async fn open_subscribers(
             let (path, messages, progress) = (&path, &messages, &progress);
             async move {
                 let mut client = WsClient::connect(common.addr, source_for(i), path).await?;
-                for message in messages {
-                    client.send_text(message).await?;
+                if !messages.is_empty() {
+                    client.send_texts(messages).await?;
                 }
                 for _ in 0..replies {
                     client.next_message().await?.ok_or("closed during set-up")?;
@@ -221,10 +221,12 @@ async fn server_subscribers(common: &Common) -> Result<u64, Error> {
 
 async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Result<(), Error> {
     let before = Sample::take(common.pid);
+    let own_before = proc::own_cpu_time();
     let started = Instant::now();
     let clients = open_subscribers(&common, n, concurrency).await?;
     let setup = started.elapsed();
     let cpu_after = Sample::take(common.pid);
+    let own_setup_cpu = proc::own_cpu_time() - own_before;
     // RSS settles once the last set-ups' transient buffers are freed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let held = Sample::take(common.pid);
@@ -247,7 +249,12 @@ async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Res
         .add("server_subscribers", subscribed, "")
         .add("setup_s", setup.as_secs_f64(), "s")
         .add("conns_per_s", n as f64 / setup.as_secs_f64(), "conn/s")
-        .add("close_clean_s", clean.as_secs_f64(), "s");
+        .add("close_clean_s", clean.as_secs_f64(), "s")
+        .add(
+            "client_cpu_per_setup_us",
+            own_setup_cpu.as_secs_f64() * 1e6 / n as f64,
+            "µs",
+        );
     if let (Some(b), Some(c), Some(h), Some(a)) = (before, cpu_after, held, after_close) {
         report
             .add(
@@ -343,6 +350,7 @@ async fn fanout(
     let mut sender = http_connection(common.addr).await?;
     let progress = ProgressBar::new(pushes as u64).with_message("pushing");
     let before = Sample::take(common.pid);
+    let own_before = proc::own_cpu_time();
     let started = Instant::now();
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     for seq in 0..pushes {
@@ -372,6 +380,7 @@ async fn fanout(
         }
     }
     let after = Sample::take(common.pid);
+    let own_cpu = proc::own_cpu_time() - own_before;
     let elapsed = last - started;
     let expected = (n * pushes) as u64;
 
@@ -409,7 +418,12 @@ async fn fanout(
             histogram.value_at_quantile(0.99) as f64 / 1000.0,
             "ms",
         )
-        .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms");
+        .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms")
+        .add(
+            "client_cpu_per_delivery_us",
+            own_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+            "µs",
+        );
     if let Some(cpu) = proc::cpu_per_us(before, after, delivered) {
         report.add("server_cpu_per_delivery_us", cpu, "µs");
     }
@@ -421,6 +435,7 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let common = Arc::new(common);
     let before = Sample::take(common.pid);
+    let own_before = proc::own_cpu_time();
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|_| {
@@ -450,6 +465,7 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
     }
     let elapsed = started.elapsed();
     let after = Sample::take(common.pid);
+    let own_cpu = proc::own_cpu_time() - own_before;
 
     let mut report = Report::new();
     report
@@ -457,7 +473,12 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
         .add("seconds", elapsed.as_secs_f64(), "s")
         .add("accepted", ok, "")
         .add("refused", failed, "")
-        .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s");
+        .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s")
+        .add(
+            "client_cpu_per_request_us",
+            own_cpu.as_secs_f64() * 1e6 / ok.max(1) as f64,
+            "µs",
+        );
     if let Some(cpu) = proc::cpu_per_us(before, after, ok) {
         report.add("server_cpu_per_request_us", cpu, "µs");
     }

@@ -30,6 +30,12 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// CPU time used so far by this process (the load generator): the servers share the cores
+/// with it, so what it spends is not available to them.
+pub fn own_cpu_time() -> Duration {
+    cpu_time(std::process::id()).unwrap_or_default()
+}
+
 /// Samples both around a piece of work.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {

@@ -22,6 +22,25 @@ pub fn source_for(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 1, (i / 250 % 250) as u8, (i % 250 + 1) as u8)
 }
 
+/// Appends one masked client frame to `frame`.
+fn encode_frame(frame: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
 #[derive(Debug)]
 pub struct WsClient {
     stream: TcpStream,
@@ -63,26 +82,17 @@ impl WsClient {
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + 14);
-        frame.push(0x80 | opcode);
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        encode_frame(&mut frame, opcode, payload);
         self.stream.write_all(&frame).await
     }
 
-    pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
-        self.send_frame(OP_TEXT, text.as_bytes()).await
+    /// Sends several text messages in one write, as a client that has them ready at once can.
+    pub async fn send_texts(&mut self, texts: &[String]) -> io::Result<()> {
+        let mut frames = Vec::with_capacity(texts.iter().map(|t| t.len() + 14).sum());
+        for text in texts {
+            encode_frame(&mut frames, OP_TEXT, text.as_bytes());
+        }
+        self.stream.write_all(&frames).await
     }
 
     /// The next text or binary payload; `None` when the server closes. Pings are answered.
