@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of two ws-gateway binaries, as BENCHMARKS.md's "steps" table was measured: ROUNDS rounds,
-# alternating the binaries, a fresh process each time; conns 10k then fanout 10k x 50.
+# alternating which binary goes first, a fresh process each time; conns 10k then fanout 10k x 50.
 # Usage: bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,10 @@ OLD=$1 NEW=$2 ROUNDS=${3:-3}
 cargo build --release -p ws-gateway-bench --quiet
 BENCH=target/release/ws-gateway-bench
 for round in $(seq "$ROUNDS"); do
-  for binary in "$OLD" "$NEW"; do
+  # Alternate which binary goes first: the second run of a round pays for the first one's
+  # sockets still in TIME_WAIT and runs on a warmer machine, which alone moves a result by 10 %.
+  if [ $((round % 2)) -eq 1 ]; then order=("$OLD" "$NEW"); else order=("$NEW" "$OLD"); fi
+  for binary in "${order[@]}"; do
     "$binary" --config bench/gateway.toml 2>/dev/null &
     pid=$!
     for _ in $(seq 100); do curl -sf http://127.0.0.1:6000/stat > /dev/null && break; sleep 0.1; done

@@ -24,24 +24,24 @@ use crate::connection::Io;
 use crate::http::{self, Head};
 use crate::server::Shared;
 
-/// A head larger than this goes to hyper, whose limits then apply.
-const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// The first request head is read into a buffer of this size inside the task (where it takes
+/// the room the WebSocket's state needs later), not on the heap: an upgrade request is
+/// 150–600 bytes. A larger head goes to hyper, which upgrades it too.
+const HEAD_BYTES: usize = 1024;
 /// Enough for any browser's upgrade request; more headers go to hyper.
 const MAX_HEADERS: usize = 32;
-/// What a first read reserves: an upgrade request is 150–600 bytes.
-const FIRST_READ_BYTES: usize = 1024;
 /// Like hyper's header read timeout for later requests: a peer that connects and sends
 /// nothing is dropped.
 pub(crate) const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the first request turned out to be.
-// Returned once per connection and consumed at once; boxing the WebSocket would cost every
-// connection an allocation and an indirection for its whole life.
-#[allow(clippy::large_enum_variant)]
+/// What the first request turned out to be. Kept small: it is returned into the task's
+/// state, where a large value would take room for the connection's whole life.
 pub(crate) enum FirstRequest<I> {
-    /// An accepted upgrade, its 101 already written.
+    /// An accepted upgrade, its 101 already written; `pipelined` holds the bytes the client
+    /// sent behind its request (see [`FirstRequest::websocket`]).
     WebSocket {
-        socket: WebSocketStream<I>,
+        io: I,
+        pipelined: Option<Vec<u8>>,
         slot: OwnedSemaphorePermit,
     },
     /// For hyper: the connection, replaying what was read of it.
@@ -64,14 +64,15 @@ pub(crate) async fn first_request<I: Io>(
     shared: &Shared,
     peer: SocketAddr,
 ) -> FirstRequest<I> {
-    let mut buf = Vec::with_capacity(FIRST_READ_BYTES);
+    let mut head = [0u8; HEAD_BYTES];
+    let mut len = 0;
     let read = async {
         loop {
-            match io.read_buf(&mut buf).await {
+            match io.read(&mut head[len..]).await {
                 Ok(0) | Err(_) => return None,
-                Ok(_) => {}
+                Ok(n) => len += n,
             }
-            if let Some(found) = judge(&buf, shared, peer) {
+            if let Some(found) = judge(&head[..len], shared, peer) {
                 return Some(found);
             }
         }
@@ -80,38 +81,67 @@ pub(crate) async fn first_request<I: Io>(
         found = tokio::time::timeout(HEAD_READ_TIMEOUT, read) => found.ok().flatten(),
         () = shared.shutdown.cancelled() => None,
     };
+    let read = &head[..len];
     let Some((verdict, head_len)) = found else {
-        return match buf.is_empty() {
+        return match read.is_empty() {
             // Bytes but no complete head (the peer half-closed): hyper answers what it can.
-            false if !shared.shutdown.is_cancelled() => FirstRequest::Http(Prefixed::new(io, buf)),
+            false if !shared.shutdown.is_cancelled() => FirstRequest::Http(Prefixed::new(io, read)),
             _ => FirstRequest::Gone,
         };
     };
     let accept = match verdict {
-        Verdict::Http => return FirstRequest::Http(Prefixed::new(io, buf)),
+        Verdict::Http => return FirstRequest::Http(Prefixed::new(io, read)),
         Verdict::Upgrade(accept) => accept,
     };
     // A refusal for want of a place is hyper's to answer (and to count).
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        return FirstRequest::Http(Prefixed::new(io, buf));
+        return FirstRequest::Http(Prefixed::new(io, read));
     };
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
-         sec-websocket-accept: {accept}\r\n\r\n"
-    );
-    if let Err(err) = io.write_all(response.as_bytes()).await {
+    // A client may send its first messages right behind the upgrade request.
+    let pipelined = (head_len < len).then(|| head[head_len..len].to_vec());
+    // The 101 is written from the head's buffer: the task needs no room for another one.
+    let response = switching_protocols(&mut head, &accept);
+    if let Err(err) = io.write_all(response).await {
         debug!(%peer, %err, "upgrade failed");
         return FirstRequest::Gone;
     }
-    // A client may send its first messages right behind the upgrade request.
-    let config = Some(shared.websocket_config());
-    let socket = if buf.len() == head_len {
-        WebSocketStream::from_raw_socket(io, Role::Server, config).await
-    } else {
-        buf.drain(..head_len);
-        WebSocketStream::from_partially_read(io, buf, Role::Server, config).await
-    };
-    FirstRequest::WebSocket { socket, slot }
+    FirstRequest::WebSocket {
+        io,
+        pipelined,
+        slot,
+    }
+}
+
+impl<I: Io> FirstRequest<I> {
+    /// The WebSocket of an accepted upgrade.
+    pub(crate) async fn websocket(
+        io: I,
+        pipelined: Option<Vec<u8>>,
+        shared: &Shared,
+    ) -> WebSocketStream<I> {
+        let config = Some(shared.websocket_config());
+        match pipelined {
+            None => WebSocketStream::from_raw_socket(io, Role::Server, config).await,
+            Some(bytes) => {
+                WebSocketStream::from_partially_read(io, bytes, Role::Server, config).await
+            }
+        }
+    }
+}
+
+const SWITCHING_HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+    upgrade: websocket\r\nsec-websocket-accept: ";
+
+/// Writes the 101 response into `buf` (no heap allocation per set-up); returns its bytes.
+/// The accept value is 28 bytes (the base64 of a SHA-1), so the response is 129.
+fn switching_protocols<'a>(buf: &'a mut [u8; HEAD_BYTES], accept: &str) -> &'a [u8] {
+    let parts: [&[u8]; 3] = [SWITCHING_HEAD, accept.as_bytes(), b"\r\n\r\n"];
+    let mut len = 0;
+    for part in parts {
+        buf[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    &buf[..len]
 }
 
 /// Judges what has been read so far: `None` while the head is incomplete, else the verdict
@@ -121,7 +151,7 @@ fn judge(buf: &[u8], shared: &Shared, peer: SocketAddr) -> Option<(Verdict, usiz
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return None,
+        Ok(httparse::Status::Partial) if buf.len() < HEAD_BYTES => return None,
         // Too large, too many headers or malformed: hyper has the answer for each.
         _ => return Some((Verdict::Http, buf.len())),
     };
@@ -147,9 +177,9 @@ pub(crate) struct Prefixed<I> {
 }
 
 impl<I> Prefixed<I> {
-    fn new(io: I, prefix: Vec<u8>) -> Prefixed<I> {
+    fn new(io: I, prefix: &[u8]) -> Prefixed<I> {
         Prefixed {
-            prefix: Bytes::from(prefix),
+            prefix: Bytes::copy_from_slice(prefix),
             io,
         }
     }
@@ -168,7 +198,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
         buf.put_slice(&self.prefix[..n]);
         self.prefix.advance(n);
         if self.prefix.is_empty() {
-            // Free the first read's buffer.
+            // Free the copy of the first read.
             self.prefix = Bytes::new();
         }
         Poll::Ready(Ok(()))
@@ -214,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn prefixed_replays_then_reads_on() {
         let (client, mut server) = tokio::io::duplex(64);
-        let mut prefixed = Prefixed::new(client, b"GET / HTTP/1.1\r\n".to_vec());
+        let mut prefixed = Prefixed::new(client, b"GET / HTTP/1.1\r\n");
         server.write_all(b"rest").await.unwrap();
         drop(server);
         let mut all = Vec::new();

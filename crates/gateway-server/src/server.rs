@@ -296,16 +296,20 @@ async fn serve_connection<I: Io>(io: I, peer: SocketAddr, shared: Arc<Shared>, w
     if let Listener::Stat = which {
         return serve_http(io, peer, shared, which).await;
     }
-    match handshake::first_request(io, &shared, peer).await {
-        FirstRequest::WebSocket { socket, slot } => {
-            let conn = shared.next_conn_id();
-            debug!(%conn, %peer, "websocket upgrade");
-            connection::serve(socket, conn, shared, slot).await;
-        }
+    let (io, pipelined, slot) = match handshake::first_request(io, &shared, peer).await {
+        FirstRequest::WebSocket {
+            io,
+            pipelined,
+            slot,
+        } => (io, pipelined, slot),
         // Boxed, so that a WebSocket's task does not carry room for hyper's connection state.
-        FirstRequest::Http(io) => Box::pin(serve_http(io, peer, shared, which)).await,
-        FirstRequest::Gone => {}
-    }
+        FirstRequest::Http(io) => return Box::pin(serve_http(io, peer, shared, which)).await,
+        FirstRequest::Gone => return,
+    };
+    let socket = FirstRequest::websocket(io, pipelined, &shared).await;
+    let conn = shared.next_conn_id();
+    debug!(%conn, %peer, "websocket upgrade");
+    connection::serve(socket, conn, shared, slot).await;
 }
 
 /// Serves HTTP/1.1 on one connection until it ends or, on shutdown, until its request in
