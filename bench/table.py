@@ -22,6 +22,7 @@ MEASURES = [
     ("latency1k", "client_cpu_per_delivery_us", "1k at 20/s: load generator CPU per delivery (µs)", "lower"),
     ("latency10k", "latency_p50_ms", "latency p50, 10k subscribers at 20 pushes/s (ms)", "lower"),
     ("latency10k", "latency_p99_ms", "latency p99, 10k subscribers at 20 pushes/s (ms)", "lower"),
+    ("latency10k", "push_s", "10k at 20/s: seconds to send the 40 pushes (2.0 = on schedule)", "lower"),
     ("push50", "requests_per_s", "push requests/s, 50 keep-alive connections", "higher"),
     ("push50", "server_cpu_per_request_us", "server CPU per push request (µs)", "lower"),
     ("push50", "client_cpu_per_request_us", "load generator CPU per push request (µs)", "lower"),

@@ -354,10 +354,18 @@ async fn fanout(
     let started = Instant::now();
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     for seq in 0..pushes {
-        if let Some(interval) = interval {
-            tokio::time::sleep_until((started + interval * seq as u32).into()).await;
-        }
-        let text = format!("{seq} {}", base.elapsed().as_nanos());
+        // At a fixed rate, latency counts from when the push was due, not from when it could be
+        // sent: a server that answers pushes slowly and falls behind the schedule is charged for
+        // the delay (no coordinated omission).
+        let due = match interval {
+            Some(interval) => {
+                let due = started + interval * seq as u32;
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        let text = format!("{seq} {}", (due - base).as_nanos());
         let (path, body) = target.push(&common.app, &text);
         let (status, _) = request(&mut sender, "POST", &path, body).await?;
         if !(200..300).contains(&status) {
