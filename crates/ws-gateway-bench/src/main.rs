@@ -252,14 +252,14 @@ async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Res
         .add("close_clean_s", clean.as_secs_f64(), "s")
         .add(
             "client_cpu_per_setup_us",
-            own_setup_cpu.as_secs_f64() * 1e6 / n as f64,
+            proc::per_unit_us(own_setup_cpu, n as u64),
             "µs",
         );
     if let (Some(b), Some(c), Some(h), Some(a)) = (before, cpu_after, held, after_close) {
         report
             .add(
                 "server_cpu_per_setup_us",
-                (c.cpu - b.cpu).as_secs_f64() * 1e6 / n as f64,
+                proc::per_unit_us(c.cpu - b.cpu, n as u64),
                 "µs",
             )
             .add("rss_before_kib", b.rss / 1024, "KiB")
@@ -429,7 +429,7 @@ async fn fanout(
         .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms")
         .add(
             "client_cpu_per_delivery_us",
-            own_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+            proc::per_unit_us(own_cpu, delivered),
             "µs",
         );
     if let Some(cpu) = proc::cpu_per_us(before, after, delivered) {
@@ -484,7 +484,7 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
         .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s")
         .add(
             "client_cpu_per_request_us",
-            own_cpu.as_secs_f64() * 1e6 / ok.max(1) as f64,
+            proc::per_unit_us(own_cpu, ok),
             "µs",
         );
     if let Some(cpu) = proc::cpu_per_us(before, after, ok) {

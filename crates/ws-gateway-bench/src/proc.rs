@@ -53,8 +53,13 @@ impl Sample {
     }
 }
 
+/// CPU time per unit of work, in microseconds.
+pub fn per_unit_us(cpu: Duration, units: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / units.max(1) as f64
+}
+
 /// Server CPU time per unit of work between two samples, in microseconds.
 pub fn cpu_per_us(before: Option<Sample>, after: Option<Sample>, units: u64) -> Option<f64> {
     let (before, after) = (before?, after?);
-    Some((after.cpu - before.cpu).as_secs_f64() * 1e6 / units.max(1) as f64)
+    Some(per_unit_us(after.cpu - before.cpu, units))
 }
