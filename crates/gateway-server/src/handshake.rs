@@ -32,13 +32,13 @@ const HEAD_BYTES: usize = 1024;
 const MAX_HEADERS: usize = 32;
 /// Like hyper's header read timeout for later requests: a peer that connects and sends
 /// nothing is dropped.
-pub(crate) const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the first request turned out to be. Kept small: it is returned into the task's
 /// state, where a large value would take room for the connection's whole life.
 pub(crate) enum FirstRequest<I> {
     /// An accepted upgrade, its 101 already written; `pipelined` holds the bytes the client
-    /// sent behind its request (see [`FirstRequest::websocket`]).
+    /// sent behind its request (see [`websocket`]).
     WebSocket {
         io: I,
         pipelined: Option<Vec<u8>>,
@@ -112,20 +112,16 @@ pub(crate) async fn first_request<I: Io>(
     }
 }
 
-impl<I: Io> FirstRequest<I> {
-    /// The WebSocket of an accepted upgrade.
-    pub(crate) async fn websocket(
-        io: I,
-        pipelined: Option<Vec<u8>>,
-        shared: &Shared,
-    ) -> WebSocketStream<I> {
-        let config = Some(shared.websocket_config());
-        match pipelined {
-            None => WebSocketStream::from_raw_socket(io, Role::Server, config).await,
-            Some(bytes) => {
-                WebSocketStream::from_partially_read(io, bytes, Role::Server, config).await
-            }
-        }
+/// The WebSocket of an accepted upgrade ([`FirstRequest::WebSocket`]'s parts).
+pub(crate) async fn websocket<I: Io>(
+    io: I,
+    pipelined: Option<Vec<u8>>,
+    shared: &Shared,
+) -> WebSocketStream<I> {
+    let config = Some(shared.websocket_config());
+    match pipelined {
+        None => WebSocketStream::from_raw_socket(io, Role::Server, config).await,
+        Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, config).await,
     }
 }
 

@@ -306,7 +306,7 @@ async fn serve_connection<I: Io>(io: I, peer: SocketAddr, shared: Arc<Shared>, w
         FirstRequest::Http(io) => return Box::pin(serve_http(io, peer, shared, which)).await,
         FirstRequest::Gone => return,
     };
-    let socket = FirstRequest::websocket(io, pipelined, &shared).await;
+    let socket = handshake::websocket(io, pipelined, &shared).await;
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
     connection::serve(socket, conn, shared, slot).await;
