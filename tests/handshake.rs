@@ -64,16 +64,21 @@ async fn read_exactly(tcp: &mut TcpStream, expected: &[u8]) {
     );
 }
 
+/// Sends the anonymous auth message on an upgraded connection and expects its reply.
+async fn authenticate_anonymously(tcp: &mut TcpStream) {
+    tcp.write_all(&client_text(r#"{"member_id":-1,"token":""}"#))
+        .await
+        .unwrap();
+    read_exactly(tcp, &server_text(&hello_stranger())).await;
+}
+
 #[tokio::test]
 async fn an_upgrade_is_answered_with_exact_bytes_and_then_speaks_the_protocol() {
     let server = TestServer::start().await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
     assert_eq!(read_head(&mut tcp).await, SWITCHING);
-    tcp.write_all(&client_text(r#"{"member_id":-1,"token":""}"#))
-        .await
-        .unwrap();
-    read_exactly(&mut tcp, &server_text(&hello_stranger())).await;
+    authenticate_anonymously(&mut tcp).await;
 }
 
 #[tokio::test]
@@ -128,10 +133,7 @@ async fn a_push_and_then_an_upgrade_on_one_connection_both_work() {
         "{head}"
     );
     assert!(head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-    tcp.write_all(&client_text(r#"{"member_id":-1,"token":""}"#))
-        .await
-        .unwrap();
-    read_exactly(&mut tcp, &server_text(&hello_stranger())).await;
+    authenticate_anonymously(&mut tcp).await;
 }
 
 #[tokio::test]
@@ -146,10 +148,7 @@ async fn a_head_too_large_to_read_by_hand_is_upgraded_by_hyper() {
         head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
         "{head}"
     );
-    tcp.write_all(&client_text(r#"{"member_id":-1,"token":""}"#))
-        .await
-        .unwrap();
-    read_exactly(&mut tcp, &server_text(&hello_stranger())).await;
+    authenticate_anonymously(&mut tcp).await;
 }
 
 #[tokio::test]

@@ -275,6 +275,25 @@ async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Res
     Ok(())
 }
 
+/// Adds the generator's and (when its pid is known) the server's CPU per `unit`.
+fn add_cpu(
+    report: &mut Report,
+    unit: &str,
+    units: u64,
+    own_cpu: Duration,
+    before: Option<Sample>,
+    after: Option<Sample>,
+) {
+    report.add(
+        &format!("client_cpu_per_{unit}_us"),
+        proc::per_unit_us(own_cpu, units),
+        "µs",
+    );
+    if let Some(cpu) = proc::cpu_per_us(before, after, units) {
+        report.add(&format!("server_cpu_per_{unit}_us"), cpu, "µs");
+    }
+}
+
 /// What one subscriber saw during a fan-out.
 #[derive(Debug, Default)]
 struct Received {
@@ -426,15 +445,8 @@ async fn fanout(
             histogram.value_at_quantile(0.99) as f64 / 1000.0,
             "ms",
         )
-        .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms")
-        .add(
-            "client_cpu_per_delivery_us",
-            proc::per_unit_us(own_cpu, delivered),
-            "µs",
-        );
-    if let Some(cpu) = proc::cpu_per_us(before, after, delivered) {
-        report.add("server_cpu_per_delivery_us", cpu, "µs");
-    }
+        .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms");
+    add_cpu(&mut report, "delivery", delivered, own_cpu, before, after);
     report.print("fanout", target_name(common.target));
     Ok(())
 }
@@ -481,15 +493,8 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
         .add("seconds", elapsed.as_secs_f64(), "s")
         .add("accepted", ok, "")
         .add("refused", failed, "")
-        .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s")
-        .add(
-            "client_cpu_per_request_us",
-            proc::per_unit_us(own_cpu, ok),
-            "µs",
-        );
-    if let Some(cpu) = proc::cpu_per_us(before, after, ok) {
-        report.add("server_cpu_per_request_us", cpu, "µs");
-    }
+        .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s");
+    add_cpu(&mut report, "request", ok, own_cpu, before, after);
     report.print("push", target_name(common.target));
     Ok(())
 }
