@@ -16,8 +16,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use crate::connection::Io;
@@ -38,7 +36,7 @@ const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// state, where a large value would take room for the connection's whole life.
 pub(crate) enum FirstRequest<I> {
     /// An accepted upgrade, its 101 already written; `pipelined` holds the bytes the client
-    /// sent behind its request (see [`websocket`]).
+    /// sent behind its request (see [`connection::websocket`](crate::connection::websocket)).
     WebSocket {
         io: I,
         pipelined: Option<Vec<u8>>,
@@ -109,19 +107,6 @@ pub(crate) async fn first_request<I: Io>(
         io,
         pipelined,
         slot,
-    }
-}
-
-/// The WebSocket of an accepted upgrade ([`FirstRequest::WebSocket`]'s parts).
-pub(crate) async fn websocket<I: Io>(
-    io: I,
-    pipelined: Option<Vec<u8>>,
-    shared: &Shared,
-) -> WebSocketStream<I> {
-    let config = Some(shared.websocket_config());
-    match pipelined {
-        None => WebSocketStream::from_raw_socket(io, Role::Server, config).await,
-        Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, config).await,
     }
 }
 

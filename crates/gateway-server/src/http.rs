@@ -14,9 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, warn};
 
 use crate::connection;
@@ -239,16 +237,10 @@ fn upgrade(
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
 
-    let ws_config = shared.websocket_config();
     shared.clone().tracker.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
+                let socket = connection::websocket(TokioIo::new(upgraded), None, &shared).await;
                 connection::serve(socket, conn, shared, slot).await;
             }
             Err(err) => debug!(%conn, %err, "upgrade failed"),

@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -27,13 +26,6 @@ use crate::dispatcher::Dispatcher;
 use crate::error::ServerError;
 use crate::handshake::{self, FirstRequest};
 use crate::http;
-
-/// Each connection's read buffer, allocated up front: client messages are auth and subscribe
-/// requests of a few dozen bytes; a larger one is read in several chunks.
-const READ_BUFFER_BYTES: usize = 256;
-
-/// The most bytes coalesced into one socket write.
-const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -57,21 +49,6 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn next_conn_id(&self) -> ConnId {
         ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Buffers sized for many idle connections rather than for throughput: tungstenite's
-    /// defaults (128 KiB read buffer, 128 KiB write buffer) cost ~135 KB per idle connection;
-    /// these cost well under 1 KB.
-    pub(crate) fn websocket_config(&self) -> WebSocketConfig {
-        let max = self.config.limits.max_message_bytes;
-        WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            // Frames fed before a flush are written together, up to this many bytes per
-            // write: a batch from the outbox (replies to pipelined requests, a burst of
-            // pushes) costs one syscall. The buffer only grows as large as the batches.
-            .write_buffer_size(WRITE_COALESCE_BYTES)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max))
     }
 }
 
@@ -306,7 +283,7 @@ async fn serve_connection<I: Io>(io: I, peer: SocketAddr, shared: Arc<Shared>, w
         FirstRequest::Http(io) => return Box::pin(serve_http(io, peer, shared, which)).await,
         FirstRequest::Gone => return,
     };
-    let socket = handshake::websocket(io, pipelined, &shared).await;
+    let socket = connection::websocket(io, pipelined, &shared).await;
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
     connection::serve(socket, conn, shared, slot).await;

@@ -96,6 +96,13 @@ pub struct Timeouts {
     /// A connection from which nothing (not even a pong) has arrived for this long is closed
     /// with 4101. Default 60 s.
     pub idle: Duration,
+    /// From accepting a connection until its request head is complete, in total (including a
+    /// TLS handshake); also the most a keep-alive HTTP connection may wait between requests.
+    /// A connection past it is closed without an answer. Default 10 s.
+    pub head: Duration,
+    /// From a `POST /push` head until its whole body has arrived; past it the push is answered
+    /// `408` and nothing is delivered. Default 10 s.
+    pub push_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -106,6 +113,8 @@ impl Default for Timeouts {
             shutdown: Duration::from_secs(5),
             ping_interval: Duration::from_secs(25),
             idle: Duration::from_secs(60),
+            head: Duration::from_secs(10),
+            push_body: Duration::from_secs(10),
         }
     }
 }
@@ -116,7 +125,8 @@ pub struct Limits {
     /// The largest client message (and frame) accepted, in bytes; a larger one closes the
     /// connection with 1009. Clients only send auth and subscribe messages. Default 4096.
     pub max_message_bytes: usize,
-    /// The largest `POST /push` body, in bytes; a larger one gets 413. Default 65536.
+    /// The largest `POST /push` body, in bytes; a larger one gets 413. Default 1 MiB (nginx's
+    /// `client_max_body_size`): what the original service accepted in practice.
     pub max_push_body_bytes: usize,
     /// Frames queued to one connection and not yet written; one more closes that connection
     /// (4100 slow consumer) without delaying anyone else. Default 1024.
@@ -140,13 +150,31 @@ pub struct Limits {
     /// (capped by `net.core.somaxconn`); beyond it, connection attempts are dropped and
     /// retried by the client a second later. Default 4096.
     pub accept_backlog: u32,
+    /// The largest first (auth) message, in bytes: identity providers' JWTs can be large.
+    /// A larger one closes the connection with 1009. Default 16384.
+    pub max_auth_message_bytes: usize,
+    /// Connections per listener that have not finished their request head (nor their TLS
+    /// handshake) yet; when one more arrives, the oldest of them is closed to make room.
+    /// Default 1024.
+    pub max_handshakes: usize,
+    /// Sockets one IP address may hold open on the main listener at once (WebSockets,
+    /// handshakes, HTTP); one more is closed at once. `0` (default): no limit, since users
+    /// behind one NAT share an address.
+    pub max_connections_per_ip: usize,
+    /// Bytes of `POST /push` bodies being received at once, over all requests; a push whose
+    /// body would go past it gets `503`. Default 64 MiB.
+    pub max_buffered_push_bytes: usize,
+    /// File descriptors kept free of WebSocket connections and handshakes, for `/push`,
+    /// `/stat` and the auth backend: `max_connections` and `max_handshakes` are lowered at
+    /// start (with a warning) to leave this many under the open-file limit. Default 128.
+    pub fd_reserve: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: 4096,
-            max_push_body_bytes: 64 * 1024,
+            max_push_body_bytes: 1024 * 1024,
             outbox_messages: 1024,
             outbox_bytes: 1024 * 1024,
             max_connections: 10_000,
@@ -154,6 +182,11 @@ impl Default for Limits {
             message_burst: 300,
             max_inflight_pushes: 1024,
             accept_backlog: 4096,
+            max_auth_message_bytes: 16 * 1024,
+            max_handshakes: 1024,
+            max_connections_per_ip: 0,
+            max_buffered_push_bytes: 64 * 1024 * 1024,
+            fd_reserve: 128,
         }
     }
 }
@@ -217,6 +250,8 @@ struct FileTimeouts {
     shutdown_ms: Option<u64>,
     ping_interval_ms: Option<u64>,
     idle_ms: Option<u64>,
+    head_ms: Option<u64>,
+    push_body_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -233,6 +268,11 @@ struct FileLimits {
     message_burst: Option<u32>,
     max_inflight_pushes: Option<usize>,
     accept_backlog: Option<u32>,
+    max_auth_message_bytes: Option<usize>,
+    max_handshakes: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_buffered_push_bytes: Option<usize>,
+    fd_reserve: Option<usize>,
 }
 
 impl Config {
@@ -352,6 +392,8 @@ impl Resolver<'_> {
                 dt.ping_interval,
             )?,
             idle: self.millis("timeouts.idle_ms", t.idle_ms, dt.idle)?,
+            head: self.millis("timeouts.head_ms", t.head_ms, dt.head)?,
+            push_body: self.millis("timeouts.push_body_ms", t.push_body_ms, dt.push_body)?,
         };
         if timeouts.idle <= timeouts.ping_interval {
             return Err(self.invalid(
@@ -403,7 +445,33 @@ impl Resolver<'_> {
                 l.accept_backlog,
                 dl.accept_backlog,
             )?,
+            max_auth_message_bytes: self.positive(
+                "limits.max_auth_message_bytes",
+                l.max_auth_message_bytes,
+                dl.max_auth_message_bytes,
+            )?,
+            max_handshakes: self.positive(
+                "limits.max_handshakes",
+                l.max_handshakes,
+                dl.max_handshakes,
+            )?,
+            // 0 is meaningful here: no limit.
+            max_connections_per_ip: l
+                .max_connections_per_ip
+                .unwrap_or(dl.max_connections_per_ip),
+            max_buffered_push_bytes: self.positive(
+                "limits.max_buffered_push_bytes",
+                l.max_buffered_push_bytes,
+                dl.max_buffered_push_bytes,
+            )?,
+            fd_reserve: l.fd_reserve.unwrap_or(dl.fd_reserve),
         };
+        if limits.max_buffered_push_bytes < limits.max_push_body_bytes {
+            return Err(self.invalid(
+                "limits.max_buffered_push_bytes",
+                "must be at least limits.max_push_body_bytes, or the largest push could never be read",
+            ));
+        }
         let max_app_name_len = self.positive(
             "limits.max_app_name_bytes",
             l.max_app_name_bytes,
@@ -589,6 +657,8 @@ close_ms = 200
 shutdown_ms = 3000
 ping_interval_ms = 4000
 idle_ms = 9000
+head_ms = 700
+push_body_ms = 800
 [limits]
 max_message_bytes = 1000
 max_push_body_bytes = 2000
@@ -601,6 +671,11 @@ max_messages_per_s = 7
 message_burst = 8
 max_inflight_pushes = 9
 accept_backlog = 10
+max_auth_message_bytes = 11
+max_handshakes = 12
+max_connections_per_ip = 13
+max_buffered_push_bytes = 14000
+fd_reserve = 15
 [auth]
 kind = "anonymous"
 "#,
@@ -618,6 +693,8 @@ kind = "anonymous"
                 shutdown: Duration::from_millis(3000),
                 ping_interval: Duration::from_millis(4000),
                 idle: Duration::from_millis(9000),
+                head: Duration::from_millis(700),
+                push_body: Duration::from_millis(800),
             }
         );
         assert_eq!(
@@ -632,6 +709,11 @@ kind = "anonymous"
                 message_burst: 8,
                 max_inflight_pushes: 9,
                 accept_backlog: 10,
+                max_auth_message_bytes: 11,
+                max_handshakes: 12,
+                max_connections_per_ip: 13,
+                max_buffered_push_bytes: 14000,
+                fd_reserve: 15,
             }
         );
         assert_eq!(s.access.push_api_keys, ["0123456789abcdef"]);
@@ -779,6 +861,14 @@ kind = "anonymous"
                 "key `push_allow_from`: `10.0.0.0/33` is not a network",
             ),
             ("allowed_origins = []", "key `allowed_origins`: is empty"),
+            (
+                "[limits]\nmax_buffered_push_bytes = 100",
+                "key `limits.max_buffered_push_bytes`: must be at least",
+            ),
+            (
+                "[timeouts]\nhead_ms = 0",
+                "key `timeouts.head_ms`: must be greater than 0",
+            ),
             (
                 "[timeouts]\nping_interval_ms = 5000\nidle_ms = 5000",
                 "key `timeouts.idle_ms`: must be longer",
