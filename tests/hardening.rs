@@ -304,53 +304,58 @@ async fn without_keys_pushes_from_outside_the_allow_list_get_403() {
 }
 
 #[tokio::test]
-async fn pushes_beyond_the_in_flight_limit_get_503_with_retry_after() {
+async fn push_bodies_beyond_the_buffered_bytes_bound_get_503_with_retry_after() {
     let mut config = ServerConfig::default();
-    config.limits.max_inflight_pushes = 1;
+    config.limits.max_push_body_bytes = 1000;
+    config.limits.max_buffered_push_bytes = 1000;
     let server = TestServer::with_config(config).await;
     let mut subscriber = server.anonymous().await;
     subscriber.subscribe("match").await;
 
-    // A push whose body is still arriving holds the only slot.
-    let body = br#"{"app":"match","text":"slow"}"#;
+    // A push whose body is still arriving holds 900 of the 1000 bytes.
+    let text = "s".repeat(900 - r#"{"app":"match","text":""}"#.len());
+    let body = format!(r#"{{"app":"match","text":"{text}"}}"#);
+    assert_eq!(body.len(), 900);
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
         "POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+        body.len() + 1
     );
     slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&body[..5]).await.unwrap();
+    slow.write_all(body.as_bytes()).await.unwrap();
 
+    let big = format!(r#"{{"app":"match","text":"{}"}}"#, "x".repeat(150));
     let deadline = tokio::time::Instant::now() + GUARD;
-    let (status, headers) = loop {
-        let (status, headers, _) = http(
-            server.addr,
-            "POST",
-            "/push",
-            r#"{"app":"match","text":"x"}"#,
-        )
-        .await;
-        // Until the slow request reaches the handler, a push may still get through.
+    let headers = loop {
+        let (status, headers, _) = http(server.addr, "POST", "/push", &big).await;
+        // Until the slow body's bytes have been read, a push may still get through.
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            break (status, headers);
+            break headers;
         }
-        subscriber
-            .expect(r#"{"app":"match","member_id":-1,"text":"x"}"#)
-            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        subscriber.recv().await;
         assert!(tokio::time::Instant::now() < deadline);
         tokio::task::yield_now().await;
     };
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");
-    assert!(server.counters.pushes_refused() >= 1);
+    // A small push still fits beside it.
+    server.push_ok("match", -1, "small").await;
+    subscriber
+        .expect(r#"{"app":"match","member_id":-1,"text":"small"}"#)
+        .await;
 
-    slow.write_all(&body[5..]).await.unwrap();
+    // The slow body completes (its last byte is a space after the object): 202, delivered.
+    slow.write_all(b" ").await.unwrap();
     let mut response = [0u8; 12];
     slow.read_exact(&mut response).await.unwrap();
     assert_eq!(&response, b"HTTP/1.1 202");
     subscriber
-        .expect(r#"{"app":"match","member_id":-1,"text":"slow"}"#)
+        .expect(&format!(
+            r#"{{"app":"match","member_id":-1,"text":"{text}"}}"#
+        ))
         .await;
+    // Its bytes were given back.
+    server.push_ok("match", -1, &"x".repeat(150)).await;
 }
 
 // --- origins --------------------------------------------------------------------------------

@@ -1,1 +1,95 @@
-//! (filled in by the issue-9 work)
+//! Finding 1: push requests whose bodies stall must not starve legitimate pushes.
+
+use std::time::Duration;
+
+use gateway_server::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+/// A push head announcing `declared` body bytes, followed by `sent` of them.
+async fn stalled_push(server: &TestServer, declared: usize, sent: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+/// Reads a whole response (the server closes after it) and returns it as text.
+async fn response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut bytes = Vec::new();
+    guard("the response", stream.read_to_end(&mut bytes))
+        .await
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn stalled_push_bodies_do_not_starve_other_pushes() {
+    let mut config = ServerConfig::default();
+    // Fewer dispatch slots than stalled senders: they must hold none of them.
+    config.limits.max_inflight_pushes = 8;
+    config.timeouts.push_body = Duration::from_secs(2);
+    let server = TestServer::with_config(config).await;
+    let mut subscriber = server.anonymous().await;
+    subscriber.subscribe("match").await;
+
+    let mut stalled = Vec::new();
+    for _ in 0..128 {
+        stalled.push(stalled_push(&server, 65536, b"{").await);
+    }
+    // Every legitimate push is accepted and delivered while they stall.
+    for i in 0..20 {
+        server.push_ok("match", -1, &format!("push {i}")).await;
+        subscriber
+            .expect(&format!(
+                r#"{{"app":"match","member_id":-1,"text":"push {i}"}}"#
+            ))
+            .await;
+    }
+    assert_eq!(server.counters.pushes_refused(), 0);
+
+    // Past the body deadline each stalled sender gets 408 and its connection is closed.
+    for stream in &mut stalled {
+        let answer = response(stream).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        assert!(answer.ends_with("push body not received within 2000 ms\n"));
+    }
+    assert_eq!(server.counters.push_body_timeouts(), 128);
+    subscriber.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn the_push_body_deadline_is_total_not_per_byte() {
+    let mut config = ServerConfig::default();
+    config.timeouts.push_body = Duration::from_millis(600);
+    let server = TestServer::with_config(config).await;
+    let mut subscriber = server.anonymous().await;
+    subscriber.subscribe("match").await;
+
+    let body = br#"{"app":"match","text":"trickled"}"#;
+    let trickler = stalled_push(&server, body.len(), b"").await;
+    let (mut reader, mut writer) = trickler.into_split();
+    let started = tokio::time::Instant::now();
+    // One byte every 100 ms: each gap is far below the deadline, the whole is far above it.
+    let trickle = tokio::spawn(async move {
+        for byte in body {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let answer = response(&mut reader).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(3 * 1000));
+    trickle.abort();
+    // Nothing of it was delivered.
+    subscriber.expect_nothing_more().await;
+}

@@ -57,6 +57,7 @@ pub fn main() -> ExitCode {
         return mint_token(member, ttl.into(), &config);
     }
     init_logging();
+    crate::admission::raise_open_file_limit();
 
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -222,13 +223,14 @@ mod memory {
 
     /// glibc's allocator keeps the memory of freed connections (tens of MB after 10k leave);
     /// `malloc_trim` hands the free pages back. Trimming briefly holds the allocator's locks,
-    /// so it runs only after the number of connections fell well below its recent peak.
+    /// so it runs only after the number of sockets (connections and handshakes, so a flood of
+    /// half-open peers counts too) fell well below its recent peak.
     pub(super) async fn return_freed_memory(counters: Arc<Counters>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
             let peak = counters.take_peak();
-            let now = counters.open_connections();
+            let now = counters.open_sockets();
             if peak - now >= 1000 && now < peak - peak / 4 {
                 trim();
             }

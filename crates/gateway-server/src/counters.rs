@@ -9,8 +9,16 @@ use gateway_core::CloseCode;
 pub struct Counters {
     /// A gauge: WebSocket connections open now (authenticated or not).
     open_connections: AtomicU64,
-    /// The highest `open_connections` since [`Counters::take_peak`] last reset it.
+    /// A gauge: connections (both listeners) that have not finished their request head.
+    open_handshakes: AtomicU64,
+    /// The highest `open_connections + open_handshakes` since [`Counters::take_peak`] last
+    /// reset it.
     open_peak: AtomicU64,
+    handshakes_evicted: AtomicU64,
+    head_timeouts: AtomicU64,
+    accept_errors: AtomicU64,
+    refused_per_address: AtomicU64,
+    push_body_timeouts: AtomicU64,
     auth_backend_errors: AtomicU64,
     upgrades_refused: AtomicU64,
     pushes_refused: AtomicU64,
@@ -33,13 +41,85 @@ impl Counters {
 
     pub(crate) fn connection_opened(&self) {
         let open = self.open_connections.fetch_add(1, Ordering::Relaxed) + 1;
-        self.open_peak.fetch_max(open, Ordering::Relaxed);
+        self.open_peak.fetch_max(
+            open + self.open_handshakes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
     }
 
-    /// The peak of open connections since the last call; restarts from the current count.
+    /// Connections (both listeners) that have not finished their request head yet.
+    pub fn open_handshakes(&self) -> u64 {
+        self.open_handshakes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn handshake_started(&self) {
+        let open = self.open_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open_peak
+            .fetch_max(open + self.open_connections(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_ended(&self) {
+        self.open_handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open connections plus handshakes now.
+    pub fn open_sockets(&self) -> u64 {
+        self.open_connections() + self.open_handshakes()
+    }
+
+    /// The peak of open connections and handshakes since the last call; restarts from the
+    /// current count.
     pub(crate) fn take_peak(&self) -> u64 {
-        let now = self.open_connections();
+        let now = self.open_sockets();
         self.open_peak.swap(now, Ordering::Relaxed).max(now)
+    }
+
+    /// Connections closed in their handshake to make room for newer ones
+    /// (`limits.max_handshakes`).
+    pub fn handshakes_evicted(&self) -> u64 {
+        self.handshakes_evicted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn handshake_evicted(&self) -> u64 {
+        self.handshakes_evicted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections closed because their request head (or TLS handshake) was not complete
+    /// within `timeouts.head_ms`.
+    pub fn head_timeouts(&self) -> u64 {
+        self.head_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn head_timed_out(&self) -> u64 {
+        self.head_timeouts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Failed `accept` calls, typically for want of file descriptors.
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn accept_failed(&self) -> u64 {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections closed at once because their address held
+    /// `limits.max_connections_per_ip` sockets.
+    pub fn refused_per_address(&self) -> u64 {
+        self.refused_per_address.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn address_refused(&self) -> u64 {
+        self.refused_per_address.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Pushes answered 408 because their body did not arrive within `timeouts.push_body_ms`.
+    pub fn push_body_timeouts(&self) -> u64 {
+        self.push_body_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn push_body_timed_out(&self) -> u64 {
+        self.push_body_timeouts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub(crate) fn connection_closed(&self) {
@@ -57,7 +137,7 @@ impl Counters {
         self.upgrades_refused.load(Ordering::Relaxed)
     }
 
-    /// Pushes refused with 503 (overload or shutdown).
+    /// Pushes refused with 503 (overload, the buffered-body bound, or shutdown).
     pub fn pushes_refused(&self) -> u64 {
         self.pushes_refused.load(Ordering::Relaxed)
     }

@@ -1,11 +1,15 @@
-//! The first request of a main-listener connection, read by hand. Nearly every connection
-//! starts with a WebSocket upgrade: when it is one the gateway accepts, it is answered here and
-//! the connection becomes a WebSocket in the same task. Anything else (a push, an upgrade to be
-//! refused, a head too large or malformed) goes to hyper together with the bytes already read,
-//! and hyper answers it as it answers every later request.
+//! The first request of a connection, read by hand, within one deadline. Nearly every
+//! connection starts with a WebSocket upgrade: when it is one the gateway accepts, it is
+//! answered here and the connection becomes a WebSocket in the same task. Anything else (a
+//! push, an upgrade to be refused, a malformed head, any request on the stat listener) goes to
+//! hyper together with the bytes already read, and hyper answers it as it answers every later
+//! request.
 //!
-//! Why: through hyper, every set-up paid for hyper's connection state and buffers, a second
-//! task, and the hand-over of the upgraded socket between the two (BENCHMARKS.md, step 8).
+//! Why by hand: through hyper, every set-up paid for hyper's connection state and buffers, a
+//! second task, and the hand-over of the upgraded socket between the two (BENCHMARKS.md,
+//! step 8). And so that a head has one deadline in total (`timeouts.head_ms`, from the accept,
+//! TLS included), and a connection still in its head holds a place in the listener's
+//! [`Handshakes`](crate::admission::Handshakes) pool, which closes the oldest to make room.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,21 +20,25 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tracing::debug;
 
+use crate::admission::Ticket;
 use crate::connection::Io;
 use crate::http::{self, Head};
 use crate::server::Shared;
 
 /// The first request head is read into a buffer of this size inside the task (where it takes
 /// the room the WebSocket's state needs later), not on the heap: an upgrade request is
-/// 150–600 bytes. A larger head goes to hyper, which upgrades it too.
+/// 150–600 bytes. A larger head continues on the heap.
 const HEAD_BYTES: usize = 1024;
+/// The largest request head accepted (large cookies fit); a larger one is answered `431` and
+/// the connection closed.
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Enough for any browser's upgrade request; more headers go to hyper.
 const MAX_HEADERS: usize = 32;
-/// Like hyper's header read timeout for later requests: a peer that connects and sends
-/// nothing is dropped.
-const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long writing a refusal of our own may take before the connection is dropped.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// What the first request turned out to be. Kept small: it is returned into the task's
 /// state, where a large value would take room for the connection's whole life.
@@ -44,7 +52,7 @@ pub(crate) enum FirstRequest<I> {
     },
     /// For hyper: the connection, replaying what was read of it.
     Http(Prefixed<I>),
-    /// The peer left, sent nothing in time, or the gateway is shutting down.
+    /// The peer left, was too slow, or the gateway is shutting down.
     Gone,
 }
 
@@ -56,36 +64,93 @@ enum Verdict {
     Http,
 }
 
-/// Reads the first request head of `io` and acts on it.
+/// How reading the head ended.
+enum Ending {
+    Complete(Verdict, usize),
+    /// The peer closed (or the read failed) before the head was complete.
+    Closed,
+    TooLarge,
+    TimedOut,
+    /// The pool needed this connection's place for a newer one.
+    Evicted,
+    ShuttingDown,
+}
+
+/// Reads the first request head of `io` and acts on it. `upgrades`: whether this listener
+/// accepts WebSocket upgrades. `deadline`: when the head must be complete.
 pub(crate) async fn first_request<I: Io>(
     mut io: I,
     shared: &Shared,
     peer: SocketAddr,
+    upgrades: bool,
+    ticket: &Ticket,
+    deadline: Instant,
 ) -> FirstRequest<I> {
     let mut head = [0u8; HEAD_BYTES];
     let mut len = 0;
+    // A head longer than `head` continues here.
+    let mut spilled: Vec<u8> = Vec::new();
     let read = async {
         loop {
-            match io.read(&mut head[len..]).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => len += n,
+            let read = if spilled.is_empty() {
+                io.read(&mut head[len..]).await
+            } else {
+                spilled.reserve(HEAD_BYTES);
+                io.read_buf(&mut spilled).await
+            };
+            match read {
+                Ok(0) | Err(_) => return Ending::Closed,
+                Ok(n) if spilled.is_empty() => len += n,
+                Ok(_) => {}
             }
-            if let Some(found) = judge(&head[..len], shared, peer) {
-                return Some(found);
+            let bytes = if spilled.is_empty() {
+                &head[..len]
+            } else {
+                &spilled[..]
+            };
+            match judge(bytes, shared, peer, upgrades) {
+                Some((verdict, head_len)) => return Ending::Complete(verdict, head_len),
+                None if bytes.len() >= MAX_HEAD_BYTES => return Ending::TooLarge,
+                None if len == HEAD_BYTES && spilled.is_empty() => {
+                    spilled.extend_from_slice(&head);
+                }
+                None => {}
             }
         }
     };
-    let found = tokio::select! {
-        found = tokio::time::timeout(HEAD_READ_TIMEOUT, read) => found.ok().flatten(),
-        () = shared.shutdown.cancelled() => None,
+    // The read comes first: a connection asked to make room still goes ahead if its head has
+    // already arrived (in a burst of real clients, the oldest is often just not read yet).
+    // Only one whose head is still incomplete gives way.
+    let ending = tokio::select! {
+        biased;
+        ending = tokio::time::timeout_at(deadline, read) => ending.unwrap_or(Ending::TimedOut),
+        () = ticket.evicted.cancelled() => Ending::Evicted,
+        () = shared.shutdown.cancelled() => Ending::ShuttingDown,
     };
-    let read = &head[..len];
-    let Some((verdict, head_len)) = found else {
-        return match read.is_empty() {
-            // Bytes but no complete head (the peer half-closed): hyper answers what it can.
-            false if !shared.shutdown.is_cancelled() => FirstRequest::Http(Prefixed::new(io, read)),
-            _ => FirstRequest::Gone,
-        };
+    let read: &[u8] = if spilled.is_empty() {
+        &head[..len]
+    } else {
+        &spilled
+    };
+    let (verdict, head_len) = match ending {
+        Ending::Complete(verdict, head_len) => (verdict, head_len),
+        // Bytes but no complete head (the peer half-closed): hyper answers what it can.
+        Ending::Closed if !read.is_empty() => return FirstRequest::Http(Prefixed::new(io, read)),
+        Ending::Closed | Ending::ShuttingDown => return FirstRequest::Gone,
+        Ending::TimedOut => {
+            let total = shared.counters.head_timed_out();
+            debug!(%peer, total, "request head not complete within timeouts.head_ms");
+            return FirstRequest::Gone;
+        }
+        Ending::Evicted => {
+            debug!(%peer, "closed in its handshake to make room (limits.max_handshakes)");
+            return FirstRequest::Gone;
+        }
+        Ending::TooLarge => {
+            let refusal = head_too_large();
+            let _ = tokio::time::timeout(REFUSAL_WRITE, io.write_all(refusal.as_bytes())).await;
+            return FirstRequest::Gone;
+        }
     };
     let accept = match verdict {
         Verdict::Http => return FirstRequest::Http(Prefixed::new(io, read)),
@@ -96,7 +161,8 @@ pub(crate) async fn first_request<I: Io>(
         return FirstRequest::Http(Prefixed::new(io, read));
     };
     // A client may send its first messages right behind the upgrade request.
-    let pipelined = (head_len < len).then(|| head[head_len..len].to_vec());
+    let pipelined = (head_len < read.len()).then(|| read[head_len..].to_vec());
+    drop(spilled);
     // The 101 is written from the head's buffer: the task needs no room for another one.
     let response = switching_protocols(&mut head, &accept);
     if let Err(err) = io.write_all(response).await {
@@ -108,6 +174,16 @@ pub(crate) async fn first_request<I: Io>(
         pipelined,
         slot,
     }
+}
+
+/// The answer to a head over [`MAX_HEAD_BYTES`].
+fn head_too_large() -> String {
+    let body = format!("request head larger than {MAX_HEAD_BYTES} bytes\n");
+    format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 const SWITCHING_HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
@@ -127,15 +203,23 @@ fn switching_protocols<'a>(buf: &'a mut [u8; HEAD_BYTES], accept: &str) -> &'a [
 
 /// Judges what has been read so far: `None` while the head is incomplete, else the verdict
 /// and the head's length.
-fn judge(buf: &[u8], shared: &Shared, peer: SocketAddr) -> Option<(Verdict, usize)> {
+fn judge(
+    buf: &[u8],
+    shared: &Shared,
+    peer: SocketAddr,
+    upgrades: bool,
+) -> Option<(Verdict, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() < HEAD_BYTES => return None,
-        // Too large, too many headers or malformed: hyper has the answer for each.
-        _ => return Some((Verdict::Http, buf.len())),
+        Ok(httparse::Status::Partial) => return None,
+        // Too many headers or malformed: hyper has the answer for each.
+        Err(_) => return Some((Verdict::Http, buf.len())),
     };
+    if !upgrades {
+        return Some((Verdict::Http, head_len));
+    }
     let headers: &[httparse::Header<'_>] = request.headers;
     // An upgrade with a body, or over HTTP/1.0, is unusual enough to leave to hyper.
     let plain = request.version == Some(1)

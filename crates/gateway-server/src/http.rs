@@ -5,11 +5,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
 use gateway_core::{Publication, PushMessage};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
@@ -35,6 +37,10 @@ pub(crate) enum Refusal {
     PushKeyRequired,
     PushNotAllowedFrom,
     PushOverloaded,
+    /// The push bodies being received at once reached `limits.max_buffered_push_bytes`.
+    PushBodiesOverBudget,
+    /// The push body did not arrive within `timeouts.push_body_ms`.
+    PushBodyTimeout(std::time::Duration),
     BodyTooLarge(usize),
     BadBody(String),
     BadPush(String),
@@ -70,7 +76,13 @@ impl Refusal {
                 StatusCode::FORBIDDEN,
                 "push is not allowed from this address".to_owned(),
             ),
-            Refusal::PushOverloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned()),
+            Refusal::PushOverloaded | Refusal::PushBodiesOverBudget => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned())
+            }
+            Refusal::PushBodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("push body not received within {} ms", limit.as_millis()),
+            ),
             Refusal::BodyTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("push body larger than {max} bytes"),
@@ -78,8 +90,17 @@ impl Refusal {
             Refusal::BadBody(why) => (StatusCode::BAD_REQUEST, format!("cannot read body: {why}")),
             Refusal::BadPush(why) => (StatusCode::BAD_REQUEST, format!("bad push message: {why}")),
         };
+        // Only an accepted pusher keeps its connection for the next request: anyone else's
+        // connection is closed after the answer, so that refused peers cannot hold sockets.
+        let keep_alive = matches!(
+            self,
+            Refusal::PushOverloaded | Refusal::BadBody(_) | Refusal::BadPush(_)
+        );
         let mut response = text_response(status, format!("{text}\n"));
         let headers = response.headers_mut();
+        if !keep_alive {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         match self {
             Refusal::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -93,7 +114,10 @@ impl Refusal {
             Refusal::PushKeyRequired => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::TooManyConnections | Refusal::ShuttingDown | Refusal::PushOverloaded => {
+            Refusal::TooManyConnections
+            | Refusal::ShuttingDown
+            | Refusal::PushOverloaded
+            | Refusal::PushBodiesOverBudget => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -311,12 +335,6 @@ async fn push(
         shared.counters.push_refused();
         return Err(Refusal::ShuttingDown);
     }
-    // Held until the push is handed over: 202 means delivered to every recipient's queue.
-    let Ok(_slot) = shared.push_slots.try_acquire() else {
-        let total = shared.counters.push_refused();
-        warn!(total, "push refused: limits.max_inflight_pushes reached");
-        return Err(Refusal::PushOverloaded);
-    };
     let max = shared.config.limits.max_push_body_bytes;
     let declared = req
         .headers()
@@ -326,19 +344,106 @@ async fn push(
     if declared.is_some_and(|len| len > max as u64) {
         return Err(Refusal::BodyTooLarge(max));
     }
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return Err(Refusal::BodyTooLarge(max));
-        }
-        Err(err) => return Err(Refusal::BadBody(err.to_string())),
+    // The body is read before a dispatch slot is taken, within its own deadline: a sender
+    // that is slow or stalls holds no slot, only its own bytes (bounded in total).
+    let deadline = shared.config.timeouts.push_body;
+    let mut charge = shared.push_body_bytes.charge();
+    let body =
+        match tokio::time::timeout(deadline, read_body(req.into_body(), max, &mut charge)).await {
+            Ok(body) => body?,
+            Err(_elapsed) => {
+                let total = shared.counters.push_body_timed_out();
+                debug!(%peer, total, "push body not received within timeouts.push_body_ms");
+                return Err(Refusal::PushBodyTimeout(deadline));
+            }
+        };
+    // Held until the push is handed over: 202 means delivered to every recipient's queue.
+    let Ok(_slot) = shared.push_slots.try_acquire() else {
+        let total = shared.counters.push_refused();
+        warn!(total, "push refused: limits.max_inflight_pushes reached");
+        return Err(Refusal::PushOverloaded);
     };
     let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
         .map_err(|err| Refusal::BadPush(err.to_string()))?;
+    drop(charge);
     shared
         .dispatcher
         .handle(gateway_core::Input::Push(Publication::from(push)));
     let mut accepted = Response::new(Full::new(Bytes::new()));
     *accepted.status_mut() = StatusCode::ACCEPTED;
     Ok(accepted)
+}
+
+/// Collects a push body of at most `max` bytes, charging every chunk to the budget of bytes
+/// being received.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    charge: &mut Charge<'_>,
+) -> Result<Bytes, Refusal> {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| Refusal::BadBody(err.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if collected.len() + data.len() > max {
+            return Err(Refusal::BodyTooLarge(max));
+        }
+        if !charge.add(data.len()) {
+            return Err(Refusal::PushBodiesOverBudget);
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
+}
+
+/// The bytes of push bodies being received at once, over all requests: without a bound, many
+/// senders that each stop just short of `max_push_body_bytes` would hold that much each.
+#[derive(Debug)]
+pub(crate) struct BodyBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// One request's share of a [`BodyBudget`], given back on drop.
+#[derive(Debug)]
+pub(crate) struct Charge<'a> {
+    budget: &'a BodyBudget,
+    bytes: usize,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(max: usize) -> BodyBudget {
+        BodyBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub(crate) fn charge(&self) -> Charge<'_> {
+        Charge {
+            budget: self,
+            bytes: 0,
+        }
+    }
+}
+
+impl Charge<'_> {
+    /// Charges `bytes` more; `false` (and nothing charged) if the budget would be exceeded.
+    fn add(&mut self, bytes: usize) -> bool {
+        let before = self.budget.used.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.budget.max {
+            self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
