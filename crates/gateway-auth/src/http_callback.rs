@@ -51,6 +51,11 @@ pub struct HttpCallbackConfig {
     pub max_concurrency: usize,
     /// For `https://`: the only roots to trust; empty means the Mozilla roots.
     pub ca_certs: Vec<CertificateDer<'static>>,
+    /// How long a kept-alive connection may sit idle before it is closed instead of reused.
+    /// Shorter than the keep-alive timeout of common backends (5 s for Node.js, Apache,
+    /// uvicorn), so the gateway closes an idle connection before the backend does, rather than
+    /// sending a request into a close. Default 4 s.
+    pub pool_idle_timeout: Duration,
 }
 
 impl fmt::Debug for HttpCallbackConfig {
@@ -62,6 +67,7 @@ impl fmt::Debug for HttpCallbackConfig {
             .field("timeout", &self.timeout)
             .field("max_concurrency", &self.max_concurrency)
             .field("ca_certs", &self.ca_certs.len())
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
             .finish()
     }
 }
@@ -86,6 +92,7 @@ impl HttpCallbackConfig {
             timeout: Duration::from_secs(1),
             max_concurrency: 64,
             ca_certs: Vec::new(),
+            pool_idle_timeout: Duration::from_secs(4),
         })
     }
 }
@@ -187,7 +194,7 @@ impl HttpCallback {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector.clone());
         let fresh = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
