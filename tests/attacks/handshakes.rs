@@ -364,3 +364,69 @@ async fn during_shutdown_new_connections_are_refused() {
     assert!(!stopping.is_finished(), "refused while still shutting down");
     stopping.abort();
 }
+
+/// The resident memory of `pid`, in bytes (Linux).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn memory_taken_by_slow_heads_comes_back_after_they_leave() {
+    let gateway = Limited::start(8192).await;
+    let pid = gateway._child.id().unwrap();
+    // One full round trip first, so the baseline includes what serving takes.
+    let mut client = subscribed_client(&gateway.url(), "news").await;
+    assert_eq!(gateway.push("news", "x").await, StatusCode::ACCEPTED);
+    client
+        .expect(r#"{"app":"news","member_id":-1,"text":"x"}"#)
+        .await;
+    let baseline = rss(pid);
+
+    // 1,200 peers each sending a padded 4 KB head and then nothing.
+    let mut padded = PARTIAL_UPGRADE.to_vec();
+    padded.extend_from_slice(b"X-Pad: ");
+    padded.extend(std::iter::repeat_n(b'a', 4000));
+    let mut held = Vec::new();
+    for _ in 0..1200 {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(&padded).await.unwrap();
+        held.push(stream);
+    }
+    // The pool is full of them (the stat listener answers meanwhile).
+    assert_eq!(
+        gateway.stat().await,
+        (StatusCode::OK, "news 1\n".to_owned())
+    );
+    let peak = rss(pid);
+    drop(held);
+
+    // Within a few of the gateway's 5 s memory checks, most of it is back.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let now = rss(pid);
+        if now < baseline + (peak - baseline) / 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "RSS {baseline} before, {peak} under the attack, still {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "RSS {baseline} before, {peak} under the attack, {} after",
+        rss(pid)
+    );
+    // And the gateway still serves.
+    assert_eq!(gateway.push("news", "y").await, StatusCode::ACCEPTED);
+    client
+        .expect(r#"{"app":"news","member_id":-1,"text":"y"}"#)
+        .await;
+}
