@@ -350,6 +350,14 @@ async fn push(
     let mut charge = shared.push_body_bytes.charge();
     let body =
         match tokio::time::timeout(deadline, read_body(req.into_body(), max, &mut charge)).await {
+            Ok(Err(Refusal::PushBodiesOverBudget)) => {
+                let total = shared.counters.push_refused();
+                warn!(
+                    total,
+                    "push refused: limits.max_buffered_push_bytes of bodies being received"
+                );
+                return Err(Refusal::PushBodiesOverBudget);
+            }
             Ok(body) => body?,
             Err(_elapsed) => {
                 let total = shared.counters.push_body_timed_out();
@@ -357,6 +365,11 @@ async fn push(
                 return Err(Refusal::PushBodyTimeout(deadline));
             }
         };
+    // A shutdown that began while the body arrived: every client is being closed.
+    if shared.shutdown.is_cancelled() {
+        shared.counters.push_refused();
+        return Err(Refusal::ShuttingDown);
+    }
     // Held until the push is handed over: 202 means delivered to every recipient's queue.
     let Ok(_slot) = shared.push_slots.try_acquire() else {
         let total = shared.counters.push_refused();
