@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use futures_util::stream::FusedStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
@@ -397,7 +398,12 @@ async fn close<I: Io>(socket: &mut WebSocketStream<Metered<I>>, code: CloseCode,
     let grace = shared.config.timeouts.close;
     let _ = tokio::time::timeout(grace, async {
         if socket.close(Some(frame)).await.is_ok() {
-            drain(socket).await;
+            // After a failed read (a broken limit, a bad frame) tungstenite reads no more.
+            if socket.is_terminated() {
+                socket.get_mut().linger().await;
+            } else {
+                drain(socket).await;
+            }
         }
     })
     .await;

@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::Limits;
@@ -295,6 +295,19 @@ impl<I> Metered<I> {
     /// Meters what is read from `io` from now on.
     pub(crate) fn new(io: I, meter: FrameMeter) -> Self {
         Metered { io, meter }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Metered<I> {
+    /// Once the close frame is written after a failed read (a refusal, a bad frame): ends the
+    /// sending side, then reads and drops what the client still sends until it closes too.
+    /// Closing a socket with unread bytes resets the connection, and a client busy sending
+    /// can lose the close frame to that reset before it reads it. The caller bounds the wait.
+    pub(crate) async fn linger(&mut self) {
+        if self.io.shutdown().await.is_ok() {
+            // One buffer (8 KiB, on the heap) for the whole wait, only on this rare path.
+            let _ = tokio::io::copy(&mut self.io, &mut tokio::io::sink()).await;
+        }
     }
 }
 
