@@ -3,10 +3,12 @@
 //! The task is the only owner of its socket. Frames for the client arrive through its
 //! [`Outbox`]; client messages go to the [`Dispatcher`]. Protocol decisions (what to reply,
 //! when to close) are the hub's; this module moves bytes and keeps the per-connection clocks
-//! and counters: the auth deadline, heartbeats, the message rate limit.
+//! and counters: the auth deadline, heartbeats; the limits on what the client sends are kept
+//! under tungstenite, by a [`FrameMeter`] on the socket.
 
 use std::sync::Arc;
 
+use futures_util::stream::FusedStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
@@ -18,7 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tracing::{debug, info, warn};
 
-use crate::liveness::{Heartbeat, RateLimit, Tick};
+use crate::frame_meter::{Exceeded, FrameMeter, Metered};
+use crate::liveness::{Heartbeat, Tick};
 use crate::outbox::Outbox;
 use crate::server::Shared;
 
@@ -39,7 +42,10 @@ const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 /// defaults (128 KiB read buffer, 128 KiB write buffer) cost ~135 KB per idle connection;
 /// these cost well under 1 KB.
 fn websocket_config(shared: &Shared) -> WebSocketConfig {
-    let max = shared.config.limits.max_message_bytes;
+    // The exact limits (the auth message's, then the message limit) are the frame meter's,
+    // which sees every frame first; tungstenite's are only a backstop.
+    let limits = &shared.config.limits;
+    let max = limits.max_auth_message_bytes.max(limits.max_message_bytes);
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         // Frames fed before a flush are written together, up to this many bytes per
@@ -51,12 +57,19 @@ fn websocket_config(shared: &Shared) -> WebSocketConfig {
 }
 
 /// The WebSocket of an accepted upgrade: `io` after the 101, and `pipelined`, the bytes the
-/// client sent right behind its upgrade request (already read with the head).
+/// client sent right behind its upgrade request (already read with the head). Every frame
+/// read from here on, before and after auth, is metered.
 pub(crate) async fn websocket<I: Io>(
     io: I,
-    pipelined: Option<Vec<u8>>,
+    mut pipelined: Option<Vec<u8>>,
     shared: &Shared,
-) -> WebSocketStream<I> {
+) -> WebSocketStream<Metered<I>> {
+    let now = Instant::now();
+    let mut meter = FrameMeter::new(now, &shared.config.limits);
+    if let Some(bytes) = &mut pipelined {
+        meter.read_pipelined(now, bytes);
+    }
+    let io = Metered::new(io, meter);
     let config = Some(websocket_config(shared));
     match pipelined {
         None => WebSocketStream::from_raw_socket(io, Role::Server, config).await,
@@ -76,8 +89,8 @@ enum End {
 
 /// Serves one upgraded connection until it ends. `_slot` is this connection's place under
 /// `limits.max_connections`, released when the task ends.
-pub(crate) async fn serve(
-    mut socket: WebSocketStream<impl Io>,
+pub(crate) async fn serve<I: Io>(
+    mut socket: WebSocketStream<Metered<I>>,
     conn: ConnId,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
@@ -135,16 +148,10 @@ async fn run(
         .handle(Input::Authenticated { conn, outcome });
 
     let timeouts = &shared.config.timeouts;
-    let limits = &shared.config.limits;
     let mut heartbeat = Heartbeat::new(Instant::now(), timeouts.ping_interval, timeouts.idle);
-    let mut rate = RateLimit::new(
-        Instant::now(),
-        limits.max_messages_per_s,
-        limits.message_burst,
-    );
     // Requests pipelined behind the auth message are answered in the same write.
     while let Some(message) = socket.next().now_or_never() {
-        if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+        if let Some(end) = receive(message, conn, shared, &mut heartbeat) {
             return end;
         }
     }
@@ -192,7 +199,7 @@ async fn run(
             if last_read.elapsed() >= timeouts.ping_interval {
                 last_read = Instant::now();
                 while let Some(message) = socket.next().now_or_never() {
-                    if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+                    if let Some(end) = receive(message, conn, shared, &mut heartbeat) {
                         return end;
                     }
                 }
@@ -210,13 +217,13 @@ async fn run(
                 }
             }
             message = socket.next() => {
-                if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+                if let Some(end) = receive(message, conn, shared, &mut heartbeat) {
                     return end;
                 }
                 // Handle every message that has already arrived before writing the replies,
                 // so that pipelined requests are answered with one write.
                 while let Some(message) = socket.next().now_or_never() {
-                    if let Some(end) = receive(message, conn, shared, &mut heartbeat, &mut rate) {
+                    if let Some(end) = receive(message, conn, shared, &mut heartbeat) {
                         return end;
                     }
                 }
@@ -249,13 +256,8 @@ fn receive(
     conn: ConnId,
     shared: &Shared,
     heartbeat: &mut Heartbeat,
-    rate: &mut RateLimit,
 ) -> Option<End> {
-    let now = Instant::now();
-    heartbeat.seen(now);
-    if !rate.allow(now) {
-        return Some(End::Close(CloseCode::TooManyMessages));
-    }
+    heartbeat.seen(Instant::now());
     match message {
         Some(Ok(Message::Text(text))) => {
             shared.dispatcher.handle(Input::Message {
@@ -356,6 +358,14 @@ async fn first_message(socket: &mut WebSocketStream<impl Io>, conn: ConnId) -> R
 /// The close for a failed read: the client broke a limit or the protocol, or just vanished.
 fn socket_error(conn: ConnId, err: tungstenite::Error) -> End {
     let code = match &err {
+        tungstenite::Error::Io(io) => match Exceeded::of(io) {
+            Some(Exceeded::Rate) => CloseCode::TooManyMessages,
+            Some(Exceeded::Size) => CloseCode::MessageTooBig,
+            None => {
+                debug!(%conn, %err, "connection error");
+                return End::Gone;
+            }
+        },
         tungstenite::Error::Capacity(_) => CloseCode::MessageTooBig,
         tungstenite::Error::Utf8(_) => CloseCode::InvalidPayload,
         tungstenite::Error::Protocol(_) => CloseCode::ProtocolError,
@@ -380,7 +390,7 @@ async fn write_all(
 
 /// Sends a close frame and waits (briefly) for the client's answer, so the client sees the
 /// code and reason rather than a reset.
-async fn close(socket: &mut WebSocketStream<impl Io>, code: CloseCode, shared: &Shared) {
+async fn close<I: Io>(socket: &mut WebSocketStream<Metered<I>>, code: CloseCode, shared: &Shared) {
     let frame = CloseFrame {
         code: code.code().into(),
         reason: code.reason().into(),
@@ -388,7 +398,12 @@ async fn close(socket: &mut WebSocketStream<impl Io>, code: CloseCode, shared: &
     let grace = shared.config.timeouts.close;
     let _ = tokio::time::timeout(grace, async {
         if socket.close(Some(frame)).await.is_ok() {
-            drain(socket).await;
+            // After a failed read (a broken limit, a bad frame) tungstenite reads no more.
+            if socket.is_terminated() {
+                socket.get_mut().linger().await;
+            } else {
+                drain(socket).await;
+            }
         }
     })
     .await;

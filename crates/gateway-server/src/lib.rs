@@ -18,6 +18,7 @@ mod connection;
 mod counters;
 mod dispatcher;
 mod error;
+mod frame_meter;
 mod handshake;
 mod http;
 mod liveness;

@@ -1,5 +1,5 @@
 //! Per-connection timekeeping, kept free of I/O so it is tested with plain instants: when to
-//! ping an idle client and when to give up on it, and how many messages it may send.
+//! ping an idle client and when to give up on it, and how many frames it may send.
 
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ impl Heartbeat {
     }
 }
 
-/// A token bucket: `burst` messages at once, `rate` per second sustained.
+/// A token bucket: `burst` frames at once, `rate` per second sustained.
 #[derive(Debug, Clone)]
 pub(crate) struct RateLimit {
     tokens: f64,
