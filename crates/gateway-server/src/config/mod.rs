@@ -137,10 +137,11 @@ pub struct Limits {
     /// WebSocket connections (authenticated or not) held at once; an upgrade beyond gets 503.
     /// Default 10000.
     pub max_connections: usize,
-    /// Client messages (and pings) per second per connection, sustained; beyond the burst the
-    /// connection is closed with 4429. Default 50.
+    /// Client frames per second per connection, sustained; beyond the burst the connection is
+    /// closed with 4429. Every frame counts, before and after auth: messages, each fragment,
+    /// pings, pongs. Default 50.
     pub max_messages_per_s: u32,
-    /// Client messages a connection may send at once before the rate applies. Default 300
+    /// Client frames a connection may send at once before the rate applies. Default 300
     /// (enough to pipeline the auth message and every allowed subscription).
     pub message_burst: u32,
     /// `POST /push` requests being handled at once; one more gets 503 with `Retry-After`.
