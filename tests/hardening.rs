@@ -309,6 +309,8 @@ async fn push_bodies_beyond_the_buffered_bytes_bound_get_503_with_retry_after() 
     let mut config = ServerConfig::default();
     config.limits.max_push_body_bytes = 1000;
     config.limits.max_buffered_push_bytes = 1000;
+    // The slow body is never old enough to be evicted for room here (see tests/attacks).
+    config.timeouts.evict_after = Duration::from_secs(60);
     let server = TestServer::with_config(config).await;
     let mut subscriber = server.anonymous().await;
     subscriber.subscribe("match").await;

@@ -141,17 +141,19 @@ async fn a_well_behaved_client_is_served_while_another_floods() {
 #[tokio::test]
 async fn a_client_answering_pings_is_not_closed() {
     let mut config = ServerConfig::default();
-    config.timeouts.ping_interval = std::time::Duration::from_millis(50);
-    config.timeouts.idle = std::time::Duration::from_millis(150);
+    // Short enough for several pings in a few seconds, long enough that a test task
+    // descheduled on a loaded machine still answers in time.
+    config.timeouts.ping_interval = std::time::Duration::from_millis(200);
+    config.timeouts.idle = std::time::Duration::from_millis(1000);
     // Pongs count: a burst of 2 is all but spent by the auth message, and the rate (20 a
-    // second) is above the pings' (at most one per 50 ms of silence).
+    // second) is above the pings' (at most one per 200 ms of silence).
     config.limits.message_burst = 2;
     config.limits.max_messages_per_s = 20;
     let server = TestServer::with_config(config).await;
     let mut client = server.anonymous().await;
     // tungstenite's client answers each ping when it reads on.
     let mut pings = 0;
-    while pings < 8 {
+    while pings < 5 {
         match guard("a ping", client.ws.next()).await {
             Some(Ok(Message::Ping(_))) => pings += 1,
             other => panic!("expected a ping, got {other:?}"),

@@ -93,3 +93,59 @@ async fn the_push_body_deadline_is_total_not_per_byte() {
     // Nothing of it was delivered.
     subscriber.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn bodies_stalled_near_the_limit_give_way_to_live_pushes() {
+    let mut config = ServerConfig::default();
+    config.limits.max_push_body_bytes = 100_000;
+    config.limits.max_buffered_push_bytes = 400_000;
+    config.timeouts.evict_after = Duration::from_millis(300);
+    config.timeouts.push_body = Duration::from_secs(2);
+    let server = TestServer::with_config(config).await;
+    let mut subscriber = server.anonymous().await;
+    subscriber.subscribe("match").await;
+
+    // Eight senders each stall 1,000 bytes short of a 100 kB body: together more than the
+    // bytes the gateway buffers for bodies.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(stalled_push(&server, 100_000, &[b' '; 99_000]).await);
+    }
+    // A live 50 kB push gets through: at first perhaps after a 503 (while the stalled bodies
+    // are younger than timeouts.evict_after_ms), then at once, every time.
+    let text = "x".repeat(50_000);
+    let body = format!(r#"{{"app":"match","text":"{text}"}}"#);
+    let expected = format!(r#"{{"app":"match","member_id":-1,"text":"{text}"}}"#);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (status, reason) = server.push(&body).await;
+        if status == hyper::StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE, "{reason}");
+        assert!(tokio::time::Instant::now() < deadline, "never got through");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(subscriber.recv().await, expected);
+    for _ in 0..10 {
+        let (status, reason) = server.push(&body).await;
+        assert_eq!(status, hyper::StatusCode::ACCEPTED, "{reason}");
+        assert_eq!(subscriber.recv().await, expected);
+    }
+    // The stalled senders that gave way were told so, the others were refused (503) or ran
+    // out of time (408); none of them was delivered.
+    let mut evicted = 0;
+    for stream in &mut stalled {
+        let answer = response(stream).await;
+        if answer.ends_with("push body too slow: its room was needed by other pushes\n") {
+            evicted += 1;
+        } else {
+            assert!(
+                answer.starts_with("HTTP/1.1 503") || answer.starts_with("HTTP/1.1 408"),
+                "{answer}"
+            );
+        }
+    }
+    assert!(evicted >= 1);
+    subscriber.expect_nothing_more().await;
+}

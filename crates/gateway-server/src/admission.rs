@@ -4,9 +4,11 @@
 //! - [`Handshakes`]: connections that have not finished their request head (or TLS handshake)
 //!   yet. A well-behaved client finishes in a round trip; a slowloris peer takes as long as the
 //!   deadline lets it. When the pool is full, the *oldest* is closed to make room, so a flood of
-//!   slow peers cannot keep a fast one out. A connection younger than [`MIN_AGE_TO_EVICT`] is
-//!   never closed for room: while the pool is full of young ones, accepting pauses and new
+//!   slow peers cannot keep a fast one out. A connection younger than `timeouts.evict_after_ms`
+//!   is never closed for room: while the pool is full of young ones, accepting pauses and new
 //!   connections wait in the kernel's backlog (a burst of real clients is slowed, not cut).
+//! - [`PushBodies`]: the bytes of push bodies being received, bounded in total; the same rule
+//!   makes room, so backends that stall in their bodies cannot starve the others.
 //! - [`PerAddress`]: an optional bound on the sockets one IP address holds (off by default:
 //!   users behind a NAT share an address).
 //! - [`fit_to_open_file_limit`]: lowers `max_connections` and `max_handshakes` so that, whatever
@@ -26,14 +28,13 @@ use tracing::{info, warn};
 use crate::config::Limits;
 use crate::counters::Counters;
 
-/// How long a connection may take over its head before it can be closed to make room: a
-/// real client's head follows its TCP (or TLS) handshake within a round trip or two.
-pub(crate) const MIN_AGE_TO_EVICT: Duration = Duration::from_millis(250);
-
 /// The connections of one listener that are still in their handshake.
 #[derive(Debug)]
 pub(crate) struct Handshakes {
     max: usize,
+    /// `timeouts.evict_after`: how long a connection may take over its head before it can be
+    /// closed to make room; a real client's head follows within a round trip or two.
+    min_age: Duration,
     state: Mutex<Pool>,
     counters: Arc<Counters>,
     /// Wakes the accept loop waiting in [`Handshakes::room`] when a place frees.
@@ -57,9 +58,10 @@ pub(crate) struct Ticket {
 }
 
 impl Handshakes {
-    pub(crate) fn new(max: usize, counters: Arc<Counters>) -> Arc<Handshakes> {
+    pub(crate) fn new(max: usize, min_age: Duration, counters: Arc<Counters>) -> Arc<Handshakes> {
         Arc::new(Handshakes {
             max: max.max(1),
+            min_age,
             state: Mutex::new(Pool::default()),
             counters,
             freed: Notify::new(),
@@ -72,7 +74,7 @@ impl Handshakes {
     }
 
     /// Resolves once [`Handshakes::enter`] has a place to give: a free one, or that of a
-    /// connection in its handshake for at least [`MIN_AGE_TO_EVICT`]. Called by the accept
+    /// connection in its handshake for at least `min_age`. Called by the accept
     /// loop before it accepts.
     pub(crate) async fn room(&self) {
         loop {
@@ -83,7 +85,7 @@ impl Handshakes {
                     _ => return,
                 }
             };
-            let evictable_at = oldest_since + MIN_AGE_TO_EVICT;
+            let evictable_at = oldest_since + self.min_age;
             if Instant::now() >= evictable_at {
                 return;
             }
@@ -164,8 +166,12 @@ impl PerAddress {
     }
 
     /// A slot for one more socket from `ip`, or `None` if it already holds the maximum.
+    /// IPv6 addresses count per /64: one host usually has a whole /64 to pick from.
     pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let ip = ip.to_canonical();
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        };
         let mut open = self.lock();
         let count = open.entry(ip).or_insert(0);
         if *count >= self.max {
@@ -191,6 +197,105 @@ impl Drop for AddressSlot {
         // A map that held a flood of addresses gives its memory back once they are gone.
         if open.capacity() > 1024 && open.len() < open.capacity() / 8 {
             open.shrink_to_fit();
+        }
+    }
+}
+
+/// The bytes of push bodies being received at once (`limits.max_buffered_push_bytes`).
+/// Without a bound, senders that each stop just short of `max_push_body_bytes` would hold that
+/// much each; with a plain bound, they would starve every other push until their deadline.
+/// So when a body needs room, the oldest bodies still arriving after `min_age` are evicted
+/// (their pushes answered `408`): stalled senders give way to live ones.
+#[derive(Debug)]
+pub(crate) struct PushBodies {
+    max: usize,
+    min_age: Duration,
+    state: Mutex<Receiving>,
+}
+
+#[derive(Debug, Default)]
+struct Receiving {
+    used: usize,
+    next: u64,
+    /// By arrival: the first entry is the oldest. (since, bytes held, evicted)
+    bodies: BTreeMap<u64, (Instant, usize, CancellationToken)>,
+}
+
+/// One push body's share of [`PushBodies`], given back on drop.
+#[derive(Debug)]
+pub(crate) struct BodyCharge {
+    owner: Arc<PushBodies>,
+    id: u64,
+    /// Cancelled when this body's bytes were taken back for newer pushes.
+    pub(crate) evicted: CancellationToken,
+}
+
+impl PushBodies {
+    pub(crate) fn new(max: usize, min_age: Duration) -> Arc<PushBodies> {
+        Arc::new(PushBodies {
+            max,
+            min_age,
+            state: Mutex::new(Receiving::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Receiving> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts counting the bytes of one body.
+    pub(crate) fn start(self: &Arc<Self>) -> BodyCharge {
+        let evicted = CancellationToken::new();
+        let now = Instant::now();
+        let mut state = self.lock();
+        let id = state.next;
+        state.next += 1;
+        state.bodies.insert(id, (now, 0, evicted.clone()));
+        drop(state);
+        BodyCharge {
+            owner: self.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+impl BodyCharge {
+    /// Charges `bytes` more, evicting the oldest bodies that have been arriving for at least
+    /// `min_age` if that is what it takes. `false` (nothing charged) if there is no room.
+    pub(crate) fn add(&mut self, bytes: usize) -> bool {
+        let owner = &self.owner;
+        let now = Instant::now();
+        let mut state = owner.lock();
+        while state.used + bytes > owner.max {
+            let oldest = state
+                .bodies
+                .iter()
+                .find(|(id, _)| **id != self.id)
+                .filter(|(_, (since, _, _))| now.saturating_duration_since(*since) >= owner.min_age)
+                .map(|(id, _)| *id);
+            let Some(oldest) = oldest else {
+                return false;
+            };
+            if let Some((_, held, evicted)) = state.bodies.remove(&oldest) {
+                state.used -= held;
+                evicted.cancel();
+            }
+        }
+        let Some((_, held, _)) = state.bodies.get_mut(&self.id) else {
+            return false; // evicted meanwhile
+        };
+        *held += bytes;
+        state.used += bytes;
+        true
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        let mut state = self.owner.lock();
+        if let Some((_, held, _)) = state.bodies.remove(&self.id) {
+            state.used -= held;
         }
     }
 }
@@ -299,12 +404,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_pool_waits_until_its_oldest_may_give_way() {
-        let pool = Handshakes::new(1, Arc::new(Counters::default()));
+        const AGE: Duration = Duration::from_millis(500);
+        let pool = Handshakes::new(1, AGE, Arc::new(Counters::default()));
         pool.room().await; // empty: at once
         let first = pool.enter();
         let started = Instant::now();
         pool.room().await; // full of a young one: waits until it may be evicted
-        assert_eq!(started.elapsed(), MIN_AGE_TO_EVICT);
+        assert_eq!(started.elapsed(), AGE);
         let second = pool.enter();
         assert!(first.evicted.is_cancelled());
         // A place freed wakes the waiter at once.
@@ -316,13 +422,13 @@ mod tests {
         drop(second);
         drop(first);
         waiting.await.unwrap();
-        assert!(started.elapsed() < MIN_AGE_TO_EVICT * 2);
+        assert!(started.elapsed() < AGE * 2);
     }
 
     #[test]
     fn the_oldest_handshake_makes_room_for_a_new_one() {
         let counters = Arc::new(Counters::default());
-        let pool = Handshakes::new(2, counters.clone());
+        let pool = Handshakes::new(2, Duration::ZERO, counters.clone());
         let first = pool.enter();
         let second = pool.enter();
         assert!(!first.evicted.is_cancelled() && !second.evicted.is_cancelled());
@@ -340,6 +446,29 @@ mod tests {
         assert_eq!(counters.open_handshakes(), 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn stalled_bodies_give_way_once_they_are_old_enough() {
+        let bodies = PushBodies::new(100, Duration::from_millis(500));
+        let mut stalled = bodies.start();
+        assert!(stalled.add(90));
+        let mut fresh = bodies.start();
+        assert!(fresh.add(10));
+        // No room, and the stalled body is still young: refused, nothing evicted.
+        let mut live = bodies.start();
+        assert!(!live.add(20));
+        assert!(!stalled.evicted.is_cancelled());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        // Now the oldest gives way (only as many as needed: the fresh one stays).
+        assert!(live.add(20));
+        assert!(stalled.evicted.is_cancelled() && !fresh.evicted.is_cancelled());
+        assert!(!stalled.add(1), "an evicted body holds nothing more");
+        drop(stalled);
+        drop(fresh);
+        drop(live);
+        let mut all = bodies.start();
+        assert!(all.add(100), "every byte was given back");
+    }
+
     #[test]
     fn an_address_holds_at_most_its_share() {
         let per = PerAddress::new(2).unwrap();
@@ -349,6 +478,11 @@ mod tests {
         let _two = per.take(mapped).expect("the same address, counted once");
         assert!(per.take(a).is_none());
         assert!(per.take("10.0.0.2".parse().unwrap()).is_some());
+        let host: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let _three = per.take(host).unwrap();
+        let _four = per.take("2001:db8:1:2:ffff::9".parse().unwrap()).unwrap();
+        assert!(per.take(host).is_none(), "one /64 is one address");
+        assert!(per.take("2001:db8:1:3::1".parse().unwrap()).is_some());
         drop(one);
         assert!(per.take(a).is_some());
         assert!(PerAddress::new(0).is_none());

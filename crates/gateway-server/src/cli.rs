@@ -231,7 +231,7 @@ mod memory {
             tick.tick().await;
             let peak = counters.take_peak();
             let now = counters.open_sockets();
-            if peak - now >= 1000 && now < peak - peak / 4 {
+            if peak - now >= 256 && now < peak - peak / 4 {
                 trim();
             }
         }

@@ -113,7 +113,8 @@ impl Counters {
         self.refused_per_address.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Pushes answered 408 because their body did not arrive within `timeouts.push_body_ms`.
+    /// Pushes answered 408: their body did not arrive within `timeouts.push_body_ms`, or was
+    /// evicted, too slow, to make room under `limits.max_buffered_push_bytes`.
     pub fn push_body_timeouts(&self) -> u64 {
         self.push_body_timeouts.load(Ordering::Relaxed)
     }

@@ -35,8 +35,8 @@ const HEAD_BYTES: usize = 1024;
 /// The largest request head accepted (large cookies fit); a larger one is answered `431` and
 /// the connection closed.
 pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Enough for any browser's upgrade request; more headers go to hyper.
-const MAX_HEADERS: usize = 32;
+/// The most header fields in a request head (hyper's default); more are answered `431`.
+pub(crate) const MAX_HEADERS: usize = 100;
 /// How long writing a refusal of our own may take before the connection is dropped.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
@@ -62,6 +62,8 @@ enum Verdict {
     Upgrade(String),
     /// Let hyper answer it.
     Http,
+    /// Too many header fields: answered `431`, like a head that is too long.
+    TooLarge,
 }
 
 /// How reading the head ended.
@@ -147,13 +149,16 @@ pub(crate) async fn first_request<I: Io>(
             return FirstRequest::Gone;
         }
         Ending::TooLarge => {
-            let refusal = head_too_large();
-            let _ = tokio::time::timeout(REFUSAL_WRITE, io.write_all(refusal.as_bytes())).await;
+            refuse_head_too_large(&mut io).await;
             return FirstRequest::Gone;
         }
     };
     let accept = match verdict {
         Verdict::Http => return FirstRequest::Http(Prefixed::new(io, read)),
+        Verdict::TooLarge => {
+            refuse_head_too_large(&mut io).await;
+            return FirstRequest::Gone;
+        }
         Verdict::Upgrade(accept) => accept,
     };
     // A refusal for want of a place is hyper's to answer (and to count).
@@ -176,14 +181,16 @@ pub(crate) async fn first_request<I: Io>(
     }
 }
 
-/// The answer to a head over [`MAX_HEAD_BYTES`].
-fn head_too_large() -> String {
-    let body = format!("request head larger than {MAX_HEAD_BYTES} bytes\n");
-    format!(
+/// Answers a head over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] with `431`; the caller closes.
+async fn refuse_head_too_large(io: &mut impl Io) {
+    let body =
+        format!("request head larger than {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} header fields\n");
+    let response = format!(
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
-    )
+    );
+    let _ = tokio::time::timeout(REFUSAL_WRITE, io.write_all(response.as_bytes())).await;
 }
 
 const SWITCHING_HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
@@ -214,7 +221,8 @@ fn judge(
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return None,
-        // Too many headers or malformed: hyper has the answer for each.
+        Err(httparse::Error::TooManyHeaders) => return Some((Verdict::TooLarge, buf.len())),
+        // Malformed: hyper, which parses with the same rules, answers 400 at once.
         Err(_) => return Some((Verdict::Http, buf.len())),
     };
     if !upgrades {

@@ -5,8 +5,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use bytes::{Bytes, BytesMut};
 use gateway_core::{Publication, PushMessage};
 use http::header::{self, HeaderValue};
@@ -19,6 +17,7 @@ use subtle::{Choice, ConstantTimeEq};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
 
+use crate::admission::{AddressSlot, BodyCharge};
 use crate::connection;
 use crate::server::Shared;
 
@@ -39,6 +38,8 @@ pub(crate) enum Refusal {
     PushOverloaded,
     /// The push bodies being received at once reached `limits.max_buffered_push_bytes`.
     PushBodiesOverBudget,
+    /// The push body's bytes were taken back for newer pushes (it was too slow).
+    PushBodyEvicted,
     /// The push body did not arrive within `timeouts.push_body_ms`.
     PushBodyTimeout(std::time::Duration),
     BodyTooLarge(usize),
@@ -79,6 +80,10 @@ impl Refusal {
             Refusal::PushOverloaded | Refusal::PushBodiesOverBudget => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned())
             }
+            Refusal::PushBodyEvicted => (
+                StatusCode::REQUEST_TIMEOUT,
+                "push body too slow: its room was needed by other pushes".to_owned(),
+            ),
             Refusal::PushBodyTimeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,
                 format!("push body not received within {} ms", limit.as_millis()),
@@ -141,9 +146,10 @@ pub(crate) async fn main_service(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    address: Option<Arc<AddressSlot>>,
 ) -> Result<Response<Body>, Infallible> {
     let result = if wants_websocket(req.headers()) {
-        upgrade(req, shared, peer)
+        upgrade(req, shared, peer, address)
     } else if req.uri().path() == "/push" {
         if req.method() == Method::POST {
             push(req, &shared, peer).await
@@ -251,6 +257,7 @@ fn upgrade(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    address: Option<Arc<AddressSlot>>,
 ) -> Result<Response<Body>, Refusal> {
     let accept = check_upgrade(req.method() == Method::GET, req.headers(), &shared, peer)?;
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
@@ -262,6 +269,8 @@ fn upgrade(
     debug!(%conn, %peer, "websocket upgrade");
 
     shared.clone().tracker.spawn(async move {
+        // The WebSocket keeps its address's share after the HTTP connection hands it over.
+        let _address = address;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let socket = connection::websocket(TokioIo::new(upgraded), None, &shared).await;
@@ -347,24 +356,37 @@ async fn push(
     // The body is read before a dispatch slot is taken, within its own deadline: a sender
     // that is slow or stalls holds no slot, only its own bytes (bounded in total).
     let deadline = shared.config.timeouts.push_body;
-    let mut charge = shared.push_body_bytes.charge();
-    let body =
-        match tokio::time::timeout(deadline, read_body(req.into_body(), max, &mut charge)).await {
-            Ok(Err(Refusal::PushBodiesOverBudget)) => {
-                let total = shared.counters.push_refused();
-                warn!(
-                    total,
-                    "push refused: limits.max_buffered_push_bytes of bodies being received"
-                );
-                return Err(Refusal::PushBodiesOverBudget);
+    let mut charge = shared.push_bodies.start();
+    let evicted = charge.evicted.clone();
+    let read = tokio::time::timeout(deadline, read_body(req.into_body(), max, &mut charge));
+    let outcome = tokio::select! {
+        biased;
+        outcome = read => outcome,
+        () = evicted.cancelled() => Ok(Err(Refusal::PushBodyEvicted)),
+        () = shared.shutdown.cancelled() => Ok(Err(Refusal::ShuttingDown)),
+    };
+    let body = match outcome {
+        Ok(Ok(body)) => body,
+        Ok(Err(refusal)) => {
+            match refusal {
+                Refusal::PushBodiesOverBudget | Refusal::ShuttingDown => {
+                    let total = shared.counters.push_refused();
+                    warn!(total, "push refused: {refusal:?}");
+                }
+                Refusal::PushBodyEvicted => {
+                    let total = shared.counters.push_body_timed_out();
+                    debug!(%peer, total, "push body too slow: evicted to make room");
+                }
+                _ => {}
             }
-            Ok(body) => body?,
-            Err(_elapsed) => {
-                let total = shared.counters.push_body_timed_out();
-                debug!(%peer, total, "push body not received within timeouts.push_body_ms");
-                return Err(Refusal::PushBodyTimeout(deadline));
-            }
-        };
+            return Err(refusal);
+        }
+        Err(_elapsed) => {
+            let total = shared.counters.push_body_timed_out();
+            debug!(%peer, total, "push body not received within timeouts.push_body_ms");
+            return Err(Refusal::PushBodyTimeout(deadline));
+        }
+    };
     // A shutdown that began while the body arrived: every client is being closed.
     if shared.shutdown.is_cancelled() {
         shared.counters.push_refused();
@@ -392,7 +414,7 @@ async fn push(
 async fn read_body(
     mut body: Incoming,
     max: usize,
-    charge: &mut Charge<'_>,
+    charge: &mut BodyCharge,
 ) -> Result<Bytes, Refusal> {
     let mut collected = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -409,54 +431,4 @@ async fn read_body(
         collected.extend_from_slice(&data);
     }
     Ok(collected.freeze())
-}
-
-/// The bytes of push bodies being received at once, over all requests: without a bound, many
-/// senders that each stop just short of `max_push_body_bytes` would hold that much each.
-#[derive(Debug)]
-pub(crate) struct BodyBudget {
-    used: AtomicUsize,
-    max: usize,
-}
-
-/// One request's share of a [`BodyBudget`], given back on drop.
-#[derive(Debug)]
-pub(crate) struct Charge<'a> {
-    budget: &'a BodyBudget,
-    bytes: usize,
-}
-
-impl BodyBudget {
-    pub(crate) fn new(max: usize) -> BodyBudget {
-        BodyBudget {
-            used: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    pub(crate) fn charge(&self) -> Charge<'_> {
-        Charge {
-            budget: self,
-            bytes: 0,
-        }
-    }
-}
-
-impl Charge<'_> {
-    /// Charges `bytes` more; `false` (and nothing charged) if the budget would be exceeded.
-    fn add(&mut self, bytes: usize) -> bool {
-        let before = self.budget.used.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > self.budget.max {
-            self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
-        }
-        self.bytes += bytes;
-        true
-    }
-}
-
-impl Drop for Charge<'_> {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
 }

@@ -11,6 +11,7 @@
 //! This crate does not decide protocol policy (that is the hub's) nor whether a token is valid
 //! (that is the authenticator's).
 
+mod accept;
 mod admission;
 pub mod cli;
 pub mod config;

@@ -103,6 +103,11 @@ pub struct Timeouts {
     /// From a `POST /push` head until its whole body has arrived; past it the push is answered
     /// `408` and nothing is delivered. Default 10 s.
     pub push_body: Duration,
+    /// The least time a connection still sending its head, or a push still sending its body,
+    /// is given before it may be closed to make room for a newer one (once
+    /// `limits.max_handshakes` or `limits.max_buffered_push_bytes` is reached): long enough for
+    /// a real client's round trips, short enough that slow peers give way. Default 500 ms.
+    pub evict_after: Duration,
 }
 
 impl Default for Timeouts {
@@ -115,6 +120,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             head: Duration::from_secs(10),
             push_body: Duration::from_secs(10),
+            evict_after: Duration::from_millis(500),
         }
     }
 }
@@ -155,15 +161,18 @@ pub struct Limits {
     /// A larger one closes the connection with 1009. Default 16384.
     pub max_auth_message_bytes: usize,
     /// Connections per listener that have not finished their request head (nor their TLS
-    /// handshake) yet; when one more arrives, the oldest of them is closed to make room.
-    /// Default 1024.
+    /// handshake) yet. When one more arrives, the oldest of them is closed to make room if it
+    /// has been at it for `timeouts.evict_after_ms`; until then new connections wait in the
+    /// kernel's backlog. Default 1024.
     pub max_handshakes: usize,
     /// Sockets one IP address may hold open on the main listener at once (WebSockets,
     /// handshakes, HTTP); one more is closed at once. `0` (default): no limit, since users
     /// behind one NAT share an address.
     pub max_connections_per_ip: usize,
-    /// Bytes of `POST /push` bodies being received at once, over all requests; a push whose
-    /// body would go past it gets `503`. Default 64 MiB.
+    /// Bytes of `POST /push` bodies being received at once, over all requests. When a body
+    /// would go past it, the oldest bodies still arriving after `timeouts.evict_after_ms` are
+    /// answered `408` to make room; if none is that old, the new push gets `503`.
+    /// Default 64 MiB.
     pub max_buffered_push_bytes: usize,
     /// File descriptors kept free of WebSocket connections and handshakes, for `/push`,
     /// `/stat` and the auth backend: `max_connections` and `max_handshakes` are lowered at
@@ -253,6 +262,7 @@ struct FileTimeouts {
     idle_ms: Option<u64>,
     head_ms: Option<u64>,
     push_body_ms: Option<u64>,
+    evict_after_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -395,6 +405,11 @@ impl Resolver<'_> {
             idle: self.millis("timeouts.idle_ms", t.idle_ms, dt.idle)?,
             head: self.millis("timeouts.head_ms", t.head_ms, dt.head)?,
             push_body: self.millis("timeouts.push_body_ms", t.push_body_ms, dt.push_body)?,
+            evict_after: self.millis(
+                "timeouts.evict_after_ms",
+                t.evict_after_ms,
+                dt.evict_after,
+            )?,
         };
         if timeouts.idle <= timeouts.ping_interval {
             return Err(self.invalid(
@@ -590,355 +605,4 @@ impl Resolver<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("gw.toml"))
-    }
-
-    fn error(text: &str) -> String {
-        parse(text).expect_err("should be refused").to_string()
-    }
-
-    #[test]
-    fn the_documented_example_parses() {
-        let config = parse(
-            r#"
-listen = "0.0.0.0:5000"
-stat_listen = "127.0.0.1:6000"
-private_apps = ["im"]
-[auth]
-kind = "static"            # "static" | "anonymous" (more kinds come later)
-[auth.tokens]
-123456 = "654321"
-777 = "777secret"
-"#,
-        )
-        .unwrap();
-        assert_eq!(config.server.listen, "0.0.0.0:5000".parse().unwrap());
-        assert_eq!(config.server.stat_listen, "127.0.0.1:6000".parse().unwrap());
-        let private: Vec<&str> = config
-            .server
-            .hub
-            .private_apps
-            .iter()
-            .map(AppName::as_str)
-            .collect();
-        assert_eq!(private, ["im"]);
-        let AuthConfig::Static(tokens) = config.auth else {
-            panic!("static expected")
-        };
-        assert_eq!(tokens.len(), 2);
-    }
-
-    #[test]
-    fn an_empty_file_means_every_default() {
-        let config = parse("").unwrap();
-        let defaults = ServerConfig::default();
-        assert_eq!(config.server.listen, defaults.listen);
-        assert_eq!(config.server.stat_listen, defaults.stat_listen);
-        assert_eq!(config.server.timeouts, Timeouts::default());
-        assert_eq!(config.server.limits, Limits::default());
-        assert_eq!(config.server.timeouts.auth, Duration::from_secs(10));
-        assert!(matches!(config.auth, AuthConfig::Anonymous));
-    }
-
-    #[test]
-    fn every_knob_is_read() {
-        let config = parse(
-            r#"
-private_apps = ["im", "dm"]
-push_api_keys = ["0123456789abcdef"]
-push_allow_from = ["10.0.0.0/8", "192.168.1.7"]
-allowed_origins = ["https://app.example.com"]
-[timeouts]
-auth_ms = 1500
-close_ms = 200
-shutdown_ms = 3000
-ping_interval_ms = 4000
-idle_ms = 9000
-head_ms = 700
-push_body_ms = 800
-[limits]
-max_message_bytes = 1000
-max_push_body_bytes = 2000
-max_app_name_bytes = 30
-max_subscriptions = 12
-outbox_messages = 40
-outbox_bytes = 50000
-max_connections = 60
-max_messages_per_s = 7
-message_burst = 8
-max_inflight_pushes = 9
-accept_backlog = 10
-max_auth_message_bytes = 11
-max_handshakes = 12
-max_connections_per_ip = 13
-max_buffered_push_bytes = 14000
-fd_reserve = 15
-[auth]
-kind = "anonymous"
-"#,
-        )
-        .unwrap();
-        let s = config.server;
-        assert_eq!(s.hub.private_apps.len(), 2);
-        assert_eq!(s.hub.max_app_name_len, 30);
-        assert_eq!(s.hub.max_subscriptions, 12);
-        assert_eq!(
-            s.timeouts,
-            Timeouts {
-                auth: Duration::from_millis(1500),
-                close: Duration::from_millis(200),
-                shutdown: Duration::from_millis(3000),
-                ping_interval: Duration::from_millis(4000),
-                idle: Duration::from_millis(9000),
-                head: Duration::from_millis(700),
-                push_body: Duration::from_millis(800),
-            }
-        );
-        assert_eq!(
-            s.limits,
-            Limits {
-                max_message_bytes: 1000,
-                max_push_body_bytes: 2000,
-                outbox_messages: 40,
-                outbox_bytes: 50000,
-                max_connections: 60,
-                max_messages_per_s: 7,
-                message_burst: 8,
-                max_inflight_pushes: 9,
-                accept_backlog: 10,
-                max_auth_message_bytes: 11,
-                max_handshakes: 12,
-                max_connections_per_ip: 13,
-                max_buffered_push_bytes: 14000,
-                fd_reserve: 15,
-            }
-        );
-        assert_eq!(s.access.push_api_keys, ["0123456789abcdef"]);
-        let nets: Vec<String> = s
-            .access
-            .push_allow_from
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32"]);
-        assert_eq!(
-            s.access.allowed_origins,
-            Some(vec!["https://app.example.com".to_owned()])
-        );
-        assert!(s.tls.is_none() && s.stat_tls.is_none());
-    }
-
-    #[test]
-    fn access_defaults_to_loopback_pushes_and_any_origin() {
-        let access = parse("").unwrap().server.access;
-        assert!(access.push_api_keys.is_empty());
-        let nets: Vec<String> = access
-            .push_allow_from
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
-        assert_eq!(access.allowed_origins, None);
-    }
-
-    #[test]
-    fn errors_name_the_file_the_key_and_the_problem() {
-        let cases = [
-            (
-                "listen = \"localhost\"",
-                "key `listen`: `localhost` is not an address",
-            ),
-            ("stat_listen = 6000", "stat_listen"),
-            ("lisen = \"0.0.0.0:5000\"", "lisen"),
-            (
-                "private_apps = [\"\"]",
-                "key `private_apps`: ``: app name is empty",
-            ),
-            (
-                "[timeouts]\nauth_ms = 0",
-                "key `timeouts.auth_ms`: must be greater than 0",
-            ),
-            (
-                "[limits]\noutbox_messages = 0",
-                "key `limits.outbox_messages`: must be greater than 0",
-            ),
-            ("[limits]\nmax_message_bytes = -1", "max_message_bytes"),
-            (
-                "[auth]\nkind = \"magic\"",
-                "key `auth.kind`: unknown kind `magic`",
-            ),
-            (
-                "[auth]\nkind = \"static\"",
-                "key `auth.tokens`: kind = \"static\" needs",
-            ),
-            (
-                "[auth]\nkind = \"static\"\n[auth.tokens]",
-                "key `auth.tokens`: is empty",
-            ),
-            (
-                "[auth]\nkind = \"static\"\n[auth.tokens]\nabc = \"x\"",
-                "key `auth.tokens.abc`: the key must be a member id",
-            ),
-            (
-                "[auth]\nkind = \"static\"\n[auth.tokens]\n-5 = \"x\"",
-                "key `auth.tokens.-5`",
-            ),
-            (
-                "[auth]\nkind = \"static\"\n[auth.tokens]\n5 = \"\"",
-                "key `auth.tokens.5`: the token must not be empty",
-            ),
-            (
-                "[auth]\nkind = \"static\"\n[auth.tokens]\n5 = 5",
-                "auth.tokens",
-            ),
-            (
-                "[auth]\nkind = \"anonymous\"\n[auth.tokens]\n5 = \"x\"",
-                "key `auth.tokens`: unknown field `tokens`",
-            ),
-            (
-                "[auth]\nkind = \"hmac\"",
-                "key `auth.secrets`: kind = \"hmac\" needs",
-            ),
-            (
-                "[auth]\nkind = \"hmac\"\nsecrets = []",
-                "key `auth.secrets`: at least one secret is required",
-            ),
-            (
-                "[auth]\nkind = \"hmac\"\nsecrets = [\"short\"]",
-                "key `auth.secrets`: secret #1 is shorter than 16 bytes",
-            ),
-            (
-                "[auth]\nkind = \"jwt\"\nsecret = \"0123456789abcdef\"",
-                "key `auth.algorithm`: kind = \"jwt\" needs",
-            ),
-            (
-                "[auth]\nkind = \"jwt\"\nalgorithm = \"HS256\"",
-                "key `auth.secret`: kind = \"jwt\" needs",
-            ),
-            (
-                "[auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\npublic_key_file = \"missing.pem\"",
-                "key `auth.public_key_file`: cannot read `missing.pem`",
-            ),
-            (
-                "[auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\nsecret = \"0123456789abcdef\"",
-                "key `auth.secret`: public_key_file (for RS*/ES* algorithms) is required",
-            ),
-            (
-                "[auth]\nkind = \"http\"",
-                "key `auth.url`: kind = \"http\" needs",
-            ),
-            (
-                "[auth]\nkind = \"http\"\nurl = \"ftp://x/\"",
-                "key `auth.url`: `ftp://x/` is not an http:// or https:// URL",
-            ),
-            (
-                "[auth]\nkind = \"http\"\nurl = \"https://x/\"\nca_file = \"none.pem\"",
-                "key `auth.ca_file`: cannot read certificates from `none.pem`",
-            ),
-            (
-                "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\ntimeout_ms = 0",
-                "key `auth.timeout_ms`: must be greater than 0",
-            ),
-            (
-                "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\ncache_max_entries = 5",
-                "key `auth.cache_max_entries`: only used with",
-            ),
-            (
-                "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\n[auth.headers]\n\"x-key\" = \"a\\nb\"",
-                "key `auth.headers.x-key`: not a valid HTTP header value",
-            ),
-            ("[auth]\ntokens = {}", "kind"),
-            ("listen = ", "gw.toml"),
-            (
-                "push_api_keys = [\"short\"]",
-                "key `push_api_keys`: key #1 is shorter than 16",
-            ),
-            (
-                "push_allow_from = [\"10.0.0.0/33\"]",
-                "key `push_allow_from`: `10.0.0.0/33` is not a network",
-            ),
-            ("allowed_origins = []", "key `allowed_origins`: is empty"),
-            (
-                "[limits]\nmax_buffered_push_bytes = 100",
-                "key `limits.max_buffered_push_bytes`: must be at least",
-            ),
-            (
-                "[timeouts]\nhead_ms = 0",
-                "key `timeouts.head_ms`: must be greater than 0",
-            ),
-            (
-                "[timeouts]\nping_interval_ms = 5000\nidle_ms = 5000",
-                "key `timeouts.idle_ms`: must be longer",
-            ),
-            (
-                "[limits]\nmax_connections = 0",
-                "key `limits.max_connections`: must be greater than 0",
-            ),
-            (
-                "[tls]\ncert_file = \"nope.pem\"\nkey_file = \"nope.key\"",
-                "key `tls`: cannot read certificates from `nope.pem`",
-            ),
-            ("[stat_tls]\ncert_file = \"a\"", "stat_tls"),
-        ];
-        for (text, expected) in cases {
-            let message = error(text);
-            assert!(message.starts_with("config file `gw.toml`: "), "{message}");
-            assert!(message.contains(expected), "for {text:?}: {message}");
-        }
-    }
-
-    #[test]
-    fn each_auth_kind_is_read() {
-        let hmac = parse("[auth]\nkind = \"hmac\"\nsecrets = [\"current-secret-0123\", \"previous-secret-0123\"]\nleeway_s = 2").unwrap();
-        assert!(matches!(hmac.auth, AuthConfig::Hmac(_)));
-
-        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway-auth/tests/keys");
-        let rs = Config::parse(
-            "[auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\npublic_key_file = \"rsa_public.pem\"\n\
-             member_claim = \"uid\"\napps_claim = \"apps\"\nissuer = \"https://id.example\"\n\
-             audience = [\"a\", \"b\"]\nleeway_s = 1",
-            // Relative key files are found next to the configuration file.
-            &Path::new(keys).join("gw.toml"),
-        )
-        .unwrap();
-        assert!(matches!(rs.auth, AuthConfig::Jwt(_)));
-
-        let http = parse(
-            "[auth]\nkind = \"http\"\nurl = \"http://127.0.0.1:9000/auth\"\ntimeout_ms = 250\n\
-             max_concurrency = 8\ncache_ttl_s = 60\n[auth.headers]\n\"X-Api-Key\" = \"k\"",
-        )
-        .unwrap();
-        let AuthConfig::Http { callback, cache } = http.auth else {
-            panic!("http expected")
-        };
-        assert_eq!(callback.timeout, Duration::from_millis(250));
-        assert_eq!(callback.max_concurrency, 8);
-        assert_eq!(callback.headers.len(), 1);
-        assert_eq!(
-            cache,
-            Some(CacheSettings {
-                ttl: Duration::from_secs(60),
-                max_entries: 100_000
-            })
-        );
-    }
-
-    #[test]
-    fn an_unreadable_file_is_named() {
-        let err = Config::load(Path::new("/nonexistent/gw.toml")).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("config file `/nonexistent/gw.toml`: cannot read it")
-        );
-    }
-
-    #[test]
-    fn tokens_never_show_in_debug_output() {
-        let config = parse("[auth]\nkind = \"static\"\n[auth.tokens]\n5 = \"s3cr3t\"").unwrap();
-        assert!(!format!("{config:?}").contains("s3cr3t"));
-    }
-}
+mod tests;
