@@ -49,6 +49,8 @@ pub(crate) struct StatBody {
     first: Option<Bytes>,
     /// Where the next page starts; `None` when the last page has been read.
     resume_after: Option<AppName>,
+    /// Set after each page read from the hub: the next poll yields to the runtime first.
+    yield_first: bool,
 }
 
 impl std::fmt::Debug for StatBody {
@@ -68,6 +70,7 @@ impl StatBody {
             shared,
             first: Some(render(&page)),
             resume_after,
+            yield_first: false,
         }
     }
 }
@@ -87,17 +90,26 @@ impl Body for StatBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if let Some(first) = this.first.take().filter(|page| !page.is_empty()) {
             return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        // To a fast reader hyper would pull page after page in one poll of this task (each
+        // page ~0.1 ms of work), for as long as the socket takes them: 100+ ms during which
+        // the tasks queued behind it on this worker (pushes among them) wait. Yielding after
+        // every page puts them first; hyper flushes what it has meanwhile.
+        if std::mem::take(&mut this.yield_first) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         // The lock is taken for one page, never across polls: pushes and subscriptions get in
         // between any two pages.
         while let Some(after) = this.resume_after.take() {
             let page = next_page(&this.shared.dispatcher, Some(&after));
             this.resume_after = page.resume_after().cloned();
+            this.yield_first = true;
             if !page.apps.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(render(&page)))));
             }
