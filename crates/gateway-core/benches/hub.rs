@@ -53,5 +53,50 @@ fn route(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, parse_and_encode, route);
+/// The same push when the hub also holds 100,000 other apps (128-byte names): the app lookup
+/// must stay cheap however many apps exist.
+fn route_among_many_apps(c: &mut Criterion) {
+    let mut hub = Hub::new(HubConfig {
+        max_subscriptions: 100_000,
+        ..HubConfig::default()
+    });
+    let many = ConnId::new(u64::MAX);
+    hub.handle(Input::Authenticated {
+        conn: many,
+        outcome: AuthOutcome::Anonymous,
+    });
+    for i in 0..100_000 {
+        let payload = format!(r#"{{"app":"{i:0>128}"}}"#);
+        hub.handle(Input::Message {
+            conn: many,
+            payload: payload.as_bytes(),
+        });
+    }
+    for conn in 0..1_000 {
+        hub.handle(Input::Authenticated {
+            conn: ConnId::new(conn),
+            outcome: AuthOutcome::Anonymous,
+        });
+        hub.handle(Input::Message {
+            conn: ConnId::new(conn),
+            payload: br#"{"app":"match"}"#,
+        });
+    }
+    while hub.poll_action().is_some() {}
+    let publication = Publication::from(PushMessage::parse(BODY, 128).expect("valid"));
+    c.bench_function(
+        "route one push to 1000 subscribers among 100000 apps",
+        |b| {
+            b.iter(|| {
+                hub.handle(Input::Push(publication.clone()));
+                match hub.poll_action() {
+                    Some(Action::Deliver { conns, .. }) => black_box(conns.len()),
+                    _ => unreachable!("every connection subscribed"),
+                }
+            })
+        },
+    );
+}
+
+criterion_group!(benches, parse_and_encode, route, route_among_many_apps);
 criterion_main!(benches);

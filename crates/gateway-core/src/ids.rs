@@ -53,8 +53,8 @@ impl fmt::Display for MemberId {
 /// The name of an app (a channel), validated on construction.
 ///
 /// Valid means: not empty, at most the configured number of bytes, and free of control
-/// characters (a newline in an app name would forge a line of `/stat`). Cloning is cheap: the
-/// hub keeps one name per subscription.
+/// characters (a newline in an app name would forge a line of `/stat`). Cloning is a refcount
+/// increment: the hub stores one copy of each name and shares it among the app's subscriptions.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppName(Arc<str>);
 

@@ -34,6 +34,8 @@ mod message;
 
 pub use error::{InvalidAppName, MessageError};
 pub use frame::{CloseCode, Frame, GATEWAY_APP, Reply};
-pub use hub::{Action, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess, Stat};
+pub use hub::{
+    Action, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess, Stat, StatPage,
+};
 pub use ids::{AppName, ConnId, MemberId};
 pub use message::{AuthRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest};

@@ -488,3 +488,94 @@ fn the_subscription_limit_holds_at_its_boundary_and_repeats_stay_idempotent() {
     assert_eq!(t.subscribe(1, "a"), [reply(1, Reply::Subscribed(app("a")))]);
     assert_eq!(t.stat(), "a 1\nim 1\n");
 }
+
+// --- /stat a page at a time ----------------------------------------------------------------
+
+/// Every page from the start, each resumed after the previous one, rendered and joined.
+fn all_pages(hub: &Hub, limit: usize) -> (String, usize) {
+    let (mut text, mut pages) = (String::new(), 0);
+    let mut after: Option<AppName> = None;
+    loop {
+        let page = hub.stat_page(after.as_ref(), limit);
+        pages += 1;
+        text.push_str(&page.to_string());
+        match page.resume_after() {
+            // A cursor that does not move would loop forever.
+            Some(last) if after.as_ref() == Some(last) => {
+                panic!("the page after {last:?} is itself")
+            }
+            Some(last) => after = Some(last.clone()),
+            None => return (text, pages),
+        }
+    }
+}
+
+#[test]
+fn stat_pages_resume_after_a_name_and_join_to_the_whole_stat() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.anonymous(2);
+    t.subscribe(1, "im");
+    for app in ["e", "b", "a", "d", "c", "B", "é"] {
+        t.subscribe(2, app);
+    }
+    // Byte order: upper case before lower case, non-ASCII last.
+    let whole = "B 1\na 1\nb 1\nc 1\nd 1\ne 1\nim 1\né 1\n";
+    assert_eq!(t.stat(), whole);
+    assert_eq!(all_pages(&t.hub, 3), (whole.to_owned(), 3));
+    assert_eq!(all_pages(&t.hub, 8), (whole.to_owned(), 1));
+    assert_eq!(all_pages(&t.hub, 1000), (whole.to_owned(), 1));
+    // A limit of 0 still makes progress.
+    assert_eq!(all_pages(&t.hub, 0), (whole.to_owned(), 8));
+
+    let page = t.hub.stat_page(Some(&app("c")), 2);
+    assert_eq!(page.to_string(), "d 1\ne 1\n");
+    assert!(page.more);
+    assert_eq!(page.resume_after(), Some(&app("e")));
+    // Resuming after a name that is not (or no longer) an app starts at the next one.
+    assert_eq!(
+        t.hub.stat_page(Some(&app("cc")), 2).to_string(),
+        "d 1\ne 1\n"
+    );
+    let last = t.hub.stat_page(Some(&app("im")), 2);
+    assert_eq!((last.to_string().as_str(), last.more), ("é 1\n", false));
+    assert_eq!(last.resume_after(), None);
+    let past_the_end = t.hub.stat_page(Some(&app("ü")), 2);
+    assert_eq!((past_the_end.apps.len(), past_the_end.more), (0, false));
+}
+
+#[test]
+fn stat_pages_see_apps_dropped_and_added_between_pages_by_their_place() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.anonymous(2);
+    for app in ["a", "b", "c", "d"] {
+        t.subscribe(1, app);
+    }
+    t.subscribe(2, "b");
+    let first = t.hub.stat_page(None, 2);
+    assert_eq!(first.to_string(), "a 1\nb 2\n");
+    // Between pages: `b` (already read) loses a subscriber, `c` (not yet read) and `a` lose
+    // their only one, `bb` appears after the cursor and `0` before it.
+    t.disconnect(1);
+    t.subscribe(2, "bb");
+    t.subscribe(2, "0");
+    assert_eq!(t.stat(), "0 1\nb 1\nbb 1\n");
+    let second = t.hub.stat_page(first.resume_after(), 2);
+    assert_eq!(second.to_string(), "bb 1\n");
+    assert!(!second.more);
+}
+
+#[test]
+fn stat_pages_leave_out_apps_whose_last_subscriber_left() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.anonymous(2);
+    t.subscribe(1, "im");
+    t.subscribe(2, "a");
+    t.subscribe(2, "z");
+    t.disconnect(1);
+    assert_eq!(all_pages(&t.hub, 1), ("a 1\nz 1\n".to_owned(), 2));
+    let page = t.hub.stat_page(Some(&app("a")), 5);
+    assert_eq!(page.apps, vec![(app("z"), 1)]);
+}

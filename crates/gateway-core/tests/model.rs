@@ -81,6 +81,24 @@ fn drain(hub: &mut Hub) -> Vec<Action> {
     std::iter::from_fn(|| hub.poll_action()).collect()
 }
 
+/// `/stat` read a page at a time, as the server does.
+fn paged_stat(hub: &Hub, limit: usize) -> String {
+    let mut text = String::new();
+    let mut after: Option<AppName> = None;
+    loop {
+        let page = hub.stat_page(after.as_ref(), limit);
+        text.push_str(&page.to_string());
+        match page.resume_after() {
+            // A cursor that does not move would loop forever.
+            Some(last) if after.as_ref() == Some(last) => {
+                panic!("the page after {last:?} is itself")
+            }
+            Some(last) => after = Some(last.clone()),
+            None => return text,
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -105,7 +123,10 @@ proptest! {
     }
 
     #[test]
-    fn the_hub_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+    fn the_hub_matches_the_model(
+        ops in proptest::collection::vec(op(), 1..80),
+        page_limit in 1..4usize,
+    ) {
         let mut hub = Hub::new(HubConfig {
             private_apps: HashSet::from([app(PRIVATE)]),
             ..HubConfig::default()
@@ -203,6 +224,7 @@ proptest! {
                 }
             }
             prop_assert_eq!(hub.stat().to_string(), model.stat());
+            prop_assert_eq!(paged_stat(&hub, page_limit), model.stat());
             prop_assert_eq!(hub.connection_count(), model.conns.len());
         }
 

@@ -3,12 +3,15 @@
 //! Every input goes through [`Dispatcher::handle`], which applies the hub's actions before
 //! returning: replies and deliveries are queued to outboxes (never awaited), closes are
 //! requested. The lock is never held across an `.await`, and the work under it is bounded by
-//! the number of recipients (a refcount increment and a queue push each).
+//! the number of recipients (a refcount increment and a queue push each), or by one page of
+//! `/stat` ([`Dispatcher::stat_page`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{Action, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Stat};
+use gateway_core::{
+    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Stat, StatPage,
+};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::outbox::Outbox;
@@ -32,6 +35,10 @@ fn to_message(frame: Frame) -> Message {
 }
 
 impl Dispatcher {
+    /// Apps per page of `/stat`: the lock is held for one page (some tens of µs with 128-byte
+    /// names), so pushes wait for that at most, whatever the number of apps.
+    pub const STAT_PAGE_APPS: usize = 512;
+
     pub fn new(config: HubConfig) -> Self {
         Dispatcher {
             inner: Mutex::new(Inner {
@@ -69,7 +76,7 @@ impl Dispatcher {
     /// Forgets a connection that has ended, whatever its state.
     pub(crate) fn detach(&self, conn: ConnId) {
         let mut inner = self.lock();
-        inner.outboxes.remove(&conn);
+        inner.remove_outbox(conn);
         inner.hub.handle(Input::Disconnected { conn });
         inner.apply();
     }
@@ -81,9 +88,25 @@ impl Dispatcher {
         inner.apply();
     }
 
-    /// The counts of `GET /stat`.
+    /// The counts of `GET /stat`, read [`Dispatcher::STAT_PAGE_APPS`] at a time with the lock
+    /// released in between: each page is consistent, the whole is not an atomic snapshot (an
+    /// app that appears or goes away meanwhile is listed or not depending on where it sorts).
     pub fn stat(&self) -> Stat {
-        self.lock().hub.stat()
+        let mut stat = Stat::default();
+        let mut after: Option<AppName> = None;
+        loop {
+            let page = self.stat_page(after.as_ref(), Self::STAT_PAGE_APPS);
+            after = page.resume_after().cloned();
+            stat.apps.extend(page.apps);
+            if after.is_none() {
+                return stat;
+            }
+        }
+    }
+
+    /// One page of `GET /stat` (see [`Hub::stat_page`]), under the lock for O(limit) work.
+    pub fn stat_page(&self, after: Option<&AppName>, limit: usize) -> StatPage {
+        self.lock().hub.stat_page(after, limit)
     }
 
     /// The number of authenticated connections.
@@ -93,6 +116,17 @@ impl Dispatcher {
 }
 
 impl Inner {
+    /// Forgets an outbox; the table gives its memory back once it is mostly empty (amortized,
+    /// like the hub's tables), so RSS falls after a crowd of connections left.
+    fn remove_outbox(&mut self, conn: ConnId) -> Option<Arc<Outbox>> {
+        let outbox = self.outboxes.remove(&conn);
+        let capacity = self.outboxes.capacity();
+        if capacity > 64 && self.outboxes.len() <= capacity / 4 {
+            self.outboxes.shrink_to(self.outboxes.len() * 2);
+        }
+        outbox
+    }
+
     fn apply(&mut self) {
         while let Some(action) = self.hub.poll_action() {
             match action {
@@ -115,7 +149,7 @@ impl Inner {
                     }
                 }
                 Action::Close { conn, code } => {
-                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                    if let Some(outbox) = self.remove_outbox(conn) {
                         outbox.close(code);
                     }
                 }

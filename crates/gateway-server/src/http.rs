@@ -162,17 +162,18 @@ pub(crate) async fn main_service(
     Ok(result.unwrap_or_else(Refusal::response))
 }
 
-/// The stat listener: `GET /stat`.
+/// The stat listener: `GET /stat`, streamed a page at a time (`crate::stat`).
 pub(crate) async fn stat_service(
     req: Request<Incoming>,
     shared: Arc<Shared>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<crate::stat::ServiceBody>, Infallible> {
+    use http_body_util::Either;
     let response = match (req.uri().path(), req.method()) {
-        ("/stat", &Method::GET) => {
-            text_response(StatusCode::OK, shared.dispatcher.stat().to_string())
-        }
-        ("/stat", _) => Refusal::MethodNotAllowed("GET").response(),
-        _ => Refusal::NotFound.response(),
+        ("/stat", &Method::GET) => crate::stat::response(shared).map(Either::Right),
+        ("/stat", _) => Refusal::MethodNotAllowed("GET")
+            .response()
+            .map(Either::Left),
+        _ => Refusal::NotFound.response().map(Either::Left),
     };
     Ok(response)
 }

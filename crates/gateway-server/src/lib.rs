@@ -25,6 +25,7 @@ mod http;
 mod liveness;
 mod outbox;
 mod server;
+mod stat;
 pub mod tls;
 
 pub use config::{Access, AuthConfig, CacheSettings, Config, Limits, ServerConfig, Timeouts};

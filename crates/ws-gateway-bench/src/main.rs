@@ -8,9 +8,12 @@
 //! - `fanout`: N subscribers, M pushes (at a rate or flat out); deliveries/s, server CPU per
 //!   delivery, loss, reordering, latency percentiles.
 //! - `push`: HTTP push throughput over keep-alive connections, no subscribers.
+//! - `subs`: many subscriptions per connection: RSS per subscription, push round trips while
+//!   `/stat` is read, RSS after every client left.
 
 mod proc;
 mod report;
+mod subs;
 mod target;
 mod ws;
 
@@ -99,6 +102,13 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// N connections × S subscriptions: RSS per subscription, pushes while `/stat` is read.
+    Subs {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: subs::SubsArgs,
+    },
 }
 
 #[tokio::main]
@@ -123,6 +133,7 @@ async fn main() {
             connections,
             seconds,
         } => push(common, connections, seconds).await,
+        Mode::Subs { common, args } => subs::subs(common, args).await,
     };
     if let Err(err) = result {
         eprintln!("error: {err}");
