@@ -315,50 +315,65 @@ async fn push_bodies_beyond_the_buffered_bytes_bound_get_503_with_retry_after() 
     let mut subscriber = server.anonymous().await;
     subscriber.subscribe("match").await;
 
-    // A push whose body is still arriving holds 900 of the 1000 bytes.
-    let text = "s".repeat(900 - r#"{"app":"match","text":""}"#.len());
-    let body = format!(r#"{{"app":"match","text":"{text}"}}"#);
-    assert_eq!(body.len(), 900);
-    let mut slow = TcpStream::connect(server.addr).await.unwrap();
-    let head = format!(
-        "POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        body.len() + 1
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(body.as_bytes()).await.unwrap();
-
-    let big = format!(r#"{{"app":"match","text":"{}"}}"#, "x".repeat(150));
-    let deadline = tokio::time::Instant::now() + GUARD;
-    let headers = loop {
-        let (status, headers, _) = http(server.addr, "POST", "/push", &big).await;
-        // Until the slow body's bytes have been read, a push may still get through.
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            break headers;
+    // Two pushes whose bodies arrive in pieces: one holds 900 bytes and waits for its last
+    // one, the other sends 150 of its 175. Together they would hold more than 1000 bytes, so
+    // whichever the gateway reads second is refused at once, and the other waits.
+    let long = format!(r#"{{"app":"match","text":"{}"}}"#, "l".repeat(875));
+    let short = format!(r#"{{"app":"match","text":"{}"}}"#, "s".repeat(150));
+    assert_eq!((long.len(), short.len()), (900, 175));
+    let start = |body: &str, sent: usize| {
+        let head = format!(
+            "POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len() + 1
+        );
+        let first = [head.as_bytes(), &body.as_bytes()[..sent]].concat();
+        async move {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(&first).await.unwrap();
+            stream
         }
-        assert_eq!(status, StatusCode::ACCEPTED);
-        subscriber.recv().await;
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::task::yield_now().await;
     };
-    assert_eq!(headers["retry-after"], "1");
-    // A small push still fits beside it.
+    let mut pushes = [start(&long, 900).await, start(&short, 150).await];
+    let [a, b] = &mut pushes;
+    let (refused, answer) = tokio::select! {
+        answer = read_all(a) => (0, answer),
+        answer = read_all(b) => (1, answer),
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
+    assert!(answer.ends_with("overloaded\n"), "{answer}");
+    // A push that arrives in one piece is not waiting for bytes, and goes through beside it.
     server.push_ok("match", -1, "small").await;
     subscriber
         .expect(r#"{"app":"match","member_id":-1,"text":"small"}"#)
         .await;
 
-    // The slow body completes (its last byte is a space after the object): 202, delivered.
-    slow.write_all(b" ").await.unwrap();
+    // The waiting one completes (its last byte is a space after the object): 202, delivered.
+    let (waiting, rest, body) = if refused == 0 {
+        (&mut pushes[1], &short.as_bytes()[150..], &short)
+    } else {
+        (&mut pushes[0], &b""[..], &long)
+    };
+    waiting.write_all(rest).await.unwrap();
+    waiting.write_all(b" ").await.unwrap();
     let mut response = [0u8; 12];
-    slow.read_exact(&mut response).await.unwrap();
+    waiting.read_exact(&mut response).await.unwrap();
     assert_eq!(&response, b"HTTP/1.1 202");
+    let text = &body[r#"{"app":"match","text":""#.len()..body.len() - 2];
     subscriber
         .expect(&format!(
             r#"{{"app":"match","member_id":-1,"text":"{text}"}}"#
         ))
         .await;
-    // Its bytes were given back.
-    server.push_ok("match", -1, &"x".repeat(150)).await;
+}
+
+/// Reads a response up to the end of the connection.
+async fn read_all(stream: &mut TcpStream) -> String {
+    let mut bytes = Vec::new();
+    guard("a response", stream.read_to_end(&mut bytes))
+        .await
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
 }
 
 // --- origins --------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
         exhaustion.on_accept();
         let address = match (&shared.per_address, which) {
             (Some(per_address), Listener::Main) => match per_address.take(peer.ip()) {
-                Some(slot) => Some(slot),
+                // Behind an `Arc` (only when the limit is on): a WebSocket's task then holds
+                // one pointer for it, and an upgrade through hyper can share it.
+                Some(slot) => Some(Arc::new(slot)),
                 None => {
                     let total = shared.counters.address_refused();
                     debug!(%peer, total, "closed at once: limits.max_connections_per_ip reached");
@@ -132,7 +134,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
 struct Admitted {
     ticket: Ticket,
     deadline: Instant,
-    address: Option<AddressSlot>,
+    address: Option<Arc<AddressSlot>>,
 }
 
 /// Accepting when file descriptors run out. The kernel keeps completing connections into the
@@ -238,7 +240,6 @@ async fn serve_connection<I: Io>(
         } => (io, pipelined, slot),
         // Boxed, so that a WebSocket's task does not carry room for hyper's connection state.
         FirstRequest::Http(io) => {
-            let address = address.map(Arc::new);
             return Box::pin(serve_http(io, peer, shared, which, address)).await;
         }
         FirstRequest::Gone => return,

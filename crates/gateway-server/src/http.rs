@@ -356,36 +356,21 @@ async fn push(
     }
     // The body is read before a dispatch slot is taken, within its own deadline: a sender
     // that is slow or stalls holds no slot, only its own bytes (bounded in total).
-    let deadline = shared.config.timeouts.push_body;
-    let mut charge = shared.push_bodies.start();
-    let evicted = charge.evicted.clone();
-    let read = tokio::time::timeout(deadline, read_body(req.into_body(), max, &mut charge));
-    let outcome = tokio::select! {
-        biased;
-        outcome = read => outcome,
-        () = evicted.cancelled() => Ok(Err(Refusal::PushBodyEvicted)),
-        () = shared.shutdown.cancelled() => Ok(Err(Refusal::ShuttingDown)),
-    };
-    let body = match outcome {
-        Ok(Ok(body)) => body,
-        Ok(Err(refusal)) => {
+    let (body, charge) = match receive_body(req.into_body(), shared).await {
+        Ok(received) => received,
+        Err(refusal) => {
             match refusal {
                 Refusal::PushBodiesOverBudget | Refusal::ShuttingDown => {
                     let total = shared.counters.push_refused();
                     warn!(total, "push refused: {refusal:?}");
                 }
-                Refusal::PushBodyEvicted => {
+                Refusal::PushBodyEvicted | Refusal::PushBodyTimeout(_) => {
                     let total = shared.counters.push_body_timed_out();
-                    debug!(%peer, total, "push body too slow: evicted to make room");
+                    debug!(%peer, total, "push body too slow: {refusal:?}");
                 }
                 _ => {}
             }
             return Err(refusal);
-        }
-        Err(_elapsed) => {
-            let total = shared.counters.push_body_timed_out();
-            debug!(%peer, total, "push body not received within timeouts.push_body_ms");
-            return Err(Refusal::PushBodyTimeout(deadline));
         }
     };
     // A shutdown that began while the body arrived: every client is being closed.
@@ -410,18 +395,47 @@ async fn push(
     Ok(accepted)
 }
 
-/// Collects a push body of at most `max` bytes, charging every chunk to the budget of bytes
-/// being received.
-async fn read_body(
+/// Receives a push body of at most `limits.max_push_body_bytes`, within
+/// `timeouts.push_body_ms` from now. A body that comes in one piece (nearly all of them) is
+/// kept as it is; one that takes several reads is charged, read by read, to the bytes of
+/// bodies being received, and the charge (returned) holds its share until it is dropped.
+async fn receive_body(
     mut body: Incoming,
-    max: usize,
-    charge: &mut BodyCharge,
-) -> Result<Bytes, Refusal> {
-    let mut collected = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| Refusal::BadBody(err.to_string()))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
+    shared: &Shared,
+) -> Result<(Bytes, Option<BodyCharge>), Refusal> {
+    let max = shared.config.limits.max_push_body_bytes;
+    let limit = shared.config.timeouts.push_body;
+    let deadline = tokio::time::Instant::now() + limit;
+    let timed_out = |_| Refusal::PushBodyTimeout(limit);
+    let first = tokio::select! {
+        biased;
+        frame = tokio::time::timeout_at(deadline, next_data(&mut body)) => frame.map_err(timed_out)??,
+        () = shared.shutdown.cancelled() => return Err(Refusal::ShuttingDown),
+    };
+    let Some(first) = first else {
+        return Ok((Bytes::new(), None));
+    };
+    if first.len() > max {
+        return Err(Refusal::BodyTooLarge(max));
+    }
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok((first, None));
+    }
+    let mut charge = shared.push_bodies.start();
+    if !charge.add(first.len()) {
+        return Err(Refusal::PushBodiesOverBudget);
+    }
+    let evicted = charge.evicted.clone();
+    let mut collected = BytesMut::from(first);
+    loop {
+        let data = tokio::select! {
+            biased;
+            frame = tokio::time::timeout_at(deadline, next_data(&mut body)) => frame.map_err(timed_out)??,
+            () = evicted.cancelled() => return Err(Refusal::PushBodyEvicted),
+            () = shared.shutdown.cancelled() => return Err(Refusal::ShuttingDown),
+        };
+        let Some(data) = data else {
+            return Ok((collected.freeze(), Some(charge)));
         };
         if collected.len() + data.len() > max {
             return Err(Refusal::BodyTooLarge(max));
@@ -431,5 +445,15 @@ async fn read_body(
         }
         collected.extend_from_slice(&data);
     }
-    Ok(collected.freeze())
+}
+
+/// The next piece of data of `body` (trailers skipped); `None` at its end.
+async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, Refusal> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| Refusal::BadBody(err.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
 }

@@ -3,11 +3,15 @@
 //!
 //! - the main listener: WebSocket upgrades (any path) and `POST /push`; a connection's first
 //!   request is read by hand, so that an upgrade needs neither hyper nor a second task;
-//! - the stat listener: `GET /stat`;
+//! - the stat listener: `GET /stat`, streamed a page at a time;
 //! - [`config`]: the TOML file and its defaults; [`cli`]: the `ws-gateway` binary.
 //!
 //! Each WebSocket connection is one task that owns its socket; pushes reach it through a
 //! bounded outbox that is filled without waiting, so one slow client never delays another.
+//! Hostile or careless peers are bounded before they cost anything: connections still sending
+//! their head (a pool per listener, the oldest giving way), one total deadline per head, push
+//! bodies read before they take a dispatch slot, every client frame metered against the rate
+//! and size limits, and the limits fitted under the process's open-file limit.
 //! This crate does not decide protocol policy (that is the hub's) nor whether a token is valid
 //! (that is the authenticator's).
 
