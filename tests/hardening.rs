@@ -18,7 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
 // --- heartbeats -----------------------------------------------------------------------------
 
@@ -148,16 +147,6 @@ async fn the_app_name_limit_holds_for_subscribe_and_push() {
 }
 
 // --- malformed frames -----------------------------------------------------------------------
-
-fn raw_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Message {
-    let mut frame = Frame::message(Bytes::copy_from_slice(payload), opcode, fin);
-    *frame.header_mut() = FrameHeader {
-        is_final: fin,
-        opcode,
-        ..FrameHeader::default()
-    };
-    Message::Frame(frame)
-}
 
 #[tokio::test]
 async fn a_fragmented_message_is_reassembled() {
@@ -336,8 +325,8 @@ async fn push_bodies_beyond_the_buffered_bytes_bound_get_503_with_retry_after() 
     let mut pushes = [start(&long, 900).await, start(&short, 150).await];
     let [a, b] = &mut pushes;
     let (refused, answer) = tokio::select! {
-        answer = read_all(a) => (0, answer),
-        answer = read_all(b) => (1, answer),
+        answer = read_until_closed(a) => (0, answer),
+        answer = read_until_closed(b) => (1, answer),
     };
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
@@ -365,15 +354,6 @@ async fn push_bodies_beyond_the_buffered_bytes_bound_get_503_with_retry_after() 
             r#"{{"app":"match","member_id":-1,"text":"{text}"}}"#
         ))
         .await;
-}
-
-/// Reads a response up to the end of the connection.
-async fn read_all(stream: &mut TcpStream) -> String {
-    let mut bytes = Vec::new();
-    guard("a response", stream.read_to_end(&mut bytes))
-        .await
-        .unwrap();
-    String::from_utf8(bytes).unwrap()
 }
 
 // --- origins --------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ use gateway_server::ServerConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
 use crate::common::*;
 
@@ -27,17 +26,6 @@ fn rate_limited() -> ServerConfig {
     config.limits.message_burst = BURST;
     config.limits.max_messages_per_s = 1;
     config
-}
-
-/// A frame sent as it is, whatever tungstenite's client would make of it.
-fn raw_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Message {
-    let mut frame = Frame::message(Bytes::copy_from_slice(payload), opcode, fin);
-    *frame.header_mut() = FrameHeader {
-        is_final: fin,
-        opcode,
-        ..FrameHeader::default()
-    };
-    Message::Frame(frame)
 }
 
 fn empty_continuation() -> Message {

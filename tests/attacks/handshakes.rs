@@ -31,13 +31,6 @@ async fn slowloris(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     held
 }
 
-/// Waits until the server closes `stream` (EOF or reset); returns what it had sent.
-async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let _ = guard("the server to close", stream.read_to_end(&mut bytes)).await;
-    bytes
-}
-
 /// A WebSocket handshake that either succeeds or is refused with a status: never a hang.
 async fn try_connect(url: &str) -> Result<Client, Option<StatusCode>> {
     match guard("an upgrade answer", tokio_tungstenite::connect_async(url)).await {
@@ -227,7 +220,7 @@ async fn slow_heads_give_way_to_fast_ones() {
     let mut client = server.anonymous().await;
     client.subscribe("match").await;
     // The oldest slow peers were closed to make room, without an answer.
-    assert!(until_closed(&mut slow[0]).await.is_empty());
+    assert!(read_until_closed(&mut slow[0]).await.is_empty());
     let deadline = tokio::time::Instant::now() + GUARD;
     while server.counters.handshakes_evicted() < 84 {
         assert!(tokio::time::Instant::now() < deadline);
@@ -268,7 +261,7 @@ async fn the_head_deadline_is_total() {
 
     // A peer that sends nothing, and a keep-alive connection idle after its push, too.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(read_until_closed(&mut silent).await.is_empty());
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
     let push = br#"{"app":"a","text":"x"}"#;
     idle.write_all(
@@ -281,7 +274,7 @@ async fn the_head_deadline_is_total() {
     .await
     .unwrap();
     idle.write_all(push).await.unwrap();
-    let answer = String::from_utf8(until_closed(&mut idle).await).unwrap();
+    let answer = read_until_closed(&mut idle).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert!(server.counters.head_timeouts() >= 2);
 }
@@ -293,7 +286,7 @@ async fn a_head_over_16_kib_gets_431_and_refusals_close_the_connection() {
     let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
     head.extend(std::iter::repeat_n(b'a', 17 * 1024));
     large.write_all(&head).await.unwrap();
-    let answer = String::from_utf8(until_closed(&mut large).await).unwrap();
+    let answer = read_until_closed(&mut large).await;
     assert!(
         answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
         "{answer}"
@@ -307,7 +300,7 @@ async fn a_head_over_16_kib_gets_431_and_refusals_close_the_connection() {
         head.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
     }
     many.write_all(&head).await.unwrap();
-    let answer = String::from_utf8(until_closed(&mut many).await).unwrap();
+    let answer = read_until_closed(&mut many).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // And a later head on a keep-alive connection (hyper's limit, the same).
@@ -322,7 +315,7 @@ async fn a_head_over_16_kib_gets_431_and_refusals_close_the_connection() {
     requests.extend_from_slice(b"POST /push HTTP/1.1\r\nHost: x\r\nX-Pad: ");
     requests.extend(std::iter::repeat_n(b'a', 17 * 1024));
     later.write_all(&requests).await.unwrap();
-    let answer = String::from_utf8(until_closed(&mut later).await).unwrap();
+    let answer = read_until_closed(&mut later).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert!(answer.contains("HTTP/1.1 431"), "{answer}");
 
@@ -332,7 +325,7 @@ async fn a_head_over_16_kib_gets_431_and_refusals_close_the_connection() {
         .write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let answer = String::from_utf8(until_closed(&mut stray).await).unwrap();
+    let answer = read_until_closed(&mut stray).await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.contains("connection: close\r\n"), "{answer}");
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gateway_server::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::*;
@@ -15,15 +15,6 @@ async fn stalled_push(server: &TestServer, declared: usize, sent: &[u8]) -> TcpS
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(sent).await.unwrap();
     stream
-}
-
-/// Reads a whole response (the server closes after it) and returns it as text.
-async fn response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
-    let mut bytes = Vec::new();
-    guard("the response", stream.read_to_end(&mut bytes))
-        .await
-        .unwrap();
-    String::from_utf8(bytes).unwrap()
 }
 
 #[tokio::test]
@@ -53,7 +44,7 @@ async fn stalled_push_bodies_do_not_starve_other_pushes() {
 
     // Past the body deadline each stalled sender gets 408 and its connection is closed.
     for stream in &mut stalled {
-        let answer = response(stream).await;
+        let answer = read_until_closed(stream).await;
         assert!(
             answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
             "{answer}"
@@ -86,7 +77,7 @@ async fn the_push_body_deadline_is_total_not_per_byte() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let answer = response(&mut reader).await;
+    let answer = read_until_closed(&mut reader).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_millis(3 * 1000));
     trickle.abort();
@@ -136,7 +127,7 @@ async fn bodies_stalled_near_the_limit_give_way_to_live_pushes() {
     // out of time (408); none of them was delivered.
     let mut evicted = 0;
     for stream in &mut stalled {
-        let answer = response(stream).await;
+        let answer = read_until_closed(stream).await;
         if answer.ends_with("push body too slow: its room was needed by other pushes\n") {
             evicted += 1;
         } else {

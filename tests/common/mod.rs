@@ -17,11 +17,14 @@ use gateway_server::{Counters, Gateway, ServerConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The longest any single step may take before the test is declared hung.
@@ -319,4 +322,23 @@ impl Client {
         let _ = self.ws.close(None).await;
         while let Some(Ok(_)) = self.ws.next().await {}
     }
+}
+
+/// A frame sent as it is (FIN bit and opcode as given), whatever tungstenite's client would make
+/// of it.
+pub fn raw_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Message {
+    let mut frame = Frame::message(Bytes::copy_from_slice(payload), opcode, fin);
+    *frame.header_mut() = FrameHeader {
+        is_final: fin,
+        opcode,
+        ..FrameHeader::default()
+    };
+    Message::Frame(frame)
+}
+
+/// Everything the server sends on a raw connection until it closes it (EOF or reset), as text.
+pub async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut bytes = Vec::new();
+    let _ = guard("the server to close", stream.read_to_end(&mut bytes)).await;
+    String::from_utf8(bytes).unwrap()
 }
