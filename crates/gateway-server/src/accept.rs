@@ -131,10 +131,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
 
 /// What an accepted connection was given: its place among the handshakes, the deadline of its
 /// first head, and its share of its address's sockets (held for the connection's life).
-struct Admitted {
-    ticket: Ticket,
-    deadline: Instant,
-    address: Option<Arc<AddressSlot>>,
+pub(crate) struct Admitted {
+    pub(crate) ticket: Ticket,
+    pub(crate) deadline: Instant,
+    pub(crate) address: Option<Arc<AddressSlot>>,
 }
 
 /// Accepting when file descriptors run out. The kernel keeps completing connections into the
@@ -217,7 +217,7 @@ const ENFILE: i32 = 23;
 /// Serves one accepted connection (plain or TLS). Its first request is read by `handshake`:
 /// on the main listener, an accepted WebSocket upgrade is served right here, in this task;
 /// anything else goes to hyper.
-async fn serve_connection<I: Io>(
+pub(crate) async fn serve_connection<I: Io>(
     io: I,
     peer: SocketAddr,
     shared: Arc<Shared>,

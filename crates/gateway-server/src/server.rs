@@ -232,3 +232,36 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(backlog)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Each connection's task is allocated once, at the size of its largest state: reading
+    /// the first head (the head buffer lives in the task) or serving the WebSocket. That is
+    /// most of the ~3.4 KB of RSS an idle connection costs (BENCHMARKS.md), so growing it is
+    /// a decision to make on purpose, with `bench/ab.sh`, not by accident.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stat = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = Gateway::from_listeners(
+            ServerConfig::default(),
+            Arc::new(gateway_auth::AnonymousOnly),
+            listener,
+            stat,
+        );
+        let shared = gateway.shared.clone();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let admitted = accept::Admitted {
+            ticket: shared.main_handshakes.enter(),
+            deadline: tokio::time::Instant::now(),
+            address: None,
+        };
+        let task = accept::serve_connection(stream, addr, shared, Listener::Main, admitted);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1856, "a connection's task grew to {size} bytes");
+    }
+}
