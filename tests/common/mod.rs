@@ -342,3 +342,21 @@ pub async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> String 
     let _ = guard("the server to close", stream.read_to_end(&mut bytes)).await;
     String::from_utf8(bytes).unwrap()
 }
+
+/// Polls `probe` every 10 ms until it gives `Some`, and returns that; fails after [`GUARD`].
+/// For states the tests can only observe from outside (a counter reached, a freed slot, a
+/// closed listener), never as a delay.
+pub async fn retry_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
