@@ -233,7 +233,7 @@ async fn the_head_deadline_is_total() {
     config.timeouts.head = Duration::from_millis(500);
     let server = TestServer::with_config(config).await;
 
-    // A padded upgrade head (more than the 1 KiB read in place), one byte every 10 ms: no gap
+    // A padded upgrade head (more than the 512 bytes read in place), one byte every 10 ms: no gap
     // is long, the whole would take 30 s.
     let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
     head.extend(std::iter::repeat_n(b'a', 3000));
