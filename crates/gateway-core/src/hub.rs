@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::frame::{CloseCode, Frame, Reply};
 use crate::ids::{AppName, ConnId, MemberId};
 use crate::message::{Publication, SubscribeRequest};
+use crate::topic::{Timestamp, Topic};
 
 /// Configuration of the hub's policy. Every value has a documented default.
 #[derive(Debug, Clone)]
@@ -107,6 +108,10 @@ pub enum Identity {
 }
 
 /// Something that happened, for the hub to act on.
+///
+/// Non-exhaustive: new inputs arrive with new features, and a driver built against an older list
+/// keeps compiling (it never sends what it does not know).
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input<'a> {
     /// The connection's authentication ended. Registers the connection unless the outcome is
@@ -120,10 +125,18 @@ pub enum Input<'a> {
     OutboxFull { conn: ConnId },
     /// The connection is gone. Removes it from every app at once.
     Disconnected { conn: ConnId },
+    /// Time passed: the hub's notion of "now" (see [`Hub::now`]) moves to `now`, never back.
+    /// The hub reads no clock; whatever needs time (history, presence) reads this one.
+    Tick { now: Timestamp },
 }
 
 /// Something the driver must do, in the order the hub emits them.
+///
+/// Non-exhaustive: a driver should ignore (and may log) an action it does not know, so that new
+/// features do not break embedders. The interest actions are the link to a broker: a
+/// single-process driver may ignore them.
 #[must_use]
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send `frame` to one connection, after everything queued to it before.
@@ -133,6 +146,12 @@ pub enum Action {
     /// Close the connection with `code` after the frames already queued to it. The hub has
     /// already forgotten it.
     Close { conn: ConnId, code: CloseCode },
+    /// The first local subscriber of `topic` appeared: pushes to it should start arriving here.
+    /// Emitted before the reply that confirms the subscription, so a driver that relays pushes
+    /// from other nodes can hold that reply until its broker confirmed the topic.
+    InterestGained(Topic),
+    /// The last local subscriber of `topic` is gone: pushes to it are of no use here any more.
+    InterestLost(Topic),
 }
 
 #[derive(Debug)]
@@ -199,6 +218,7 @@ pub struct Hub {
     /// An app is here exactly while it has a subscriber.
     apps: BTreeMap<AppName, Subscribers>,
     actions: VecDeque<Action>,
+    now: Timestamp,
 }
 
 impl Hub {
@@ -208,6 +228,7 @@ impl Hub {
             connections: HashMap::new(),
             apps: BTreeMap::new(),
             actions: VecDeque::new(),
+            now: Timestamp::default(),
         }
     }
 
@@ -232,7 +253,45 @@ impl Hub {
             Input::Disconnected { conn } => {
                 self.remove_connection(conn);
             }
+            Input::Tick { now } => self.now = self.now.max(now),
         }
+    }
+
+    /// The latest time given with [`Input::Tick`] (zero before the first).
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The topic a publication is addressed to: its app, or for a private app the pair of the
+    /// app and the push's member; `None` for a private push without a valid member, which
+    /// nobody can receive.
+    pub fn topic_of(&self, publication: &Publication) -> Option<Topic> {
+        if self.config.private_apps.contains(&publication.app) {
+            MemberId::new(publication.member_id).map(|member| Topic::Member {
+                app: publication.app.clone(),
+                member,
+            })
+        } else {
+            Some(Topic::App(publication.app.clone()))
+        }
+    }
+
+    /// Every topic with a local subscriber now, in no particular order: what a driver
+    /// (re)subscribes on a broker it just connected.
+    pub fn interests(&self) -> impl Iterator<Item = Topic> + '_ {
+        self.apps.iter().flat_map(
+            |(app, subscribers)| -> Box<dyn Iterator<Item = Topic> + '_> {
+                match subscribers {
+                    Subscribers::Public(_) => Box::new(std::iter::once(Topic::App(app.clone()))),
+                    Subscribers::Private(members) => {
+                        Box::new(members.keys().map(move |member| Topic::Member {
+                            app: app.clone(),
+                            member: *member,
+                        }))
+                    }
+                }
+            },
+        )
     }
 
     /// The next action to carry out, oldest first.
@@ -361,6 +420,8 @@ impl Hub {
                 let subscribers = if private {
                     Subscribers::Private(HashMap::new())
                 } else {
+                    self.actions
+                        .push_back(Action::InterestGained(Topic::App(app.clone())));
                     Subscribers::Public(HashSet::new())
                 };
                 (app, entry.insert(subscribers))
@@ -368,7 +429,14 @@ impl Hub {
         };
         let newly_subscribed = match (subscribers, connection.identity) {
             (Subscribers::Private(members), Identity::Member(member)) => {
-                let conns = members.entry(member).or_default();
+                let conns = members.entry(member).or_insert_with(|| {
+                    self.actions
+                        .push_back(Action::InterestGained(Topic::Member {
+                            app: app.clone(),
+                            member,
+                        }));
+                    Vec::new()
+                });
                 let new = !conns.contains(&conn);
                 if new {
                     conns.push(conn);
@@ -426,12 +494,20 @@ impl Hub {
                         if conns.is_empty() {
                             members.remove(&member);
                             shrink_if_sparse(members);
+                            self.actions.push_back(Action::InterestLost(Topic::Member {
+                                app: app.clone(),
+                                member,
+                            }));
                         }
                     }
                 }
                 (Subscribers::Private(_), Identity::Anonymous) => {}
             }
             if subscribers.count() == 0 {
+                if let Subscribers::Public(_) = subscribers {
+                    self.actions
+                        .push_back(Action::InterestLost(Topic::App(app.clone())));
+                }
                 self.apps.remove(&app);
             }
         }

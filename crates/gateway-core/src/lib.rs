@@ -21,7 +21,8 @@
 //! hub.handle(Input::Push(Publication::from(push)));
 //!
 //! let actions: Vec<Action> = std::iter::from_fn(|| hub.poll_action()).collect();
-//! let Action::Deliver { conns, frame } = &actions[2] else { panic!() };
+//! // [0] hello, [1] interest in "match" appeared, [2] subscribe success, [3] the delivery.
+//! let Action::Deliver { conns, frame } = &actions[3] else { panic!() };
 //! assert_eq!(conns, &[conn]);
 //! assert_eq!(frame.as_str(), r#"{"app":"match","member_id":-1,"text":"goal"}"#);
 //! ```
@@ -31,6 +32,7 @@ mod frame;
 mod hub;
 mod ids;
 mod message;
+mod topic;
 
 pub use error::{InvalidAppName, MessageError};
 pub use frame::{CloseCode, Frame, GATEWAY_APP, Reply};
@@ -39,3 +41,4 @@ pub use hub::{
 };
 pub use ids::{AppName, ConnId, MemberId};
 pub use message::{AuthRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest};
+pub use topic::{Timestamp, Topic};

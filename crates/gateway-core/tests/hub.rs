@@ -2,16 +2,20 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure should panic where it happens
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use gateway_core::{
     Action, AppName, AuthOutcome, CloseCode, ConnId, Frame, Hub, HubConfig, Identity, Input,
-    MemberId, PrivateAccess, Publication, PushMessage, Reply,
+    MemberId, PrivateAccess, Publication, PushMessage, Reply, Timestamp, Topic,
 };
 
 /// Drives a hub the way the server does and collects what it asks for.
 struct TestHub {
     hub: Hub,
+    /// Interest declared by the hub so far (gained minus lost), kept by [`TestHub::drain`].
+    interest: BTreeSet<Topic>,
+    /// Every interest action, in order, since the last [`TestHub::take_interest_log`].
+    interest_log: Vec<Action>,
 }
 
 fn app(name: &str) -> AppName {
@@ -37,6 +41,8 @@ impl TestHub {
     fn with_config(config: HubConfig) -> Self {
         TestHub {
             hub: Hub::new(config),
+            interest: BTreeSet::new(),
+            interest_log: Vec::new(),
         }
     }
 
@@ -101,8 +107,28 @@ impl TestHub {
         self.hub.stat().to_string()
     }
 
+    /// The hub's actions except interest, which is applied to [`TestHub::interest`] (and
+    /// logged) with checks: never gained twice, never lost before gained.
     fn drain(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.hub.poll_action()).collect()
+        let mut actions = Vec::new();
+        while let Some(action) = self.hub.poll_action() {
+            match &action {
+                Action::InterestGained(topic) => {
+                    assert!(self.interest.insert(topic.clone()), "{topic} gained twice");
+                    self.interest_log.push(action);
+                }
+                Action::InterestLost(topic) => {
+                    assert!(self.interest.remove(topic), "{topic} lost, never gained");
+                    self.interest_log.push(action);
+                }
+                _ => actions.push(action),
+            }
+        }
+        actions
+    }
+
+    fn take_interest_log(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.interest_log)
     }
 }
 
@@ -578,4 +604,142 @@ fn stat_pages_leave_out_apps_whose_last_subscriber_left() {
     assert_eq!(all_pages(&t.hub, 1), ("a 1\nz 1\n".to_owned(), 2));
     let page = t.hub.stat_page(Some(&app("a")), 5);
     assert_eq!(page.apps, vec![(app("z"), 1)]);
+}
+
+// --- interest: what a node tells its broker ---------------------------------------------------
+
+fn public(name: &str) -> Topic {
+    Topic::App(app(name))
+}
+
+fn private(name: &str, id: i64) -> Topic {
+    Topic::Member {
+        app: app(name),
+        member: member(id),
+    }
+}
+
+#[test]
+fn interest_in_a_public_app_comes_with_its_first_subscriber_and_goes_with_its_last() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.anonymous(2);
+    t.subscribe(1, "match");
+    assert_eq!(
+        t.take_interest_log(),
+        [Action::InterestGained(public("match"))]
+    );
+    t.subscribe(2, "match");
+    t.subscribe(1, "match");
+    assert_eq!(
+        t.take_interest_log(),
+        [],
+        "not again for a second subscriber"
+    );
+    t.disconnect(1);
+    assert_eq!(t.take_interest_log(), [], "one subscriber is left");
+    t.disconnect(2);
+    assert_eq!(
+        t.take_interest_log(),
+        [Action::InterestLost(public("match"))]
+    );
+    assert!(t.interest.is_empty());
+}
+
+#[test]
+fn interest_is_declared_before_the_reply_that_confirms_the_subscription() {
+    let mut t = TestHub::new();
+    t.anonymous(1);
+    t.hub.handle(Input::Message {
+        conn: ConnId::new(1),
+        payload: br#"{"app":"match"}"#,
+    });
+    let actions: Vec<Action> = std::iter::from_fn(|| t.hub.poll_action()).collect();
+    assert_eq!(
+        actions,
+        [
+            Action::InterestGained(public("match")),
+            reply(1, Reply::Subscribed(app("match"))),
+        ]
+    );
+}
+
+#[test]
+fn interest_in_a_private_app_is_per_member() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.member(2, 7);
+    t.member(3, 8);
+    t.anonymous(4);
+    t.subscribe(1, "im");
+    t.subscribe(2, "im");
+    t.subscribe(3, "im");
+    t.subscribe(4, "im"); // forbidden: no interest
+    assert_eq!(
+        t.take_interest_log(),
+        [
+            Action::InterestGained(private("im", 7)),
+            Action::InterestGained(private("im", 8)),
+        ]
+    );
+    t.disconnect(1);
+    assert_eq!(t.take_interest_log(), [], "member 7 still has a connection");
+    // A slow consumer's removal counts like a disconnect.
+    t.hub.handle(Input::OutboxFull {
+        conn: ConnId::new(2),
+    });
+    t.drain();
+    assert_eq!(
+        t.take_interest_log(),
+        [Action::InterestLost(private("im", 7))]
+    );
+    assert_eq!(t.interest, BTreeSet::from([private("im", 8)]));
+    assert_eq!(
+        t.hub.interests().collect::<BTreeSet<_>>(),
+        BTreeSet::from([private("im", 8)])
+    );
+}
+
+#[test]
+fn a_publication_is_addressed_to_its_app_or_to_its_member_in_a_private_app() {
+    let t = TestHub::new();
+    let publication = |name: &str, member_id| {
+        Publication::from(PushMessage {
+            app: app(name),
+            member_id,
+            text: "x".to_owned(),
+        })
+    };
+    assert_eq!(
+        t.hub.topic_of(&publication("match", -1)),
+        Some(public("match"))
+    );
+    assert_eq!(
+        t.hub.topic_of(&publication("match", 5)),
+        Some(public("match"))
+    );
+    assert_eq!(
+        t.hub.topic_of(&publication("im", 5)),
+        Some(private("im", 5))
+    );
+    assert_eq!(
+        t.hub.topic_of(&publication("im", -1)),
+        None,
+        "nobody can receive it"
+    );
+    assert_eq!(t.hub.topic_of(&publication("im", 0)), None);
+}
+
+#[test]
+fn time_is_what_the_driver_says_and_never_goes_back() {
+    let mut t = TestHub::new();
+    assert_eq!(t.hub.now(), Timestamp::default());
+    t.hub.handle(Input::Tick {
+        now: Timestamp::from_millis(5_000),
+    });
+    t.hub.handle(Input::Tick {
+        now: Timestamp::from_millis(4_000),
+    });
+    assert_eq!(t.hub.now(), Timestamp::from_millis(5_000));
+    assert!(t.drain().is_empty(), "time alone asks for nothing");
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use gateway_core::{
     Action, AppName, AuthOutcome, AuthRequest, ConnId, Hub, HubConfig, Input, MemberId,
-    Publication, PushMessage, Reply, SubscribeRequest,
+    Publication, PushMessage, Reply, SubscribeRequest, Topic,
 };
 use proptest::prelude::*;
 
@@ -53,6 +53,24 @@ impl Model {
             .collect()
     }
 
+    /// The topics with a local subscriber: what the hub must have declared interest in.
+    fn topics(&self) -> BTreeSet<Topic> {
+        let mut topics = BTreeSet::new();
+        for (member, apps) in self.conns.values() {
+            for name in apps {
+                topics.insert(if *name == PRIVATE {
+                    Topic::Member {
+                        app: app(name),
+                        member: MemberId::new(member.unwrap()).unwrap(),
+                    }
+                } else {
+                    Topic::App(app(name))
+                });
+            }
+        }
+        topics
+    }
+
     fn stat(&self) -> String {
         let mut counts: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
         for (conn, (member, apps)) in &self.conns {
@@ -77,8 +95,29 @@ fn app(name: &str) -> AppName {
     AppName::parse(name, 128).unwrap()
 }
 
+thread_local! {
+    /// The interest the hub declared so far (gained minus lost), kept by [`drain`].
+    static INTEREST: std::cell::RefCell<BTreeSet<Topic>> = const { std::cell::RefCell::new(BTreeSet::new()) };
+}
+
+/// The hub's actions, with the interest actions taken out and applied to [`INTEREST`]: a topic
+/// is never gained twice nor lost before it was gained.
 fn drain(hub: &mut Hub) -> Vec<Action> {
-    std::iter::from_fn(|| hub.poll_action()).collect()
+    std::iter::from_fn(|| hub.poll_action())
+        .filter(|action| match action {
+            Action::InterestGained(topic) => {
+                let new = INTEREST.with_borrow_mut(|set| set.insert(topic.clone()));
+                assert!(new, "interest in {topic} gained twice");
+                false
+            }
+            Action::InterestLost(topic) => {
+                let known = INTEREST.with_borrow_mut(|set| set.remove(topic));
+                assert!(known, "interest in {topic} lost before it was gained");
+                false
+            }
+            _ => true,
+        })
+        .collect()
 }
 
 /// `/stat` read a page at a time, as the server does.
@@ -132,6 +171,7 @@ proptest! {
             ..HubConfig::default()
         });
         let mut model = Model::default();
+        INTEREST.with_borrow_mut(BTreeSet::clear);
         // A connection id is used for one connection only, as the server guarantees.
         let mut retired: HashSet<u64> = HashSet::new();
 
@@ -226,6 +266,9 @@ proptest! {
             prop_assert_eq!(hub.stat().to_string(), model.stat());
             prop_assert_eq!(paged_stat(&hub, page_limit), model.stat());
             prop_assert_eq!(hub.connection_count(), model.conns.len());
+            // Interest appears with a topic's first subscriber and goes with its last.
+            prop_assert_eq!(INTEREST.with_borrow(Clone::clone), model.topics());
+            prop_assert_eq!(hub.interests().collect::<BTreeSet<_>>(), model.topics());
         }
 
         // Everyone leaves: nothing is left behind.
@@ -235,5 +278,6 @@ proptest! {
         prop_assert_eq!(hub.stat().to_string(), "");
         prop_assert_eq!(hub.connection_count(), 0);
         prop_assert!(drain(&mut hub).is_empty());
+        prop_assert!(INTEREST.with_borrow(BTreeSet::is_empty));
     }
 }

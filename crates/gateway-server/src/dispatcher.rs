@@ -153,6 +153,9 @@ impl Inner {
                         outbox.close(code);
                     }
                 }
+                // Interest matters to a broker only; a single node has every topic already.
+                Action::InterestGained(_) | Action::InterestLost(_) => {}
+                other => debug_assert!(false, "an action this driver does not know: {other:?}"),
             }
         }
     }
