@@ -43,6 +43,13 @@ impl Frame {
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
+
+    /// A frame encoded elsewhere (by another node, carried by a broker), taken as it is once
+    /// it is known to be valid UTF-8: a text frame cannot carry anything else.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Frame(bytes))
+    }
 }
 
 impl fmt::Debug for Frame {

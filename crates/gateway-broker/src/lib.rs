@@ -1,0 +1,241 @@
+//! The link between gateway nodes: a [`Broker`] carries each push to every node with local
+//! interest in its topic, and tells the node what arrived ([`Inbound`]).
+//!
+//! - [`local::LocalBroker`]: one process, no server. A publication is handed straight back to
+//!   the node: the single-node path, and the default.
+//! - [`redis::RedisBroker`]: Redis pub/sub, one channel per topic, apps sharded over several
+//!   Redis servers by a consistent hash.
+//! - [`nats::NatsBroker`]: NATS core pub/sub, one subject per topic.
+//!
+//! Semantics every implementation keeps (docs/protocol.md, "Running a cluster"):
+//! - **Interest-based routing.** A node subscribes to a topic when its first local subscriber
+//!   appears and unsubscribes when the last one leaves ([`Broker::subscribe`],
+//!   [`Broker::unsubscribe`], driven by the hub's interest actions), so it receives only what
+//!   its clients asked for.
+//! - **Exactly once.** A node delivers only what comes back from the broker, never a local
+//!   short-cut as well, and holds one subscription per topic.
+//! - **One order per topic.** All pushes of a topic pass through one broker channel (one Redis
+//!   server, one NATS subject), which serialises them; every node receives them in that order.
+//! - **Failure is reported.** A publication the broker did not take is an error (the push API
+//!   answers 503); a reconnect or a slow-consumer drop is reported as a possible gap per topic
+//!   ([`BrokerEvent::Gap`]).
+//!
+//! Room for what comes next: publications will carry stream positions and brokers will keep
+//! history (the history issue); [`Published`] and the event enum are non-exhaustive for that.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use gateway_core::{Publication, Topic};
+
+pub mod backoff;
+pub mod local;
+pub mod nats;
+pub mod redis;
+pub mod report;
+pub mod wire;
+
+pub use report::NodeReport;
+
+/// A boxed future, for the trait's few asynchronous methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the broker could not do what it was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker's server is not reachable now; the node is reconnecting.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered, but with an error.
+    #[error("broker error: {0}")]
+    Failed(String),
+    /// The broker did not answer in time.
+    #[error("broker did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The configuration cannot work (a bad URL, an unknown option).
+    #[error("broker configuration: {0}")]
+    Config(String),
+}
+
+/// The outcome of a publication, once the broker took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Published;
+
+/// What [`Broker::publish`] returns: done already (the local broker, a refusal), or a future
+/// for a server's answer. The local case allocates nothing, which keeps the single-node push
+/// path as cheap as it was.
+#[must_use = "a publication's outcome decides the push's answer"]
+pub enum Publishing {
+    Done(Result<Published, BrokerError>),
+    Pending(BoxFuture<'static, Result<Published, BrokerError>>),
+}
+
+impl fmt::Debug for Publishing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Publishing::Done(result) => f.debug_tuple("Done").field(result).finish(),
+            Publishing::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+impl Future for Publishing {
+    type Output = Result<Published, BrokerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Publishing::Done(result) => Poll::Ready(std::mem::replace(
+                result,
+                Err(BrokerError::Failed("polled after completion".into())),
+            )),
+            Publishing::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Whether a subscription is live as [`Broker::subscribe`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// Live now: publications to the topic reach this node from here on.
+    Live,
+    /// Requested; [`BrokerEvent::Subscribed`] with the same `seq` (or a later one for the
+    /// same topic) says when it is live.
+    Pending,
+}
+
+/// The broker's connection, as the node reports it (`/stat`, later `/readyz` and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerState {
+    /// Connected: publications and subscriptions work.
+    Connected,
+    /// Not connected now (not yet, or lost); reconnecting with backoff.
+    Connecting,
+    /// Closed for good (the node is shutting down).
+    Closed,
+}
+
+impl BrokerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Connected => "connected",
+            BrokerState::Connecting => "connecting",
+            BrokerState::Closed => "closed",
+        }
+    }
+}
+
+/// Why publications may have been lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GapCause {
+    /// The subscription connection was lost and has been restored: Redis and NATS core drop
+    /// what was published meanwhile.
+    Reconnected,
+    /// The broker dropped messages this node did not read fast enough (NATS `SlowConsumer`).
+    SlowConsumer,
+}
+
+impl GapCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapCause::Reconnected => "reconnected",
+            GapCause::SlowConsumer => "slow consumer",
+        }
+    }
+}
+
+/// Something the broker tells its node, besides publications.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BrokerEvent {
+    /// The subscription to `topic` requested with `seq` is live.
+    Subscribed { topic: Topic, seq: u64 },
+    /// Publications to these topics may have been lost.
+    Gap { topics: Vec<Topic>, cause: GapCause },
+    /// The connection state changed (`error` says why when it was lost).
+    State {
+        state: BrokerState,
+        error: Option<String>,
+    },
+    /// A message on a broker channel that this node cannot read: another version of the wire
+    /// format, or not ours at all. It is dropped, loudly.
+    Unreadable { channel: String, error: String },
+}
+
+/// The node, as its broker sees it.
+pub trait Inbound: Send + Sync + 'static {
+    /// A publication for this node's local subscribers of its topic.
+    fn publication(&self, publication: Publication);
+    /// Anything else.
+    fn event(&self, event: BrokerEvent);
+}
+
+/// Carries publications between nodes. See the crate docs for the semantics.
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// `"local"`, `"redis"` or `"nats"`.
+    fn kind(&self) -> &'static str;
+
+    /// Sends `publication`, addressed to `topic`, to every node with interest in the topic
+    /// (this one included: a node delivers what comes back, never a short-cut as well).
+    fn publish(&self, topic: &Topic, publication: Publication) -> Publishing;
+
+    /// Starts receiving publications to `topic`. Must not block nor wait: the node calls it
+    /// under its lock, in the order interest changed, and the broker applies changes in that
+    /// order.
+    fn subscribe(&self, topic: &Topic, seq: u64) -> Subscription;
+
+    /// Stops receiving publications to `topic`. Same rules as [`Broker::subscribe`].
+    fn unsubscribe(&self, topic: &Topic);
+
+    fn state(&self) -> BrokerState;
+
+    /// Publishes this node's short-lived report for the cluster view; it expires by itself
+    /// after `ttl` unless renewed.
+    fn report(
+        &self,
+        report: &NodeReport,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<(), BrokerError>>;
+
+    /// The reports of every live node (this one included).
+    fn cluster(&self) -> BoxFuture<'static, Result<Vec<NodeReport>, BrokerError>>;
+
+    /// Stops background work and closes connections.
+    fn close(&self);
+}
+
+/// Where a broker runs and how to reach it (the `[broker]` section of the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// Prefix of every channel, subject and key, so several clusters can share one server.
+    pub prefix: String,
+    /// One identifier per node, unique in the cluster (reports are keyed by it).
+    pub node_id: String,
+    /// Longest wait for the broker's answer to a publication.
+    pub publish_timeout: Duration,
+    /// Reconnection backoff: first delay and cap (each try waits a random share of it).
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            prefix: "ws-gateway".to_owned(),
+            node_id: "node".to_owned(),
+            publish_timeout: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A broker shared by the node and its tasks.
+pub type SharedBroker = Arc<dyn Broker>;

@@ -1,0 +1,1 @@
+//! NATS (to be written).
