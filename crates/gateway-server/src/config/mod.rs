@@ -16,8 +16,10 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 
 mod auth;
+mod broker;
 
 pub use auth::{AuthConfig, CacheSettings};
+pub use broker::{BrokerConfig, BrokerKind, NatsCredentials, redact};
 
 /// The default WebSocket and push listener (the seed's).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
@@ -41,6 +43,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS on the stat listener; `None`: plain TCP.
     pub stat_tls: Option<Arc<rustls::ServerConfig>>,
+    /// How this node reaches the others; `local` (the default) needs no server.
+    pub broker: BrokerConfig,
 }
 
 /// Access control of the main listener.
@@ -214,6 +218,7 @@ impl Default for ServerConfig {
             access: Access::default(),
             tls: None,
             stat_tls: None,
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -243,6 +248,7 @@ struct FileConfig {
     tls: Option<FileTls>,
     stat_tls: Option<FileTls>,
     auth: Option<toml::Table>,
+    broker: Option<broker::FileBroker>,
 }
 
 #[derive(Deserialize)]
@@ -518,6 +524,11 @@ impl Resolver<'_> {
         let tls = self.tls("tls", file.tls)?;
         let stat_tls = self.tls("stat_tls", file.stat_tls)?;
 
+        let broker = match file.broker {
+            None => BrokerConfig::default(),
+            Some(table) => broker::resolve(table, self)?,
+        };
+
         let auth = match file.auth {
             None => AuthConfig::Anonymous,
             Some(auth) => auth::resolve(auth::read_file_auth(auth, self)?, self)?,
@@ -537,6 +548,7 @@ impl Resolver<'_> {
                 access,
                 tls,
                 stat_tls,
+                broker,
             },
             auth,
         })

@@ -352,3 +352,93 @@ fn tokens_never_show_in_debug_output() {
     let config = parse("[auth]\nkind = \"static\"\n[auth.tokens]\n5 = \"s3cr3t\"").unwrap();
     assert!(!format!("{config:?}").contains("s3cr3t"));
 }
+
+#[test]
+fn the_broker_table_is_read_and_checked() {
+    let local = parse("").unwrap().server.broker;
+    assert_eq!(local.kind, BrokerKind::Local);
+    assert_eq!(local.settings.prefix, "ws-gateway");
+
+    let redis = parse(
+        "[broker]\nkind = \"redis\"\nurls = [\"redis://a:6379/\", \"rediss://:pw@b:6380/\"]\nprefix = \"blue\"\nnode_id = \"n1\"\npublish_timeout_ms = 500\nreport_interval_ms = 200\n",
+    )
+    .unwrap()
+    .server
+    .broker;
+    assert_eq!(
+        redis.kind,
+        BrokerKind::Redis {
+            urls: vec!["redis://a:6379/".into(), "rediss://:pw@b:6380/".into()]
+        }
+    );
+    assert_eq!(redis.settings.prefix, "blue");
+    assert_eq!(redis.settings.node_id, "n1");
+    assert_eq!(redis.settings.publish_timeout, Duration::from_millis(500));
+    assert_eq!(redis.report_ttl(), Duration::from_millis(600));
+
+    let nats =
+        parse("[broker]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\ntoken = \"s3cret\"\n")
+            .unwrap()
+            .server
+            .broker;
+    let BrokerKind::Nats { url, credentials } = &nats.kind else {
+        panic!("{nats:?}")
+    };
+    assert_eq!(url, "nats://127.0.0.1:4222");
+    assert_eq!(credentials.token.as_deref(), Some("s3cret"));
+    assert!(
+        !format!("{nats:?}").contains("s3cret"),
+        "the token is redacted"
+    );
+
+    for (text, expected) in [
+        (
+            "[broker]\nkind = \"kafka\"",
+            "key `broker.kind`: `kafka` is not one of",
+        ),
+        (
+            "[broker]\nkind = \"redis\"",
+            "key `broker.url`: kind = \"redis\" needs url or urls",
+        ),
+        (
+            "[broker]\nkind = \"redis\"\nurl = \"http://x\"",
+            "is not a redis:// or rediss:// URL",
+        ),
+        (
+            "[broker]\nkind = \"redis\"\nurl = \"redis://a/\"\nurls = [\"redis://b/\"]",
+            "either url or urls",
+        ),
+        (
+            "[broker]\nkind = \"redis\"\nurls = [\"redis://a/\", \"redis://a/\"]",
+            "listed twice",
+        ),
+        (
+            "[broker]\nurl = \"redis://a/\"",
+            "the local broker has no server",
+        ),
+        (
+            "[broker]\nkind = \"redis\"\nurl = \"redis://a/\"\ntoken = \"t\"",
+            "is a NATS option",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\nurl = \"redis://a/\"",
+            "is not a nats:// or tls:// URL",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\nurl = \"nats://a\"\nuser = \"u\"",
+            "user and password go together",
+        ),
+        ("[broker]\nprefix = \"a.b\"", "key `broker.prefix`"),
+        (
+            "[broker]\nkind = \"redis\"\nurl = \"redis://a/\"\nreconnect_min_ms = 900\nreconnect_max_ms = 100",
+            "at least reconnect_min_ms",
+        ),
+        ("[broker]\nhost = \"x\"", "broker.host"),
+    ] {
+        let message = error(text);
+        assert!(message.contains(expected), "{text:?} gave {message:?}");
+    }
+    // A password in a URL never reaches an error message.
+    let message = error("[broker]\nkind = \"redis\"\nurl = \"http://:hunter2@x/\"");
+    assert!(!message.contains("hunter2"), "{message}");
+}
