@@ -44,13 +44,21 @@ fn main() {
     // ... and carries out what the hub asks for, in order.
     while let Some(action) = hub.poll_action() {
         match action {
-            Action::Reply { conn, frame } => println!("{conn} <- {}", frame.as_str()),
+            // A single process sends the subscribe reply at once; a driver relaying pushes
+            // between nodes would wait until its broker confirmed `topic`.
+            Action::Reply { conn, frame } | Action::Subscribed { conn, frame, .. } => {
+                println!("{conn} <- {}", frame.as_str())
+            }
             Action::Deliver { conns, frame } => {
                 for conn in conns {
                     println!("{conn} <- {}", frame.as_str());
                 }
             }
             Action::Close { conn, code } => println!("close {conn} with {}", code.code()),
+            Action::InterestGained(topic) => println!("first local subscriber of {topic}"),
+            Action::InterestLost(topic) => println!("no local subscriber of {topic} left"),
+            // Actions added by later versions: ignore what this driver does not know.
+            _ => {}
         }
     }
     print!("stat:\n{}", hub.stat());

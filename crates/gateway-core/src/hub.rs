@@ -152,6 +152,15 @@ pub enum Action {
     InterestGained(Topic),
     /// The last local subscriber of `topic` is gone: pushes to it are of no use here any more.
     InterestLost(Topic),
+    /// Send `frame` (the "subscribe X success" reply) to `conn`, like [`Action::Reply`], once
+    /// pushes to `topic` reach this node: a driver that waits for its broker to confirm a new
+    /// topic holds it (and what follows it to `conn`) until then, so that every push accepted
+    /// after the client saw the reply reaches it. A driver without a broker sends it at once.
+    Subscribed {
+        conn: ConnId,
+        topic: Topic,
+        frame: Frame,
+    },
 }
 
 #[derive(Debug)]
@@ -344,6 +353,32 @@ impl Hub {
         StatPage { apps, more }
     }
 
+    /// Like [`Hub::stat_page`], with the members of each private app listed rather than
+    /// counted: what a node reports for the cluster view, where a member connected to two
+    /// nodes counts once. Costs O(limit + members listed).
+    pub fn subscribers_page(&self, after: Option<&AppName>, limit: usize) -> SubscribersPage {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut apps = self
+            .apps
+            .range::<AppName, _>((start, Bound::Unbounded))
+            .filter(|(_, subscribers)| subscribers.count() > 0);
+        let page: Vec<(AppName, AppSubscribers)> = apps
+            .by_ref()
+            .take(limit.max(1))
+            .map(|(app, subscribers)| {
+                let listed = match subscribers {
+                    Subscribers::Public(conns) => AppSubscribers::Connections(conns.len()),
+                    Subscribers::Private(members) => {
+                        AppSubscribers::Members(members.keys().copied().collect())
+                    }
+                };
+                (app.clone(), listed)
+            })
+            .collect();
+        let more = apps.next().is_some();
+        SubscribersPage { apps: page, more }
+    }
+
     fn reply(&mut self, conn: ConnId, reply: Reply) {
         self.actions.push_back(Action::Reply {
             conn,
@@ -451,7 +486,18 @@ impl Hub {
         if newly_subscribed {
             connection.apps.push(app.clone());
         }
-        self.reply(conn, Reply::Subscribed(app));
+        let topic = match connection.identity {
+            Identity::Member(member) if private => Topic::Member {
+                app: app.clone(),
+                member,
+            },
+            _ => Topic::App(app.clone()),
+        };
+        self.actions.push_back(Action::Subscribed {
+            conn,
+            topic,
+            frame: Reply::Subscribed(app).frame(),
+        });
     }
 
     fn push(&mut self, publication: Publication) {
@@ -561,6 +607,35 @@ impl StatPage {
 impl fmt::Display for StatPage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_counts(f, &self.apps)
+    }
+}
+
+/// Who subscribed to one app, in [`SubscribersPage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSubscribers {
+    /// A public app: its subscribed connections.
+    Connections(usize),
+    /// A private app: its members with a subscribed connection, in no particular order.
+    Members(Vec<MemberId>),
+}
+
+/// One page of [`Hub::subscribers_page`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubscribersPage {
+    /// Sorted by app name.
+    pub apps: Vec<(AppName, AppSubscribers)>,
+    /// Whether more apps sorted after this page's last one when it was read.
+    pub more: bool,
+}
+
+impl SubscribersPage {
+    /// Where the next page starts; `None` when this was the last page.
+    pub fn resume_after(&self) -> Option<&AppName> {
+        if self.more {
+            self.apps.last().map(|(app, _)| app)
+        } else {
+            None
+        }
     }
 }
 

@@ -37,7 +37,8 @@ mod topic;
 pub use error::{InvalidAppName, MessageError};
 pub use frame::{CloseCode, Frame, GATEWAY_APP, Reply};
 pub use hub::{
-    Action, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess, Stat, StatPage,
+    Action, AppSubscribers, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess, Stat,
+    StatPage, SubscribersPage,
 };
 pub use ids::{AppName, ConnId, MemberId};
 pub use message::{AuthRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest};

@@ -121,6 +121,11 @@ impl TestHub {
                     assert!(self.interest.remove(topic), "{topic} lost, never gained");
                     self.interest_log.push(action);
                 }
+                // The reply confirming a subscription, compared as the reply it is.
+                Action::Subscribed { conn, frame, .. } => actions.push(Action::Reply {
+                    conn: *conn,
+                    frame: frame.clone(),
+                }),
                 _ => actions.push(action),
             }
         }
@@ -659,9 +664,37 @@ fn interest_is_declared_before_the_reply_that_confirms_the_subscription() {
         actions,
         [
             Action::InterestGained(public("match")),
-            reply(1, Reply::Subscribed(app("match"))),
+            Action::Subscribed {
+                conn: ConnId::new(1),
+                topic: public("match"),
+                frame: Reply::Subscribed(app("match")).frame(),
+            },
         ]
     );
+}
+
+#[test]
+fn the_subscribe_reply_names_the_topic_it_confirms() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    for (payload, topic) in [
+        (&br#"{"app":"im"}"#[..], private("im", 7)),
+        (br#"{"app":"match"}"#, public("match")),
+        // Again: the reply again, for the same topic (still to be held if not live yet).
+        (br#"{"app":"im"}"#, private("im", 7)),
+    ] {
+        t.hub.handle(Input::Message {
+            conn: ConnId::new(1),
+            payload,
+        });
+        let subscribed: Vec<Topic> = std::iter::from_fn(|| t.hub.poll_action())
+            .filter_map(|action| match action {
+                Action::Subscribed { topic, .. } => Some(topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(subscribed, [topic]);
+    }
 }
 
 #[test]
@@ -742,4 +775,31 @@ fn time_is_what_the_driver_says_and_never_goes_back() {
     });
     assert_eq!(t.hub.now(), Timestamp::from_millis(5_000));
     assert!(t.drain().is_empty(), "time alone asks for nothing");
+}
+
+#[test]
+fn the_subscribers_page_lists_private_members_and_counts_public_connections() {
+    use gateway_core::AppSubscribers;
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    t.member(2, 7);
+    t.member(3, 9);
+    for conn in 1..=3 {
+        t.subscribe(conn, "im");
+        t.subscribe(conn, "match");
+    }
+    let page = t.hub.subscribers_page(None, 10);
+    assert!(!page.more);
+    assert_eq!(page.apps.len(), 2);
+    let (name, AppSubscribers::Members(members)) = &page.apps[0] else {
+        panic!("{page:?}")
+    };
+    let members: BTreeSet<i64> = members.iter().map(|m| m.get()).collect();
+    assert_eq!((name.as_str(), members), ("im", BTreeSet::from([7, 9])));
+    assert_eq!(page.apps[1], (app("match"), AppSubscribers::Connections(3)));
+    let first = t.hub.subscribers_page(None, 1);
+    assert!(first.more);
+    let rest = t.hub.subscribers_page(first.resume_after(), 1);
+    assert_eq!(rest.apps[0].0, app("match"));
+    assert!(!rest.more);
 }

@@ -117,6 +117,10 @@ fn drain(hub: &mut Hub) -> Vec<Action> {
             }
             _ => true,
         })
+        .map(|action| match action {
+            Action::Subscribed { conn, frame, .. } => Action::Reply { conn, frame },
+            other => other,
+        })
         .collect()
 }
 

@@ -130,7 +130,7 @@ impl Inner {
     fn apply(&mut self) {
         while let Some(action) = self.hub.poll_action() {
             match action {
-                Action::Reply { conn, frame } => {
+                Action::Reply { conn, frame } | Action::Subscribed { conn, frame, .. } => {
                     if let Some(outbox) = self.outboxes.get(&conn)
                         && outbox.push(to_message(frame)).is_err()
                     {
