@@ -14,7 +14,7 @@ use gateway_core::{
 };
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::outbox::Outbox;
+use crate::ws::outbox::Outbox;
 
 #[derive(Debug)]
 struct Inner {

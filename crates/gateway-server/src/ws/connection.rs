@@ -1,10 +1,10 @@
 //! One WebSocket connection's task: authenticate, then carry frames both ways until the end.
 //!
 //! The task is the only owner of its socket. Frames for the client arrive through its
-//! [`Outbox`]; client messages go to the [`Dispatcher`]. Protocol decisions (what to reply,
-//! when to close) are the hub's; this module moves bytes and keeps the per-connection clocks
-//! and counters: the auth deadline, heartbeats; the limits on what the client sends are kept
-//! under tungstenite, by a [`FrameMeter`] on the socket.
+//! [`Outbox`]; client messages go to the [`Dispatcher`](crate::Dispatcher). Protocol
+//! decisions (what to reply, when to close) are the hub's; this module moves bytes and keeps
+//! the per-connection clocks and counters: the auth deadline, heartbeats; the limits on what
+//! the client sends are kept under tungstenite, by a [`FrameMeter`] on the socket.
 
 use std::sync::Arc;
 
@@ -12,7 +12,6 @@ use futures_util::stream::FusedStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -20,16 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tracing::{debug, info, warn};
 
-use crate::frame_meter::{Exceeded, FrameMeter, Metered};
-use crate::liveness::{Heartbeat, Tick};
-use crate::outbox::Outbox;
-use crate::server::Shared;
-
-/// A byte stream a WebSocket runs over: a plain TCP or a TLS connection, or an upgrade
-/// completed by hyper.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+use super::frame_meter::{Exceeded, FrameMeter, Metered};
+use super::liveness::{Heartbeat, Tick};
+use super::outbox::Outbox;
+use crate::io::Io;
+use crate::shared::Shared;
 
 /// Each connection's read buffer, allocated up front: client messages are auth and subscribe
 /// requests of a few dozen bytes; a larger one is read in several chunks.

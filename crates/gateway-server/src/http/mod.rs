@@ -1,6 +1,9 @@
 //! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`) and of the
 //! stat listener (`GET /stat`), and the one place that maps refusals to HTTP responses.
 
+pub(crate) mod admin;
+pub(crate) mod handshake;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +21,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
 
 use crate::admission::{AddressSlot, BodyCharge};
-use crate::connection;
-use crate::server::Shared;
+use crate::shared::Shared;
+use crate::ws;
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -162,14 +165,14 @@ pub(crate) async fn main_service(
     Ok(result.unwrap_or_else(Refusal::response))
 }
 
-/// The stat listener: `GET /stat`, streamed a page at a time (`crate::stat`).
+/// The stat listener: `GET /stat`, streamed a page at a time ([`admin`]).
 pub(crate) async fn stat_service(
     req: Request<Incoming>,
     shared: Arc<Shared>,
-) -> Result<Response<crate::stat::ServiceBody>, Infallible> {
+) -> Result<Response<admin::ServiceBody>, Infallible> {
     use http_body_util::Either;
     let response = match (req.uri().path(), req.method()) {
-        ("/stat", &Method::GET) => crate::stat::response(shared).map(Either::Right),
+        ("/stat", &Method::GET) => admin::response(shared).map(Either::Right),
         ("/stat", _) => Refusal::MethodNotAllowed("GET")
             .response()
             .map(Either::Left),
@@ -274,8 +277,8 @@ fn upgrade(
         let _address = address;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let socket = connection::websocket(TokioIo::new(upgraded), None, &shared).await;
-                connection::serve(socket, conn, shared, slot).await;
+                let socket = ws::websocket(TokioIo::new(upgraded), None, &shared).await;
+                ws::serve(socket, conn, shared, slot).await;
             }
             Err(err) => debug!(%conn, %err, "upgrade failed"),
         }

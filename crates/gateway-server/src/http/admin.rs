@@ -1,4 +1,4 @@
-//! `GET /stat`, streamed a page at a time.
+//! The admin pages, served on the stat listener: `GET /stat`, streamed a page at a time.
 //!
 //! With a million apps the answer is ~150 MB. Built under the dispatcher's lock in one piece,
 //! it stalled every push and subscription for about a second and held the whole text in
@@ -25,10 +25,10 @@ use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::Dispatcher;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// The stat listener's bodies: a refusal, or the counts.
-pub(crate) type ServiceBody = http_body_util::Either<crate::http::Body, StatBody>;
+pub(crate) type ServiceBody = http_body_util::Either<super::Body, StatBody>;
 
 /// The answer to `GET /stat`: 200, `text/plain; charset=utf-8`, the counts as a [`StatBody`].
 pub(crate) fn response(shared: Arc<Shared>) -> Response<StatBody> {
