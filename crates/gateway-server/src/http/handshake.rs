@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Head;
+use super::upgrade::{check_upgrade, wants_websocket};
 use crate::admission::Ticket;
 use crate::io::Io;
 use crate::shared::Shared;
@@ -235,11 +236,11 @@ fn judge(
     let plain = request.version == Some(1)
         && headers.value("content-length").is_none()
         && headers.value("transfer-encoding").is_none();
-    if !(plain && super::wants_websocket(headers)) {
+    if !(plain && wants_websocket(headers)) {
         return Some((Verdict::Http, head_len));
     }
     let is_get = request.method == Some("GET");
-    match super::check_upgrade(is_get, headers, shared, peer) {
+    match check_upgrade(is_get, headers, shared, peer) {
         Ok(accept) => Some((Verdict::Upgrade(accept), head_len)),
         Err(_) => Some((Verdict::Http, head_len)),
     }

@@ -1,28 +1,28 @@
 //! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`) and of the
 //! stat listener (`GET /stat`), and the one place that maps refusals to HTTP responses.
+//!
+//! - [`handshake`]: a connection's first request, read by hand (the upgrade's fast path);
+//! - [`upgrade`]: judging an upgrade request, and upgrades that come to hyper;
+//! - [`push`]: `POST /push`, its body read within bounds before it takes a dispatch slot;
+//! - [`admin`]: the stat listener's pages (`GET /stat`).
 
 pub(crate) mod admin;
 pub(crate) mod handshake;
+mod push;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use gateway_core::{Publication, PushMessage};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::{debug, warn};
 
-use crate::admission::{AddressSlot, BodyCharge};
+use crate::admission::AddressSlot;
 use crate::shared::Shared;
-use crate::ws;
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -151,11 +151,11 @@ pub(crate) async fn main_service(
     peer: SocketAddr,
     address: Option<Arc<AddressSlot>>,
 ) -> Result<Response<Body>, Infallible> {
-    let result = if wants_websocket(req.headers()) {
-        upgrade(req, shared, peer, address)
+    let result = if upgrade::wants_websocket(req.headers()) {
+        upgrade::upgrade(req, shared, peer, address)
     } else if req.uri().path() == "/push" {
         if req.method() == Method::POST {
-            push(req, &shared, peer).await
+            push::push(req, &shared, peer).await
         } else {
             Err(Refusal::MethodNotAllowed("POST"))
         }
@@ -212,251 +212,4 @@ impl Head for [httparse::Header<'_>] {
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     }
-}
-
-pub(crate) fn wants_websocket(head: &(impl Head + ?Sized)) -> bool {
-    head.has_token("upgrade", "websocket")
-}
-
-/// Judges a WebSocket upgrade request; on success, the `Sec-WebSocket-Accept` value.
-/// Taking a place under `limits.max_connections` is the caller's next step.
-pub(crate) fn check_upgrade(
-    is_get: bool,
-    head: &(impl Head + ?Sized),
-    shared: &Shared,
-    peer: SocketAddr,
-) -> Result<String, Refusal> {
-    if !is_get {
-        return Err(Refusal::MethodNotAllowed("GET"));
-    }
-    if !head.has_token("connection", "upgrade") {
-        return Err(Refusal::BadUpgrade(
-            "the Connection header must include `upgrade`",
-        ));
-    }
-    if head.value("sec-websocket-version") != Some(b"13") {
-        return Err(Refusal::UnsupportedWebSocketVersion);
-    }
-    let Some(key) = head.value("sec-websocket-key") else {
-        return Err(Refusal::BadUpgrade("Sec-WebSocket-Key is missing"));
-    };
-    if let (Some(allowed), Some(origin)) =
-        (&shared.config.access.allowed_origins, head.value("origin"))
-    {
-        let origin = std::str::from_utf8(origin).unwrap_or("");
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-            debug!(%peer, origin, "upgrade refused: origin not allowed");
-            return Err(Refusal::OriginNotAllowed);
-        }
-    }
-    if shared.shutdown.is_cancelled() {
-        return Err(Refusal::ShuttingDown);
-    }
-    Ok(derive_accept_key(key))
-}
-
-/// An upgrade that came to hyper: after another request on the same connection, or refused.
-/// (The first request of a connection is normally read by `handshake`.)
-fn upgrade(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    address: Option<Arc<AddressSlot>>,
-) -> Result<Response<Body>, Refusal> {
-    let accept = check_upgrade(req.method() == Method::GET, req.headers(), &shared, peer)?;
-    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        let total = shared.counters.upgrade_refused();
-        warn!(%peer, total, "upgrade refused: limits.max_connections reached");
-        return Err(Refusal::TooManyConnections);
-    };
-    let conn = shared.next_conn_id();
-    debug!(%conn, %peer, "websocket upgrade");
-
-    shared.clone().tracker.spawn(async move {
-        // The WebSocket keeps its address's share after the HTTP connection hands it over.
-        let _address = address;
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let socket = ws::websocket(TokioIo::new(upgraded), None, &shared).await;
-                ws::serve(socket, conn, shared, slot).await;
-            }
-            Err(err) => debug!(%conn, %err, "upgrade failed"),
-        }
-    });
-
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    Ok(response)
-}
-
-/// Whether this request may push: with keys configured, it must present one; without, it
-/// must come from an allowed network.
-fn push_allowed(req: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Result<(), Refusal> {
-    if shared.push_key_digests.is_empty() {
-        let ip = peer.ip().to_canonical();
-        return if shared
-            .config
-            .access
-            .push_allow_from
-            .iter()
-            .any(|net| net.contains(&ip))
-        {
-            Ok(())
-        } else {
-            debug!(%peer, "push refused: address not in push_allow_from");
-            Err(Refusal::PushNotAllowedFrom)
-        };
-    }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim());
-    let Some(presented) = presented else {
-        return Err(Refusal::PushKeyRequired);
-    };
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    // Compare with every key, each in constant time, without stopping at a match.
-    let matched = shared
-        .push_key_digests
-        .iter()
-        .fold(Choice::from(0), |any, key| any | key.ct_eq(&digest));
-    if bool::from(matched) {
-        Ok(())
-    } else {
-        debug!(%peer, "push refused: wrong key");
-        Err(Refusal::PushKeyRequired)
-    }
-}
-
-async fn push(
-    req: Request<Incoming>,
-    shared: &Shared,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Refusal> {
-    push_allowed(&req, shared, peer)?;
-    if shared.shutdown.is_cancelled() {
-        shared.counters.push_refused();
-        return Err(Refusal::ShuttingDown);
-    }
-    let max = shared.config.limits.max_push_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(Refusal::BodyTooLarge(max));
-    }
-    // The body is read before a dispatch slot is taken, within its own deadline: a sender
-    // that is slow or stalls holds no slot, only its own bytes (bounded in total).
-    let (body, charge) = match receive_body(req.into_body(), shared).await {
-        Ok(received) => received,
-        Err(refusal) => {
-            match refusal {
-                Refusal::PushBodiesOverBudget | Refusal::ShuttingDown => {
-                    let total = shared.counters.push_refused();
-                    warn!(total, "push refused: {refusal:?}");
-                }
-                Refusal::PushBodyEvicted | Refusal::PushBodyTimeout(_) => {
-                    let total = shared.counters.push_body_timed_out();
-                    debug!(%peer, total, "push body too slow: {refusal:?}");
-                }
-                _ => {}
-            }
-            return Err(refusal);
-        }
-    };
-    // A shutdown that began while the body arrived: every client is being closed.
-    if shared.shutdown.is_cancelled() {
-        shared.counters.push_refused();
-        return Err(Refusal::ShuttingDown);
-    }
-    // Held until the push is handed over: 202 means delivered to every recipient's queue.
-    let Ok(_slot) = shared.push_slots.try_acquire() else {
-        let total = shared.counters.push_refused();
-        warn!(total, "push refused: limits.max_inflight_pushes reached");
-        return Err(Refusal::PushOverloaded);
-    };
-    let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
-        .map_err(|err| Refusal::BadPush(err.to_string()))?;
-    drop(charge);
-    shared
-        .dispatcher
-        .handle(gateway_core::Input::Push(Publication::from(push)));
-    let mut accepted = Response::new(Full::new(Bytes::new()));
-    *accepted.status_mut() = StatusCode::ACCEPTED;
-    Ok(accepted)
-}
-
-/// Receives a push body of at most `limits.max_push_body_bytes`, within
-/// `timeouts.push_body_ms` from now. A body that comes in one piece (nearly all of them) is
-/// kept as it is; one that takes several reads is charged, read by read, to the bytes of
-/// bodies being received, and the charge (returned) holds its share until it is dropped.
-async fn receive_body(
-    mut body: Incoming,
-    shared: &Shared,
-) -> Result<(Bytes, Option<BodyCharge>), Refusal> {
-    let max = shared.config.limits.max_push_body_bytes;
-    let limit = shared.config.timeouts.push_body;
-    let deadline = tokio::time::Instant::now() + limit;
-    let timed_out = |_| Refusal::PushBodyTimeout(limit);
-    let first = tokio::select! {
-        biased;
-        frame = tokio::time::timeout_at(deadline, next_data(&mut body)) => frame.map_err(timed_out)??,
-        () = shared.shutdown.cancelled() => return Err(Refusal::ShuttingDown),
-    };
-    let Some(first) = first else {
-        return Ok((Bytes::new(), None));
-    };
-    if first.len() > max {
-        return Err(Refusal::BodyTooLarge(max));
-    }
-    if hyper::body::Body::is_end_stream(&body) {
-        return Ok((first, None));
-    }
-    let mut charge = shared.push_bodies.start();
-    if !charge.add(first.len()) {
-        return Err(Refusal::PushBodiesOverBudget);
-    }
-    let evicted = charge.evicted.clone();
-    let mut collected = BytesMut::from(first);
-    loop {
-        let data = tokio::select! {
-            biased;
-            frame = tokio::time::timeout_at(deadline, next_data(&mut body)) => frame.map_err(timed_out)??,
-            () = evicted.cancelled() => return Err(Refusal::PushBodyEvicted),
-            () = shared.shutdown.cancelled() => return Err(Refusal::ShuttingDown),
-        };
-        let Some(data) = data else {
-            return Ok((collected.freeze(), Some(charge)));
-        };
-        if collected.len() + data.len() > max {
-            return Err(Refusal::BodyTooLarge(max));
-        }
-        if !charge.add(data.len()) {
-            return Err(Refusal::PushBodiesOverBudget);
-        }
-        collected.extend_from_slice(&data);
-    }
-}
-
-/// The next piece of data of `body` (trailers skipped); `None` at its end.
-async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, Refusal> {
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| Refusal::BadBody(err.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
 }
