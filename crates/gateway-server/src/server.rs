@@ -12,8 +12,8 @@ use tracing::{info, warn};
 use crate::accept::{self, Listener};
 use crate::config::ServerConfig;
 use crate::counters::Counters;
-use crate::dispatcher::Dispatcher;
 use crate::error::ServerError;
+use crate::node::Node;
 use crate::shared::Shared;
 
 /// A bound, not yet running, gateway.
@@ -97,9 +97,10 @@ impl Gateway {
         self.shared.counters.clone()
     }
 
-    /// The hub's driver, for a service that embeds the gateway and pushes in-process.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.shared.dispatcher
+    /// The node (the hub and the connections' outboxes), for a service that embeds the
+    /// gateway and pushes in-process.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every WebSocket with 1001
@@ -125,7 +126,7 @@ impl Gateway {
         shutdown.await;
         info!("shutting down: closing connections");
         shared.shutdown.cancel();
-        shared.dispatcher.shut_down();
+        shared.node.shut_down();
         let _ = main.await;
         let _ = stat.await;
         shared.tracker.close();

@@ -15,12 +15,12 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{self, Handshakes, PerAddress, PushBodies};
 use crate::config::ServerConfig;
 use crate::counters::Counters;
-use crate::dispatcher::Dispatcher;
+use crate::node::Node;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) dispatcher: Dispatcher,
+    pub(crate) node: Node,
     pub(crate) authenticator: Arc<dyn Authenticator>,
     /// Cancelled once, when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
@@ -50,7 +50,7 @@ impl Shared {
     pub(crate) fn new(config: ServerConfig, authenticator: Arc<dyn Authenticator>) -> Shared {
         let mut config = config;
         admission::fit_to_open_file_limit(&mut config.limits);
-        let dispatcher = Dispatcher::new(config.hub.clone());
+        let node = Node::new(config.hub.clone());
         let counters = Arc::new(Counters::default());
         let limits = &config.limits;
         let evict_after = config.timeouts.evict_after;
@@ -69,7 +69,7 @@ impl Shared {
             per_address: PerAddress::new(limits.max_connections_per_ip),
             push_key_digests,
             config,
-            dispatcher,
+            node,
             authenticator,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

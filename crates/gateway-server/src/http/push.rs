@@ -112,7 +112,7 @@ pub(super) async fn push(
         .map_err(|err| Refusal::BadPush(err.to_string()))?;
     drop(charge);
     shared
-        .dispatcher
+        .node
         .handle(gateway_core::Input::Push(Publication::from(push)));
     let mut accepted = Response::new(Full::new(Bytes::new()));
     *accepted.status_mut() = StatusCode::ACCEPTED;

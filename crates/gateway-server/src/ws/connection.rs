@@ -1,7 +1,7 @@
 //! One WebSocket connection's task: authenticate, then carry frames both ways until the end.
 //!
 //! The task is the only owner of its socket. Frames for the client arrive through its
-//! [`Outbox`]; client messages go to the [`Dispatcher`](crate::Dispatcher). Protocol
+//! [`Outbox`]; client messages go to the [`Node`](crate::Node). Protocol
 //! decisions (what to reply, when to close) are the hub's; this module moves bytes and keeps
 //! the per-connection clocks and counters: the auth deadline, heartbeats; the limits on what
 //! the client sends are kept under tungstenite, by a [`FrameMeter`] on the socket.
@@ -91,12 +91,12 @@ pub(crate) async fn serve<I: Io>(
 ) {
     let limits = &shared.config.limits;
     let outbox = Arc::new(Outbox::new(limits.outbox_messages, limits.outbox_bytes));
-    shared.dispatcher.attach(conn, outbox.clone());
+    shared.node.attach(conn, outbox.clone());
     shared.counters.connection_opened();
 
     let end = run(&mut socket, conn, &shared, &outbox).await;
     // Leave the hub first: no push is queued to a connection that is closing.
-    shared.dispatcher.detach(conn);
+    shared.node.detach(conn);
     match end {
         End::Close(code) => {
             let total = shared.counters.closed(code);
@@ -137,9 +137,7 @@ async fn run(
         },
         () = shared.shutdown.cancelled() => return End::Close(CloseCode::GoingAway),
     };
-    shared
-        .dispatcher
-        .handle(Input::Authenticated { conn, outcome });
+    shared.node.handle(Input::Authenticated { conn, outcome });
 
     let timeouts = &shared.config.timeouts;
     let mut heartbeat = Heartbeat::new(Instant::now(), timeouts.ping_interval, timeouts.idle);
@@ -254,13 +252,13 @@ fn receive(
     heartbeat.seen(Instant::now());
     match message {
         Some(Ok(Message::Text(text))) => {
-            shared.dispatcher.handle(Input::Message {
+            shared.node.handle(Input::Message {
                 conn,
                 payload: text.as_bytes(),
             });
         }
         Some(Ok(Message::Binary(bytes))) => {
-            shared.dispatcher.handle(Input::Message {
+            shared.node.handle(Input::Message {
                 conn,
                 payload: &bytes,
             });
