@@ -9,11 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{
-    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Stat, StatPage,
-};
+use gateway_core::{Action, AppName, ConnId, Frame, Hub, HubConfig, Input, Stat, StatPage};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::ws::close::CloseReason;
 use crate::ws::outbox::Outbox;
 
 #[derive(Debug)]
@@ -60,7 +59,7 @@ impl Node {
     pub(crate) fn attach(&self, conn: ConnId, outbox: Arc<Outbox>) {
         let mut inner = self.lock();
         if inner.closing {
-            outbox.close(CloseCode::GoingAway);
+            outbox.close(CloseReason::ShuttingDown.code());
         }
         inner.outboxes.insert(conn, outbox);
     }
@@ -70,7 +69,7 @@ impl Node {
         let mut inner = self.lock();
         inner.closing = true;
         for outbox in inner.outboxes.values() {
-            outbox.close(CloseCode::GoingAway);
+            outbox.close(CloseReason::ShuttingDown.code());
         }
     }
 

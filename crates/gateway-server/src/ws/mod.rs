@@ -6,6 +6,7 @@
 //!   tungstenite;
 //! - [`liveness`]: heartbeats and the rate limit's token bucket, free of I/O.
 
+pub(crate) mod close;
 mod connection;
 mod frame_meter;
 mod liveness;
