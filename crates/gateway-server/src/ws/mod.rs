@@ -4,7 +4,8 @@
 //! - [`outbox`]: the bounded queue the node fills and the task drains;
 //! - [`frame_meter`]: every client frame metered against the rate and size limits, under
 //!   tungstenite;
-//! - [`liveness`]: heartbeats and the rate limit's token bucket, free of I/O.
+//! - [`liveness`]: heartbeats and the rate limit's token bucket, free of I/O;
+//! - [`close`]: why a connection ends, and the close code each reason is given.
 
 pub(crate) mod close;
 mod connection;
