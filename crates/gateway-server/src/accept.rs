@@ -1,5 +1,5 @@
 //! Accepting connections and serving each one: the admission bounds (`admission`), the first
-//! request head (`handshake`), then a WebSocket (`connection`) or HTTP (`http`, through hyper).
+//! request head (`http::handshake`), then a WebSocket (`ws`) or HTTP (`http`, through hyper).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::admission::{AddressSlot, Ticket};
-use crate::connection::{self, Io};
-use crate::handshake::{self, FirstRequest};
 use crate::http;
-use crate::server::Shared;
+use crate::http::handshake::{self, FirstRequest};
+use crate::io::Io;
+use crate::shared::Shared;
+use crate::ws;
 
 /// Which listener a connection came to.
 #[derive(Debug, Clone, Copy)]
@@ -244,10 +245,10 @@ pub(crate) async fn serve_connection<I: Io>(
         }
         FirstRequest::Gone => return,
     };
-    let socket = connection::websocket(io, pipelined, &shared).await;
+    let socket = ws::websocket(io, pipelined, &shared).await;
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
-    connection::serve(socket, conn, shared, slot).await;
+    ws::serve(socket, conn, shared, slot).await;
 }
 
 /// Serves HTTP/1.1 on one connection until it ends or, on shutdown, until its request in

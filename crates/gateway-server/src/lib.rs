@@ -14,26 +14,36 @@
 //! and size limits, and the limits fitted under the process's open-file limit.
 //! This crate does not decide protocol policy (that is the hub's) nor whether a token is valid
 //! (that is the authenticator's).
+//!
+//! The modules, top to bottom: each imports only modules below it, and any of them may use
+//! `shared` (what every connection task holds) and the leaves `io`, `config`, `counters`,
+//! `admission` and `error`:
+//! - `server`: [`Gateway`], which binds the listeners, runs them and shuts down;
+//! - `accept`: the accept loops, and each connection from its accept to a WebSocket or hyper;
+//! - `http`: refusals and routing; `http::handshake`, the hand-read first request;
+//!   `http::upgrade`, `http::push`, and `http::admin` (`/stat`);
+//! - `ws`: a WebSocket connection's task, its outbox, the frame meter, heartbeats, and
+//!   `ws::close`, the reasons a connection ends and their close codes;
+//! - `node`: [`Node`], the hub and the connections' outboxes. Its one edge upward: it fills
+//!   `ws::outbox` and closes with `ws::close`'s codes, files that import nothing of the
+//!   connection's task.
 
 mod accept;
 mod admission;
 pub mod cli;
 pub mod config;
-mod connection;
 mod counters;
-mod dispatcher;
 mod error;
-mod frame_meter;
-mod handshake;
 mod http;
-mod liveness;
-mod outbox;
+mod io;
+mod node;
 mod server;
-mod stat;
+mod shared;
 pub mod tls;
+mod ws;
 
 pub use config::{Access, AuthConfig, CacheSettings, Config, Limits, ServerConfig, Timeouts};
 pub use counters::Counters;
-pub use dispatcher::Dispatcher;
 pub use error::{ConfigError, ServerError};
+pub use node::Node;
 pub use server::Gateway;

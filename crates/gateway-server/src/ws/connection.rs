@@ -1,10 +1,10 @@
 //! One WebSocket connection's task: authenticate, then carry frames both ways until the end.
 //!
 //! The task is the only owner of its socket. Frames for the client arrive through its
-//! [`Outbox`]; client messages go to the [`Dispatcher`]. Protocol decisions (what to reply,
-//! when to close) are the hub's; this module moves bytes and keeps the per-connection clocks
-//! and counters: the auth deadline, heartbeats; the limits on what the client sends are kept
-//! under tungstenite, by a [`FrameMeter`] on the socket.
+//! [`Outbox`]; client messages go to the [`Node`](crate::Node). Protocol
+//! decisions (what to reply, when to close) are the hub's; this module moves bytes and keeps
+//! the per-connection clocks and counters: the auth deadline, heartbeats; the limits on what
+//! the client sends are kept under tungstenite, by a [`FrameMeter`] on the socket.
 
 use std::sync::Arc;
 
@@ -12,24 +12,19 @@ use futures_util::stream::FusedStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gateway_auth::{Credentials, Decision, Grant};
 use gateway_core::{AppName, AuthOutcome, AuthRequest, CloseCode, ConnId, Input, PrivateAccess};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::frame_meter::{Exceeded, FrameMeter, Metered};
-use crate::liveness::{Heartbeat, Tick};
-use crate::outbox::Outbox;
-use crate::server::Shared;
-
-/// A byte stream a WebSocket runs over: a plain TCP or a TLS connection, or an upgrade
-/// completed by hyper.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+use super::close::{CloseReason, End, socket_error};
+use super::frame_meter::{FrameMeter, Metered};
+use super::liveness::{Heartbeat, Tick};
+use super::outbox::Outbox;
+use crate::io::Io;
+use crate::shared::Shared;
 
 /// Each connection's read buffer, allocated up front: client messages are auth and subscribe
 /// requests of a few dozen bytes; a larger one is read in several chunks.
@@ -77,16 +72,6 @@ pub(crate) async fn websocket<I: Io>(
     }
 }
 
-/// Why the connection loop ended.
-enum End {
-    /// Close the socket with this code (after writing what was queued).
-    Close(CloseCode),
-    /// The client sent a close frame: let tungstenite send the echo, then drop.
-    ClientClosed,
-    /// The client vanished or the socket failed.
-    Gone,
-}
-
 /// Serves one upgraded connection until it ends. `_slot` is this connection's place under
 /// `limits.max_connections`, released when the task ends.
 pub(crate) async fn serve<I: Io>(
@@ -97,31 +82,25 @@ pub(crate) async fn serve<I: Io>(
 ) {
     let limits = &shared.config.limits;
     let outbox = Arc::new(Outbox::new(limits.outbox_messages, limits.outbox_bytes));
-    shared.dispatcher.attach(conn, outbox.clone());
+    shared.node.attach(conn, outbox.clone());
     shared.counters.connection_opened();
 
     let end = run(&mut socket, conn, &shared, &outbox).await;
     // Leave the hub first: no push is queued to a connection that is closing.
-    shared.dispatcher.detach(conn);
+    shared.node.detach(conn);
     match end {
-        End::Close(code) => {
-            let total = shared.counters.closed(code);
-            match code {
-                CloseCode::SlowConsumer | CloseCode::IdleTimeout | CloseCode::TooManyMessages => {
-                    info!(%conn, code = code.code(), reason = code.reason(), total, "closing connection");
-                }
-                _ => debug!(%conn, code = code.code(), "closing connection"),
-            }
+        End::Close(reason) => {
+            reason.record(conn, &shared.counters);
             // Replies already queued (say, to the requests before a flood) still go out first,
             // unless the client is not reading at all.
-            if !matches!(code, CloseCode::SlowConsumer | CloseCode::IdleTimeout) {
+            if reason.flushes_queue() {
                 let queued = outbox.take().frames;
                 if !queued.is_empty() {
                     let grace = shared.config.timeouts.close;
                     let _ = tokio::time::timeout(grace, write_all(&mut socket, queued)).await;
                 }
             }
-            close(&mut socket, code, &shared).await;
+            close(&mut socket, reason.code(), &shared).await;
         }
         End::ClientClosed => finish_close(&mut socket, &shared).await,
         End::Gone => {}
@@ -141,11 +120,9 @@ async fn run(
             Ok(outcome) => outcome,
             Err(end) => return end,
         },
-        () = shared.shutdown.cancelled() => return End::Close(CloseCode::GoingAway),
+        () = shared.shutdown.cancelled() => return End::Close(CloseReason::ShuttingDown),
     };
-    shared
-        .dispatcher
-        .handle(Input::Authenticated { conn, outcome });
+    shared.node.handle(Input::Authenticated { conn, outcome });
 
     let timeouts = &shared.config.timeouts;
     let mut heartbeat = Heartbeat::new(Instant::now(), timeouts.ping_interval, timeouts.idle);
@@ -177,8 +154,8 @@ async fn run(
                     // A slow consumer is closed without waiting for its write to finish;
                     // other closes (shutdown) come after the frames already queued.
                     () = outbox.wait() => {
-                        if outbox.close_code() == Some(CloseCode::SlowConsumer) {
-                            return End::Close(CloseCode::SlowConsumer);
+                        if let Some(code @ CloseCode::SlowConsumer) = outbox.close_code() {
+                            return End::Close(CloseReason::Requested(code));
                         }
                     }
                     // A write that makes no progress until the idle timeout: a dead peer.
@@ -191,7 +168,7 @@ async fn run(
             }
         }
         if let Some(code) = batch.close {
-            return End::Close(code);
+            return End::Close(CloseReason::Requested(code));
         }
         if wrote {
             // A client kept busy by a steady stream of frames still gets its pongs read,
@@ -243,7 +220,7 @@ fn on_timer(
         Some(Tick::Ping) => {
             let _ = outbox.push(Message::Ping(Bytes::new()));
         }
-        Some(Tick::Dead) => return Some(End::Close(CloseCode::IdleTimeout)),
+        Some(Tick::Dead) => return Some(End::Close(CloseReason::IdleTimeout)),
         None => {}
     }
     timer.reset(heartbeat.deadline());
@@ -260,13 +237,13 @@ fn receive(
     heartbeat.seen(Instant::now());
     match message {
         Some(Ok(Message::Text(text))) => {
-            shared.dispatcher.handle(Input::Message {
+            shared.node.handle(Input::Message {
                 conn,
                 payload: text.as_bytes(),
             });
         }
         Some(Ok(Message::Binary(bytes))) => {
-            shared.dispatcher.handle(Input::Message {
+            shared.node.handle(Input::Message {
                 conn,
                 payload: &bytes,
             });
@@ -353,29 +330,6 @@ async fn first_message(socket: &mut WebSocketStream<impl Io>, conn: ConnId) -> R
             Some(Err(err)) => return Err(socket_error(conn, err)),
         }
     }
-}
-
-/// The close for a failed read: the client broke a limit or the protocol, or just vanished.
-fn socket_error(conn: ConnId, err: tungstenite::Error) -> End {
-    let code = match &err {
-        tungstenite::Error::Io(io) => match Exceeded::of(io) {
-            Some(Exceeded::Rate) => CloseCode::TooManyMessages,
-            Some(Exceeded::Size) => CloseCode::MessageTooBig,
-            None => {
-                debug!(%conn, %err, "connection error");
-                return End::Gone;
-            }
-        },
-        tungstenite::Error::Capacity(_) => CloseCode::MessageTooBig,
-        tungstenite::Error::Utf8(_) => CloseCode::InvalidPayload,
-        tungstenite::Error::Protocol(_) => CloseCode::ProtocolError,
-        _ => {
-            debug!(%conn, %err, "connection error");
-            return End::Gone;
-        }
-    };
-    debug!(%conn, %err, code = code.code(), "bad client frame");
-    End::Close(code)
 }
 
 async fn write_all(

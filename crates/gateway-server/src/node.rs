@@ -1,31 +1,31 @@
-//! The hub's driver: one lock around the pure hub and the connections' outboxes.
+//! The node: owns the hub and the connections' outboxes (and, soon, the broker).
 //!
-//! Every input goes through [`Dispatcher::handle`], which applies the hub's actions before
-//! returning: replies and deliveries are queued to outboxes (never awaited), closes are
-//! requested. The lock is never held across an `.await`, and the work under it is bounded by
-//! the number of recipients (a refcount increment and a queue push each), or by one page of
-//! `/stat` ([`Dispatcher::stat_page`]).
+//! The hub and the outboxes sit behind one lock. Every input goes through [`Node::handle`],
+//! which applies the hub's actions before returning: replies and deliveries are queued to
+//! outboxes (never awaited), closes are requested. The lock is never held across an
+//! `.await`, and the work under it is bounded by the number of recipients (a refcount
+//! increment and a queue push each), or by one page of `/stat` ([`Node::stat_page`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{
-    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Stat, StatPage,
-};
+use gateway_core::{Action, AppName, ConnId, Frame, Hub, HubConfig, Input, Stat, StatPage};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::outbox::Outbox;
+use crate::ws::close::CloseReason;
+use crate::ws::outbox::Outbox;
 
 #[derive(Debug)]
 struct Inner {
     hub: Hub,
     outboxes: HashMap<ConnId, Arc<Outbox>>,
-    /// Set once by [`Dispatcher::shut_down`]: every outbox, even one attached later, closes.
+    /// Set once by [`Node::shut_down`]: every outbox, even one attached later, closes.
     closing: bool,
 }
 
+/// The node: owns the hub and the connections' outboxes (and, soon, the broker).
 #[derive(Debug)]
-pub struct Dispatcher {
+pub struct Node {
     inner: Mutex<Inner>,
 }
 
@@ -34,13 +34,13 @@ fn to_message(frame: Frame) -> Message {
     Message::Text(text)
 }
 
-impl Dispatcher {
+impl Node {
     /// Apps per page of `/stat`: the lock is held for one page (some tens of µs with 128-byte
     /// names), so pushes wait for that at most, whatever the number of apps.
     pub const STAT_PAGE_APPS: usize = 512;
 
     pub fn new(config: HubConfig) -> Self {
-        Dispatcher {
+        Node {
             inner: Mutex::new(Inner {
                 hub: Hub::new(config),
                 outboxes: HashMap::new(),
@@ -59,7 +59,7 @@ impl Dispatcher {
     pub(crate) fn attach(&self, conn: ConnId, outbox: Arc<Outbox>) {
         let mut inner = self.lock();
         if inner.closing {
-            outbox.close(CloseCode::GoingAway);
+            outbox.close(CloseReason::ShuttingDown.code());
         }
         inner.outboxes.insert(conn, outbox);
     }
@@ -69,7 +69,7 @@ impl Dispatcher {
         let mut inner = self.lock();
         inner.closing = true;
         for outbox in inner.outboxes.values() {
-            outbox.close(CloseCode::GoingAway);
+            outbox.close(CloseReason::ShuttingDown.code());
         }
     }
 
@@ -88,7 +88,7 @@ impl Dispatcher {
         inner.apply();
     }
 
-    /// The counts of `GET /stat`, read [`Dispatcher::STAT_PAGE_APPS`] at a time with the lock
+    /// The counts of `GET /stat`, read [`Node::STAT_PAGE_APPS`] at a time with the lock
     /// released in between: each page is consistent, the whole is not an atomic snapshot (an
     /// app that appears or goes away meanwhile is listed or not depending on where it sorts).
     pub fn stat(&self) -> Stat {

@@ -20,8 +20,8 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::liveness::RateLimit;
 use crate::config::Limits;
-use crate::liveness::RateLimit;
 
 /// A limit a client's frames broke; carried to the connection inside an [`io::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,8 @@
-//! `GET /stat`, streamed a page at a time.
+//! The admin pages, served on the stat listener: `GET /stat`, streamed a page at a time.
 //!
-//! With a million apps the answer is ~150 MB. Built under the dispatcher's lock in one piece,
+//! With a million apps the answer is ~150 MB. Built under the node's lock in one piece,
 //! it stalled every push and subscription for about a second and held the whole text in
-//! memory. Instead the body takes [`Dispatcher::STAT_PAGE_APPS`] counts at a time, each page
+//! memory. Instead the body takes [`Node::STAT_PAGE_APPS`] counts at a time, each page
 //! under the lock for O(page) work, and renders it outside the lock; hyper asks for the next
 //! page only once the previous one is on its way to the socket, so a slow reader holds one
 //! page, not the whole answer.
@@ -11,7 +11,7 @@
 //! page goes out with `Content-Length`, exactly as before; a longer one is chunked. Pages are
 //! each consistent, the answer as a whole is not an atomic snapshot.
 //!
-//! [`Dispatcher::STAT_PAGE_APPS`]: crate::Dispatcher::STAT_PAGE_APPS
+//! [`Node::STAT_PAGE_APPS`]: crate::Node::STAT_PAGE_APPS
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -24,11 +24,11 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::Dispatcher;
-use crate::server::Shared;
+use crate::node::Node;
+use crate::shared::Shared;
 
 /// The stat listener's bodies: a refusal, or the counts.
-pub(crate) type ServiceBody = http_body_util::Either<crate::http::Body, StatBody>;
+pub(crate) type ServiceBody = http_body_util::Either<super::Body, StatBody>;
 
 /// The answer to `GET /stat`: 200, `text/plain; charset=utf-8`, the counts as a [`StatBody`].
 pub(crate) fn response(shared: Arc<Shared>) -> Response<StatBody> {
@@ -64,7 +64,7 @@ impl std::fmt::Debug for StatBody {
 
 impl StatBody {
     fn new(shared: Arc<Shared>) -> StatBody {
-        let page = next_page(&shared.dispatcher, None);
+        let page = next_page(&shared.node, None);
         let resume_after = page.resume_after().cloned();
         StatBody {
             shared,
@@ -75,8 +75,8 @@ impl StatBody {
     }
 }
 
-fn next_page(dispatcher: &Dispatcher, after: Option<&AppName>) -> StatPage {
-    dispatcher.stat_page(after, Dispatcher::STAT_PAGE_APPS)
+fn next_page(node: &Node, after: Option<&AppName>) -> StatPage {
+    node.stat_page(after, Node::STAT_PAGE_APPS)
 }
 
 /// Renders outside the lock: only the page's refcounted names were taken under it.
@@ -107,7 +107,7 @@ impl Body for StatBody {
         // The lock is taken for one page, never across polls: pushes and subscriptions get in
         // between any two pages.
         while let Some(after) = this.resume_after.take() {
-            let page = next_page(&this.shared.dispatcher, Some(&after));
+            let page = next_page(&this.shared.node, Some(&after));
             this.resume_after = page.resume_after().cloned();
             this.yield_first = true;
             if !page.apps.is_empty() {

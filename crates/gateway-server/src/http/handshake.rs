@@ -23,10 +23,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::Head;
+use super::upgrade::{check_upgrade, wants_websocket};
 use crate::admission::Ticket;
-use crate::connection::Io;
-use crate::http::{self, Head};
-use crate::server::Shared;
+use crate::io::Io;
+use crate::shared::Shared;
 
 /// The first request head is read into a buffer of this size inside the task, not on the
 /// heap: the task is allocated at the size of its largest state, and with this buffer the
@@ -46,7 +47,7 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// state, where a large value would take room for the connection's whole life.
 pub(crate) enum FirstRequest<I> {
     /// An accepted upgrade, its 101 already written; `pipelined` holds the bytes the client
-    /// sent behind its request (see [`connection::websocket`](crate::connection::websocket)).
+    /// sent behind its request (see [`ws::websocket`](crate::ws::websocket)).
     WebSocket {
         io: I,
         pipelined: Option<Vec<u8>>,
@@ -235,11 +236,11 @@ fn judge(
     let plain = request.version == Some(1)
         && headers.value("content-length").is_none()
         && headers.value("transfer-encoding").is_none();
-    if !(plain && http::wants_websocket(headers)) {
+    if !(plain && wants_websocket(headers)) {
         return Some((Verdict::Http, head_len));
     }
     let is_get = request.method == Some("GET");
-    match http::check_upgrade(is_get, headers, shared, peer) {
+    match check_upgrade(is_get, headers, shared, peer) {
         Ok(accept) => Some((Verdict::Upgrade(accept), head_len)),
         Err(_) => Some((Verdict::Http, head_len)),
     }

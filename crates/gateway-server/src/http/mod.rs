@@ -1,0 +1,215 @@
+//! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`) and of the
+//! stat listener (`GET /stat`), and the one place that maps refusals to HTTP responses.
+//!
+//! - [`handshake`]: a connection's first request, read by hand (the upgrade's fast path);
+//! - [`upgrade`]: judging an upgrade request, and upgrades that come to hyper;
+//! - [`push`]: `POST /push`, its body read within bounds before it takes a dispatch slot;
+//! - [`admin`]: the stat listener's pages (`GET /stat`).
+
+pub(crate) mod admin;
+pub(crate) mod handshake;
+mod push;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::admission::AddressSlot;
+use crate::shared::Shared;
+
+pub(crate) type Body = Full<Bytes>;
+
+/// Every refusal of the HTTP side, mapped to its status in [`Refusal::response`].
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    NotFound,
+    MethodNotAllowed(&'static str),
+    BadUpgrade(&'static str),
+    UnsupportedWebSocketVersion,
+    OriginNotAllowed,
+    TooManyConnections,
+    ShuttingDown,
+    PushKeyRequired,
+    PushNotAllowedFrom,
+    PushOverloaded,
+    /// The push bodies being received at once reached `limits.max_buffered_push_bytes`.
+    PushBodiesOverBudget,
+    /// The push body's bytes were taken back for newer pushes (it was too slow).
+    PushBodyEvicted,
+    /// The push body did not arrive within `timeouts.push_body_ms`.
+    PushBodyTimeout(std::time::Duration),
+    BodyTooLarge(usize),
+    BadBody(String),
+    BadPush(String),
+}
+
+impl Refusal {
+    fn response(self) -> Response<Body> {
+        let (status, text) = match &self {
+            Refusal::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            Refusal::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed".to_owned(),
+            ),
+            Refusal::BadUpgrade(why) => (
+                StatusCode::BAD_REQUEST,
+                format!("bad WebSocket upgrade: {why}"),
+            ),
+            Refusal::UnsupportedWebSocketVersion => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported WebSocket version; use 13".to_owned(),
+            ),
+            Refusal::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin not allowed".to_owned()),
+            Refusal::TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections".to_owned(),
+            ),
+            Refusal::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned()),
+            Refusal::PushKeyRequired => (
+                StatusCode::UNAUTHORIZED,
+                "push requires Authorization: Bearer <push api key>".to_owned(),
+            ),
+            Refusal::PushNotAllowedFrom => (
+                StatusCode::FORBIDDEN,
+                "push is not allowed from this address".to_owned(),
+            ),
+            Refusal::PushOverloaded | Refusal::PushBodiesOverBudget => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned())
+            }
+            Refusal::PushBodyEvicted => (
+                StatusCode::REQUEST_TIMEOUT,
+                "push body too slow: its room was needed by other pushes".to_owned(),
+            ),
+            Refusal::PushBodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("push body not received within {} ms", limit.as_millis()),
+            ),
+            Refusal::BodyTooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("push body larger than {max} bytes"),
+            ),
+            Refusal::BadBody(why) => (StatusCode::BAD_REQUEST, format!("cannot read body: {why}")),
+            Refusal::BadPush(why) => (StatusCode::BAD_REQUEST, format!("bad push message: {why}")),
+        };
+        // Only an accepted pusher keeps its connection for the next request: anyone else's
+        // connection is closed after the answer, so that refused peers cannot hold sockets.
+        let keep_alive = matches!(
+            self,
+            Refusal::PushOverloaded | Refusal::BadBody(_) | Refusal::BadPush(_)
+        );
+        let mut response = text_response(status, format!("{text}\n"));
+        let headers = response.headers_mut();
+        if !keep_alive {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        match self {
+            Refusal::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Refusal::UnsupportedWebSocketVersion => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            Refusal::PushKeyRequired => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::TooManyConnections
+            | Refusal::ShuttingDown
+            | Refusal::PushOverloaded
+            | Refusal::PushBodiesOverBudget => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(text.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The main listener: any path that is a WebSocket upgrade, and `POST /push`.
+pub(crate) async fn main_service(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    address: Option<Arc<AddressSlot>>,
+) -> Result<Response<Body>, Infallible> {
+    let result = if upgrade::wants_websocket(req.headers()) {
+        upgrade::upgrade(req, shared, peer, address)
+    } else if req.uri().path() == "/push" {
+        if req.method() == Method::POST {
+            push::push(req, &shared, peer).await
+        } else {
+            Err(Refusal::MethodNotAllowed("POST"))
+        }
+    } else {
+        Err(Refusal::NotFound)
+    };
+    Ok(result.unwrap_or_else(Refusal::response))
+}
+
+/// The stat listener: `GET /stat`, streamed a page at a time ([`admin`]).
+pub(crate) async fn stat_service(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<admin::ServiceBody>, Infallible> {
+    use http_body_util::Either;
+    let response = match (req.uri().path(), req.method()) {
+        ("/stat", &Method::GET) => admin::response(shared).map(Either::Right),
+        ("/stat", _) => Refusal::MethodNotAllowed("GET")
+            .response()
+            .map(Either::Left),
+        _ => Refusal::NotFound.response().map(Either::Left),
+    };
+    Ok(response)
+}
+
+/// The header fields of a request head, from hyper or from the hand-read first request
+/// (`handshake`), so both judge an upgrade by the same rules.
+pub(crate) trait Head {
+    /// Every value of the header `name` (case-insensitive), in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// Whether a comma-separated header `name` holds `token` (case-insensitive).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.values(name).any(|value| {
+            std::str::from_utf8(value)
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    }
+
+    fn value<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl Head for http::HeaderMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl Head for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}

@@ -1,0 +1,183 @@
+//! `POST /push`: who may push, and the body, received within its bounds before the push takes
+//! a dispatch slot.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use gateway_core::{Publication, PushMessage};
+use http::header;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+use tracing::{debug, warn};
+
+use super::{Body, Refusal};
+use crate::admission::BodyCharge;
+use crate::shared::Shared;
+
+/// Whether this request may push: with keys configured, it must present one; without, it
+/// must come from an allowed network.
+fn push_allowed(req: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Result<(), Refusal> {
+    if shared.push_key_digests.is_empty() {
+        let ip = peer.ip().to_canonical();
+        return if shared
+            .config
+            .access
+            .push_allow_from
+            .iter()
+            .any(|net| net.contains(&ip))
+        {
+            Ok(())
+        } else {
+            debug!(%peer, "push refused: address not in push_allow_from");
+            Err(Refusal::PushNotAllowedFrom)
+        };
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    let Some(presented) = presented else {
+        return Err(Refusal::PushKeyRequired);
+    };
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    // Compare with every key, each in constant time, without stopping at a match.
+    let matched = shared
+        .push_key_digests
+        .iter()
+        .fold(Choice::from(0), |any, key| any | key.ct_eq(&digest));
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        debug!(%peer, "push refused: wrong key");
+        Err(Refusal::PushKeyRequired)
+    }
+}
+
+pub(super) async fn push(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Refusal> {
+    push_allowed(&req, shared, peer)?;
+    if shared.shutdown.is_cancelled() {
+        shared.counters.push_refused();
+        return Err(Refusal::ShuttingDown);
+    }
+    let max = shared.config.limits.max_push_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(Refusal::BodyTooLarge(max));
+    }
+    // The body is read before a dispatch slot is taken, within its own deadline: a sender
+    // that is slow or stalls holds no slot, only its own bytes (bounded in total).
+    let (body, charge) = match receive_body(req.into_body(), shared).await {
+        Ok(received) => received,
+        Err(refusal) => {
+            match refusal {
+                Refusal::PushBodiesOverBudget | Refusal::ShuttingDown => {
+                    let total = shared.counters.push_refused();
+                    warn!(total, "push refused: {refusal:?}");
+                }
+                Refusal::PushBodyEvicted | Refusal::PushBodyTimeout(_) => {
+                    let total = shared.counters.push_body_timed_out();
+                    debug!(%peer, total, "push body too slow: {refusal:?}");
+                }
+                _ => {}
+            }
+            return Err(refusal);
+        }
+    };
+    // A shutdown that began while the body arrived: every client is being closed.
+    if shared.shutdown.is_cancelled() {
+        shared.counters.push_refused();
+        return Err(Refusal::ShuttingDown);
+    }
+    // Held until the push is handed over: 202 means delivered to every recipient's queue.
+    let Ok(_slot) = shared.push_slots.try_acquire() else {
+        let total = shared.counters.push_refused();
+        warn!(total, "push refused: limits.max_inflight_pushes reached");
+        return Err(Refusal::PushOverloaded);
+    };
+    let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
+        .map_err(|err| Refusal::BadPush(err.to_string()))?;
+    drop(charge);
+    shared
+        .node
+        .handle(gateway_core::Input::Push(Publication::from(push)));
+    let mut accepted = Response::new(Full::new(Bytes::new()));
+    *accepted.status_mut() = StatusCode::ACCEPTED;
+    Ok(accepted)
+}
+
+/// Receives a push body of at most `limits.max_push_body_bytes`, within
+/// `timeouts.push_body_ms` from now. A body that comes in one piece (nearly all of them) is
+/// kept as it is; one that takes several reads is charged, read by read, to the bytes of
+/// bodies being received, and the charge (returned) holds its share until it is dropped.
+async fn receive_body(
+    mut body: Incoming,
+    shared: &Shared,
+) -> Result<(Bytes, Option<BodyCharge>), Refusal> {
+    let max = shared.config.limits.max_push_body_bytes;
+    let limit = shared.config.timeouts.push_body;
+    let deadline = tokio::time::Instant::now() + limit;
+    let timed_out = |_| Refusal::PushBodyTimeout(limit);
+    let first = tokio::select! {
+        biased;
+        frame = tokio::time::timeout_at(deadline, next_data(&mut body)) => frame.map_err(timed_out)??,
+        () = shared.shutdown.cancelled() => return Err(Refusal::ShuttingDown),
+    };
+    let Some(first) = first else {
+        return Ok((Bytes::new(), None));
+    };
+    if first.len() > max {
+        return Err(Refusal::BodyTooLarge(max));
+    }
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok((first, None));
+    }
+    let mut charge = shared.push_bodies.start();
+    if !charge.add(first.len()) {
+        return Err(Refusal::PushBodiesOverBudget);
+    }
+    let evicted = charge.evicted.clone();
+    let mut collected = BytesMut::from(first);
+    loop {
+        let data = tokio::select! {
+            biased;
+            frame = tokio::time::timeout_at(deadline, next_data(&mut body)) => frame.map_err(timed_out)??,
+            () = evicted.cancelled() => return Err(Refusal::PushBodyEvicted),
+            () = shared.shutdown.cancelled() => return Err(Refusal::ShuttingDown),
+        };
+        let Some(data) = data else {
+            return Ok((collected.freeze(), Some(charge)));
+        };
+        if collected.len() + data.len() > max {
+            return Err(Refusal::BodyTooLarge(max));
+        }
+        if !charge.add(data.len()) {
+            return Err(Refusal::PushBodiesOverBudget);
+        }
+        collected.extend_from_slice(&data);
+    }
+}
+
+/// The next piece of data of `body` (trailers skipped); `None` at its end.
+async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, Refusal> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| Refusal::BadBody(err.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
