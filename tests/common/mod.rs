@@ -102,7 +102,8 @@ impl TestServer {
         // Bound before the server runs, so there is nothing to wait for.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stat_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gateway = Gateway::from_listeners(config, authenticator, listener, stat_listener);
+        let gateway =
+            Gateway::from_listeners(config, authenticator, listener, stat_listener).unwrap();
         let (addr, stat_addr) = (gateway.local_addr(), gateway.stat_addr());
         let counters = gateway.counters();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -22,6 +22,10 @@ pub struct Counters {
     auth_backend_errors: AtomicU64,
     upgrades_refused: AtomicU64,
     pushes_refused: AtomicU64,
+    broker_publish_failures: AtomicU64,
+    broker_gaps: AtomicU64,
+    broker_disconnects: AtomicU64,
+    broker_unreadable: AtomicU64,
     /// Indexed like [`CloseCode::ALL`].
     closes: [AtomicU64; CloseCode::ALL.len()],
 }
@@ -144,6 +148,44 @@ impl Counters {
     }
 
     /// Connections the gateway closed with `code`.
+    /// Pushes answered 503 because the broker did not take them (unreachable, an error, no
+    /// answer within `broker.publish_timeout_ms`).
+    pub fn broker_publish_failures(&self) -> u64 {
+        self.broker_publish_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn broker_publish_failed(&self) -> u64 {
+        self.broker_publish_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Topics (an app, or one member of a private app) for which pushes may have been lost
+    /// on the way from the broker: one per topic per broker reconnect or slow-consumer drop.
+    pub fn broker_gaps(&self) -> u64 {
+        self.broker_gaps.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn broker_gap(&self, topics: usize) -> u64 {
+        self.broker_gaps.fetch_add(topics as u64, Ordering::Relaxed) + topics as u64
+    }
+
+    /// Times the connection to the broker was lost.
+    pub fn broker_disconnects(&self) -> u64 {
+        self.broker_disconnects.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn broker_disconnected(&self) -> u64 {
+        self.broker_disconnects.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Messages from the broker this node could not read (another wire version, or not ours).
+    pub fn broker_unreadable(&self) -> u64 {
+        self.broker_unreadable.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn broker_message_unreadable(&self) -> u64 {
+        self.broker_unreadable.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub fn closes(&self, code: CloseCode) -> u64 {
         self.closes[index(code)].load(Ordering::Relaxed)
     }

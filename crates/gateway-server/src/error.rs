@@ -40,4 +40,7 @@ pub enum ServerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The broker's configuration cannot work (a malformed URL, unreadable credentials).
+    #[error("broker: {0}")]
+    Broker(#[from] gateway_broker::BrokerError),
 }

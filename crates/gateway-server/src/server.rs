@@ -13,7 +13,7 @@ use crate::accept::{self, Listener};
 use crate::config::ServerConfig;
 use crate::counters::Counters;
 use crate::error::ServerError;
-use crate::node::Node;
+use crate::node::{self, Node};
 use crate::shared::Shared;
 
 /// A bound, not yet running, gateway.
@@ -55,27 +55,24 @@ impl Gateway {
         };
         let listener = bind("websocket and push", config.listen)?;
         let stat_listener = bind("stat", config.stat_listen)?;
-        Ok(Gateway::from_listeners(
-            config,
-            authenticator,
-            listener,
-            stat_listener,
-        ))
+        Gateway::from_listeners(config, authenticator, listener, stat_listener)
     }
 
     /// Uses listeners bound by the caller (tests bind `127.0.0.1:0` first, so they know the
     /// ports before the server runs). `config.listen` and `config.stat_listen` are ignored.
+    /// Must be called within a tokio runtime: the broker starts connecting at once.
     pub fn from_listeners(
         config: ServerConfig,
         authenticator: Arc<dyn Authenticator>,
         listener: TcpListener,
         stat_listener: TcpListener,
-    ) -> Gateway {
-        Gateway {
-            shared: Arc::new(Shared::new(config, authenticator)),
+    ) -> Result<Gateway, ServerError> {
+        let port = listener.local_addr().map_or(0, |addr| addr.port());
+        Ok(Gateway {
+            shared: Arc::new(Shared::new(config, authenticator, port)?),
             listener,
             stat_listener,
-        }
+        })
     }
 
     /// The address of the WebSocket and push listener.
@@ -99,8 +96,13 @@ impl Gateway {
 
     /// The node (the hub and the connections' outboxes), for a service that embeds the
     /// gateway and pushes in-process.
-    pub fn node(&self) -> &Node {
+    pub fn node(&self) -> &Arc<Node> {
         &self.shared.node
+    }
+
+    /// This node's name in the cluster view (`broker.node_id`, or host name and port).
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every WebSocket with 1001
@@ -122,6 +124,14 @@ impl Gateway {
             shared.clone(),
             Listener::Stat,
         ));
+        let broker = &shared.config.broker;
+        let reporter = tokio::spawn(node::run_reporter(
+            shared.node.clone(),
+            shared.node_id.clone(),
+            broker.report_interval,
+            broker.report_ttl(),
+            shared.shutdown.clone(),
+        ));
 
         shutdown.await;
         info!("shutting down: closing connections");
@@ -129,6 +139,7 @@ impl Gateway {
         shared.node.shut_down();
         let _ = main.await;
         let _ = stat.await;
+        let _ = reporter.await;
         shared.tracker.close();
         let deadline = shared.config.timeouts.shutdown;
         if tokio::time::timeout(deadline, shared.tracker.wait())
@@ -180,7 +191,8 @@ mod tests {
             Arc::new(gateway_auth::AnonymousOnly),
             listener,
             stat,
-        );
+        )
+        .unwrap();
         let shared = gateway.shared.clone();
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let admitted = accept::Admitted {

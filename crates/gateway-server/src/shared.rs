@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_auth::Authenticator;
+use gateway_broker::local::LocalBroker;
+use gateway_broker::{BrokerError, BrokerSettings, Inbound, SharedBroker};
 use gateway_core::ConnId;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -13,14 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{self, Handshakes, PerAddress, PushBodies};
-use crate::config::ServerConfig;
+use crate::config::{BrokerKind, ServerConfig};
 use crate::counters::Counters;
 use crate::node::Node;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) node: Node,
+    pub(crate) node: Arc<Node>,
+    /// This node's name in the cluster (`broker.node_id`, or host name and port).
+    pub(crate) node_id: String,
     pub(crate) authenticator: Arc<dyn Authenticator>,
     /// Cancelled once, when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
@@ -46,12 +50,31 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Everything the connections share, for `config`: its limits are first fitted under the
-    /// process's open-file limit.
-    pub(crate) fn new(config: ServerConfig, authenticator: Arc<dyn Authenticator>) -> Shared {
+    /// process's open-file limit. Starts connecting to the broker (in the background: a
+    /// broker that is down makes pushes fail with 503 until it is back, it does not stop the
+    /// gateway from starting); only a broker configuration that cannot work is an error.
+    pub(crate) fn new(
+        config: ServerConfig,
+        authenticator: Arc<dyn Authenticator>,
+        listen_port: u16,
+    ) -> Result<Shared, BrokerError> {
         let mut config = config;
         admission::fit_to_open_file_limit(&mut config.limits);
-        let node = Node::new(config.hub.clone());
         let counters = Arc::new(Counters::default());
+        let node_id = match config.broker.settings.node_id.as_str() {
+            "" => format!("{}:{listen_port}", host_name()),
+            id => id.to_owned(),
+        };
+        let settings = BrokerSettings {
+            node_id: node_id.clone(),
+            ..config.broker.settings.clone()
+        };
+        let node = Node::with_broker(
+            config.hub.clone(),
+            config.limits.outbox_messages,
+            counters.clone(),
+            |inbound| connect_broker(&config.broker.kind, settings, inbound),
+        )?;
         let limits = &config.limits;
         let evict_after = config.timeouts.evict_after;
         let push_key_digests = config
@@ -60,7 +83,7 @@ impl Shared {
             .iter()
             .map(|key| Sha256::digest(key.as_bytes()).into())
             .collect();
-        Shared {
+        Ok(Shared {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             push_slots: Semaphore::new(limits.max_inflight_pushes),
             push_bodies: PushBodies::new(limits.max_buffered_push_bytes, evict_after),
@@ -70,15 +93,41 @@ impl Shared {
             push_key_digests,
             config,
             node,
+            node_id,
             authenticator,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             counters,
             next_conn: AtomicU64::new(1),
-        }
+        })
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {
         ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// The broker `kind` names, connecting in the background.
+fn connect_broker(
+    kind: &BrokerKind,
+    settings: BrokerSettings,
+    inbound: std::sync::Weak<dyn Inbound>,
+) -> Result<SharedBroker, BrokerError> {
+    match kind {
+        BrokerKind::Local => Ok(LocalBroker::new(inbound)),
+        BrokerKind::Redis { .. } | BrokerKind::Nats { .. } => {
+            let _ = settings;
+            Err(BrokerError::Config("not built yet".into()))
+        }
+    }
+}
+
+/// The machine's name, for a default node id (`/proc`, then `$HOSTNAME`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "ws-gateway".to_owned())
 }

@@ -24,6 +24,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::Refusal;
 use crate::node::Node;
 use crate::shared::Shared;
 
@@ -39,6 +40,27 @@ pub(crate) fn response(shared: Arc<Shared>) -> Response<StatBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The answer to `GET /stat?scope=cluster`: the seed's format, with the counts of every live
+/// node merged (public apps add up, a private app counts distinct members). One node alone
+/// (the local broker) answers with its own counts.
+pub(crate) async fn cluster_response(shared: &Shared) -> Result<Response<super::Body>, Refusal> {
+    let text = if shared.node.broker().kind() == "local" {
+        shared.node.stat().to_string()
+    } else {
+        let counts = shared
+            .node
+            .cluster_stat()
+            .await
+            .map_err(|err| Refusal::ClusterUnavailable(err.to_string()))?;
+        let mut text = String::new();
+        for (app, count) in counts {
+            text.push_str(&format!("{app} {count}\n"));
+        }
+        text
+    };
+    Ok(super::text_response(StatusCode::OK, text))
 }
 
 /// The counts of `/stat`, read from the hub a page at a time as hyper polls for them.

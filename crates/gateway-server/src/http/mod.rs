@@ -39,6 +39,12 @@ pub(crate) enum Refusal {
     PushKeyRequired,
     PushNotAllowedFrom,
     PushOverloaded,
+    /// The broker did not take the push (unreachable, an error, no answer in time).
+    BrokerUnavailable(String),
+    /// The cluster view could not be read from the broker.
+    ClusterUnavailable(String),
+    /// A query parameter with a value this server does not know.
+    BadQuery(String),
     /// The push bodies being received at once reached `limits.max_buffered_push_bytes`.
     PushBodiesOverBudget,
     /// The push body's bytes were taken back for newer pushes (it was too slow).
@@ -80,6 +86,15 @@ impl Refusal {
                 StatusCode::FORBIDDEN,
                 "push is not allowed from this address".to_owned(),
             ),
+            Refusal::BrokerUnavailable(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("push not delivered: {why}"),
+            ),
+            Refusal::ClusterUnavailable(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cluster view unavailable: {why}"),
+            ),
+            Refusal::BadQuery(why) => (StatusCode::BAD_REQUEST, why.clone()),
             Refusal::PushOverloaded | Refusal::PushBodiesOverBudget => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned())
             }
@@ -102,7 +117,10 @@ impl Refusal {
         // connection is closed after the answer, so that refused peers cannot hold sockets.
         let keep_alive = matches!(
             self,
-            Refusal::PushOverloaded | Refusal::BadBody(_) | Refusal::BadPush(_)
+            Refusal::PushOverloaded
+                | Refusal::BrokerUnavailable(_)
+                | Refusal::BadBody(_)
+                | Refusal::BadPush(_)
         );
         let mut response = text_response(status, format!("{text}\n"));
         let headers = response.headers_mut();
@@ -125,6 +143,8 @@ impl Refusal {
             Refusal::TooManyConnections
             | Refusal::ShuttingDown
             | Refusal::PushOverloaded
+            | Refusal::BrokerUnavailable(_)
+            | Refusal::ClusterUnavailable(_)
             | Refusal::PushBodiesOverBudget => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -172,13 +192,34 @@ pub(crate) async fn stat_service(
 ) -> Result<Response<admin::ServiceBody>, Infallible> {
     use http_body_util::Either;
     let response = match (req.uri().path(), req.method()) {
-        ("/stat", &Method::GET) => admin::response(shared).map(Either::Right),
+        ("/stat", &Method::GET) => match query_value(req.uri().query(), "scope") {
+            None | Some("node") => admin::response(shared).map(Either::Right),
+            Some("cluster") => admin::cluster_response(&shared)
+                .await
+                .unwrap_or_else(Refusal::response)
+                .map(Either::Left),
+            Some(other) => Refusal::BadQuery(format!(
+                "scope must be \"node\" or \"cluster\", not {other:?}"
+            ))
+            .response()
+            .map(Either::Left),
+        },
         ("/stat", _) => Refusal::MethodNotAllowed("GET")
             .response()
             .map(Either::Left),
         _ => Refusal::NotFound.response().map(Either::Left),
     };
     Ok(response)
+}
+
+/// The value of `key` in a query string (`a=1&scope=cluster`), as written (no decoding: the
+/// values this server reads are plain words).
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// The header fields of a request head, from hyper or from the hand-read first request

@@ -111,9 +111,12 @@ pub(super) async fn push(
     let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
         .map_err(|err| Refusal::BadPush(err.to_string()))?;
     drop(charge);
+    // 202 only once the broker took the push; otherwise 503 and nobody received it.
     shared
         .node
-        .handle(gateway_core::Input::Push(Publication::from(push)));
+        .publish(Publication::from(push))
+        .await
+        .map_err(|err| Refusal::BrokerUnavailable(err.to_string()))?;
     let mut accepted = Response::new(Full::new(Bytes::new()));
     *accepted.status_mut() = StatusCode::ACCEPTED;
     Ok(accepted)

@@ -1,0 +1,425 @@
+//! The node: owns the hub, the connections' outboxes and the broker.
+//!
+//! The hub and the outboxes sit behind one lock. Every input goes through [`Node::handle`],
+//! which applies the hub's actions before returning: replies and deliveries are queued to
+//! outboxes (never awaited), closes are requested, interest changes are handed to the broker
+//! (which must not block). The lock is never held across an `.await`, and the work under it is
+//! bounded by the number of recipients (a refcount increment and a queue push each), or by one
+//! page of `/stat` ([`Node::stat_page`]).
+//!
+//! A push goes out through the broker and comes back through it ([`Node::publish`], then
+//! [`Inbound::publication`]), on one node as on many: the local broker hands it straight back
+//! (no allocation, no task), Redis and NATS carry it to every node with interest. A node never
+//! delivers a push it accepted by a short-cut as well, so each subscriber receives it once, and
+//! all of an app's subscribers receive its pushes in the order the broker serialised them.
+
+mod held;
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+
+use gateway_broker::local::LocalBroker;
+use gateway_broker::{
+    Broker, BrokerError, BrokerEvent, BrokerState, Inbound, SharedBroker, Subscription,
+};
+use gateway_core::{
+    Action, AppName, ConnId, Frame, Hub, HubConfig, Input, MemberId, Publication, Stat, StatPage,
+    Topic,
+};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::{error, info, warn};
+
+use crate::counters::Counters;
+use crate::ws::close::CloseReason;
+use crate::ws::outbox::Outbox;
+use held::Held;
+pub(crate) use report::run_reporter;
+
+#[derive(Debug)]
+struct Inner {
+    hub: Hub,
+    outboxes: HashMap<ConnId, Arc<Outbox>>,
+    /// Set once by [`Node::shut_down`]: every outbox, even one attached later, closes.
+    closing: bool,
+    /// Topics whose broker subscription was requested and not confirmed yet, with the number
+    /// of the latest request: a confirmation of an older one (subscribed, unsubscribed,
+    /// subscribed again) does not count.
+    pending: HashMap<Topic, u64>,
+    next_seq: u64,
+    held: Held,
+    /// The most frames held for one connection (`limits.outbox_messages`).
+    held_limit: usize,
+}
+
+/// The node: owns the hub, the connections' outboxes and the broker.
+pub struct Node {
+    inner: Mutex<Inner>,
+    /// Set once, right after the node is made: the broker needs the node (as its
+    /// [`Inbound`]) to be made.
+    broker: OnceLock<SharedBroker>,
+    /// A copy of the hub's, so a push finds its topic without taking the lock.
+    private_apps: HashSet<AppName>,
+    counters: Arc<Counters>,
+    /// At most one broker warning per second in the log; the counters count them all.
+    log_gate: LogGate,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("broker", &self.broker.get())
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_message(frame: Frame) -> Message {
+    let text = Utf8Bytes::try_from(frame.into_bytes()).expect("frames are valid UTF-8");
+    Message::Text(text)
+}
+
+impl Node {
+    /// Apps per page of `/stat`: the lock is held for one page (some tens of µs with 128-byte
+    /// names), so pushes wait for that at most, whatever the number of apps.
+    pub const STAT_PAGE_APPS: usize = 512;
+
+    /// A node on its own: the local broker.
+    pub fn local(config: HubConfig, counters: Arc<Counters>) -> Arc<Node> {
+        Node::with_broker(config, usize::MAX, counters, |inbound| {
+            Ok(LocalBroker::new(inbound) as SharedBroker)
+        })
+        .expect("the local broker cannot fail")
+    }
+
+    /// A node whose broker `connect` makes, given the node as the broker's [`Inbound`].
+    /// `held_limit` bounds the frames held for one connection while its broker subscription
+    /// is being confirmed.
+    pub fn with_broker(
+        config: HubConfig,
+        held_limit: usize,
+        counters: Arc<Counters>,
+        connect: impl FnOnce(Weak<dyn Inbound>) -> Result<SharedBroker, BrokerError>,
+    ) -> Result<Arc<Node>, BrokerError> {
+        let node = Arc::new(Node {
+            private_apps: config.private_apps.clone(),
+            inner: Mutex::new(Inner {
+                hub: Hub::new(config),
+                outboxes: HashMap::new(),
+                closing: false,
+                pending: HashMap::new(),
+                next_seq: 0,
+                held: Held::default(),
+                held_limit,
+            }),
+            broker: OnceLock::new(),
+            counters,
+            log_gate: LogGate::default(),
+        });
+        let weak: Weak<dyn Inbound> = Arc::downgrade(&node) as Weak<dyn Inbound>;
+        let broker = connect(weak)?;
+        node.broker
+            .set(broker)
+            .expect("the broker is set once, here");
+        Ok(node)
+    }
+
+    pub fn broker(&self) -> &dyn Broker {
+        self.broker
+            .get()
+            .expect("set when the node is made")
+            .as_ref()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The hub completes each input before returning; a poisoned lock means a bug in it
+        // that has already been reported, and refusing every later client would be worse.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives the hub a connection's outbox, before its first input.
+    pub(crate) fn attach(&self, conn: ConnId, outbox: Arc<Outbox>) {
+        let mut inner = self.lock();
+        if inner.closing {
+            outbox.close(CloseReason::ShuttingDown.code());
+        }
+        inner.outboxes.insert(conn, outbox);
+    }
+
+    /// Asks every connection to close with 1001 after the frames already queued to it, and
+    /// closes the broker.
+    pub(crate) fn shut_down(&self) {
+        let mut inner = self.lock();
+        inner.closing = true;
+        for outbox in inner.outboxes.values() {
+            outbox.close(CloseReason::ShuttingDown.code());
+        }
+        drop(inner);
+        self.broker().close();
+    }
+
+    /// Forgets a connection that has ended, whatever its state.
+    pub(crate) fn detach(&self, conn: ConnId) {
+        let mut inner = self.lock();
+        inner.remove_outbox(conn);
+        inner.held.forget(conn);
+        inner.hub.handle(Input::Disconnected { conn });
+        inner.apply(self.broker());
+    }
+
+    /// Feeds one input to the hub and carries out what it asks for.
+    pub fn handle(&self, input: Input<'_>) {
+        let mut inner = self.lock();
+        inner.hub.handle(input);
+        inner.apply(self.broker());
+    }
+
+    /// Sends a push to every subscriber of its topic, on every node, through the broker.
+    /// `Ok` once the broker took it (the local broker: once it is in every local recipient's
+    /// queue); an error means nobody received it and the pusher should retry.
+    pub async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
+        let topic = if self.private_apps.contains(&publication.app) {
+            match MemberId::new(publication.member_id) {
+                Some(member) => Topic::Member {
+                    app: publication.app.clone(),
+                    member,
+                },
+                // A private push without a member: nobody can receive it, as on one node.
+                None => return Ok(()),
+            }
+        } else {
+            Topic::App(publication.app.clone())
+        };
+        match self.broker().publish(&topic, publication).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let total = self.counters.broker_publish_failed();
+                if self.log_gate.allow() {
+                    warn!(total, %err, "push refused: the broker did not take it");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The counts of `GET /stat`, read [`Node::STAT_PAGE_APPS`] at a time with the lock
+    /// released in between: each page is consistent, the whole is not an atomic snapshot (an
+    /// app that appears or goes away meanwhile is listed or not depending on where it sorts).
+    pub fn stat(&self) -> Stat {
+        let mut stat = Stat::default();
+        let mut after: Option<AppName> = None;
+        loop {
+            let page = self.stat_page(after.as_ref(), Self::STAT_PAGE_APPS);
+            after = page.resume_after().cloned();
+            stat.apps.extend(page.apps);
+            if after.is_none() {
+                return stat;
+            }
+        }
+    }
+
+    /// One page of `GET /stat` (see [`Hub::stat_page`]), under the lock for O(limit) work.
+    pub fn stat_page(&self, after: Option<&AppName>, limit: usize) -> StatPage {
+        self.lock().hub.stat_page(after, limit)
+    }
+
+    /// The number of authenticated connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().hub.connection_count()
+    }
+
+    /// The broker's connection now.
+    pub fn broker_state(&self) -> BrokerState {
+        self.broker().state()
+    }
+}
+
+impl Inbound for Node {
+    fn publication(&self, publication: Publication) {
+        self.handle(Input::Push(publication));
+    }
+
+    fn event(&self, event: BrokerEvent) {
+        match event {
+            BrokerEvent::Subscribed { topic, seq } => {
+                let mut inner = self.lock();
+                inner.confirmed(&topic, seq);
+                inner.apply(self.broker());
+            }
+            BrokerEvent::Gap { topics, cause } => {
+                let total = self.counters.broker_gap(topics.len());
+                let sample: Vec<String> = topics.iter().take(5).map(Topic::to_string).collect();
+                warn!(
+                    topics = topics.len(),
+                    total,
+                    cause = cause.as_str(),
+                    sample = ?sample,
+                    "pushes to these topics may have been lost on the way from the broker"
+                );
+            }
+            BrokerEvent::State { state, error } => match state {
+                BrokerState::Connected => info!(broker = self.broker().kind(), "broker connected"),
+                BrokerState::Connecting => {
+                    let total = self.counters.broker_disconnected();
+                    warn!(
+                        broker = self.broker().kind(),
+                        total,
+                        error = error.as_deref().unwrap_or(""),
+                        "broker connection lost; reconnecting (pushes answer 503 meanwhile)"
+                    );
+                }
+                _ => info!(
+                    broker = self.broker().kind(),
+                    state = state.as_str(),
+                    "broker state"
+                ),
+            },
+            BrokerEvent::Unreadable { channel, error } => {
+                let total = self.counters.broker_message_unreadable();
+                if self.log_gate.allow() {
+                    error!(
+                        total,
+                        channel,
+                        error,
+                        "dropped a broker message this node cannot read (a node of another version in the cluster?)"
+                    );
+                }
+            }
+            other => info!(event = ?other, "broker event"),
+        }
+    }
+}
+
+impl Inner {
+    /// Forgets an outbox; the table gives its memory back once it is mostly empty (amortized,
+    /// like the hub's tables), so RSS falls after a crowd of connections left.
+    fn remove_outbox(&mut self, conn: ConnId) -> Option<Arc<Outbox>> {
+        let outbox = self.outboxes.remove(&conn);
+        let capacity = self.outboxes.capacity();
+        if capacity > 64 && self.outboxes.len() <= capacity / 4 {
+            self.outboxes.shrink_to(self.outboxes.len() * 2);
+        }
+        outbox
+    }
+
+    /// Queues `message` to `conn`: behind its held frames if it has any, else to its outbox.
+    fn send(&mut self, conn: ConnId, message: Message) {
+        if self.held.holds(conn) {
+            if self
+                .held
+                .hold(conn, None, message, self.held_limit)
+                .is_err()
+            {
+                self.hub.handle(Input::OutboxFull { conn });
+            }
+        } else if let Some(outbox) = self.outboxes.get(&conn)
+            && outbox.push(message).is_err()
+        {
+            self.hub.handle(Input::OutboxFull { conn });
+        }
+    }
+
+    /// The broker confirmed `topic` (request `seq`): release what waited for it.
+    fn confirmed(&mut self, topic: &Topic, seq: u64) {
+        match self.pending.get(topic) {
+            Some(latest) if seq >= *latest => {
+                self.pending.remove(topic);
+                self.release(topic);
+            }
+            _ => {}
+        }
+    }
+
+    fn release(&mut self, topic: &Topic) {
+        let pending = &self.pending;
+        let released = self.held.release(topic, |t| pending.contains_key(t));
+        for (conn, message) in released {
+            if let Some(outbox) = self.outboxes.get(&conn)
+                && outbox.push(message).is_err()
+            {
+                self.hub.handle(Input::OutboxFull { conn });
+            }
+        }
+    }
+
+    fn apply(&mut self, broker: &dyn Broker) {
+        while let Some(action) = self.hub.poll_action() {
+            match action {
+                Action::Reply { conn, frame } => self.send(conn, to_message(frame)),
+                Action::Subscribed { conn, topic, frame } => {
+                    if self.pending.contains_key(&topic) {
+                        let message = to_message(frame);
+                        if self
+                            .held
+                            .hold(conn, Some(topic), message, self.held_limit)
+                            .is_err()
+                        {
+                            self.hub.handle(Input::OutboxFull { conn });
+                        }
+                    } else {
+                        self.send(conn, to_message(frame));
+                    }
+                }
+                Action::Deliver { conns, frame } => {
+                    let message = to_message(frame);
+                    if self.held.is_empty() {
+                        for conn in conns {
+                            if let Some(outbox) = self.outboxes.get(&conn)
+                                && outbox.push(message.clone()).is_err()
+                            {
+                                // Queues a Close; the loop applies it after this delivery.
+                                self.hub.handle(Input::OutboxFull { conn });
+                            }
+                        }
+                    } else {
+                        for conn in conns {
+                            self.send(conn, message.clone());
+                        }
+                    }
+                }
+                Action::Close { conn, code } => {
+                    self.held.forget(conn);
+                    if let Some(outbox) = self.remove_outbox(conn) {
+                        outbox.close(code);
+                    }
+                }
+                Action::InterestGained(topic) => {
+                    self.next_seq += 1;
+                    if broker.subscribe(&topic, self.next_seq) == Subscription::Pending {
+                        self.pending.insert(topic, self.next_seq);
+                    }
+                }
+                Action::InterestLost(topic) => {
+                    broker.unsubscribe(&topic);
+                    if self.pending.remove(&topic).is_some() {
+                        self.release(&topic);
+                    }
+                }
+                other => debug_assert!(false, "an action this driver does not know: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Lets one log line through per second.
+#[derive(Debug, Default)]
+struct LogGate {
+    next_s: AtomicU64,
+}
+
+impl LogGate {
+    fn allow(&self) -> bool {
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            + 1;
+        let next = self.next_s.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_s
+                .compare_exchange(next, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
