@@ -1,1 +1,530 @@
-//! NATS (to be written).
+//! The NATS broker: NATS core pub/sub, one subject per topic ([`wire::channel`]), the cluster
+//! view in a JetStream key-value bucket.
+//!
+//! # What NATS guarantees, and what it does not
+//! - **Order.** A NATS server delivers the messages of one subject in the order it received
+//!   them, and it reads each connection in order: the publications of one node arrive
+//!   everywhere in the order that node published them, and every node connected to the *same*
+//!   NATS server sees one order for a topic. Across a NATS cluster (nodes connected to
+//!   different servers) the order between publishers on different servers is **not**
+//!   guaranteed: two servers may forward their publishers' messages to each other's
+//!   subscribers interleaved differently. For one order per topic cluster-wide, connect every
+//!   gateway node to the same NATS server (the others serve as fail-over: several URLs).
+//! - **At most once.** NATS core keeps nothing. A node that is disconnected, or whose
+//!   subscription was not yet live, misses what was published meanwhile; a reconnect is
+//!   reported as [`GapCause::Reconnected`] for every subscribed topic, once the subscriptions
+//!   are live again on the new connection.
+//! - **Slow consumers drop.** Each subscription buffers at most [`SUBSCRIPTION_CAPACITY`]
+//!   messages in this process; past that async-nats drops messages and the node gets
+//!   [`GapCause::SlowConsumer`] for *every* subscribed topic (async-nats 0.51 does not expose
+//!   which subscription id belongs to which `Subscriber`, so the affected topic is unknown).
+//!   A node too slow to read its socket is cut off by the server (its own slow-consumer rule),
+//!   which shows up as a reconnect.
+//! - **A successful publish** means the message was queued, while the client was connected,
+//!   on the client's connection for writing to the server (async-nats writes it out within
+//!   moments). It does not mean the server received it nor that anyone did: if the connection
+//!   breaks in that moment the publication is lost without an error. While the client is not
+//!   connected a publish fails at once ([`BrokerError::Unavailable`]) instead of being buffered
+//!   by async-nats for an unknown time.
+//! - **A subscription is live** ([`BrokerEvent::Subscribed`]) once a request sent after the
+//!   `SUB` came back from the server: the server handles a connection's messages in order, so
+//!   it had registered the subscription. (`Client::flush` only writes the socket; it does not
+//!   wait for the server.) In a NATS cluster, publications entering through *another* server
+//!   may still miss the subscription for the moment the servers take to share interest.
+//!
+//! # Connecting
+//! [`NatsBroker::connect`] returns at once; the client connects in the background
+//! ([`BrokerState::Connecting`] until then), retries for ever, and reconnects with the backoff
+//! of [`crate::backoff`]: the first try at once, then `reconnect_min`/2..`reconnect_min`,
+//! doubling up to `reconnect_max`/2..`reconnect_max`. async-nats resubscribes by itself after
+//! a reconnect; this broker never subscribes a second time.
+//!
+//! # The cluster view
+//! Reports live in the JetStream key-value bucket `<prefix>-nodes` (history 1, maximum age the
+//! report's TTL), one key per node; see [`NatsBroker::report`]. The NATS server needs
+//! JetStream (`nats-server -js`) for the cluster view only: publications and subscriptions
+//! work without it.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use async_nats::client::PublishErrorKind;
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, ServerAddr};
+use futures_util::FutureExt;
+use gateway_core::{Publication, Topic};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::{
+    BoxFuture, Broker, BrokerError, BrokerSettings, BrokerState, Inbound, NodeReport, Published,
+    Publishing, Subscription, wire,
+};
+
+mod cluster;
+mod subscriptions;
+
+use subscriptions::Command;
+
+/// Messages one subscription may hold in this process before async-nats drops new ones and
+/// reports a slow consumer ([`crate::GapCause::SlowConsumer`]). 64 Ki messages: seconds of a
+/// busy topic, so only a node that has stopped keeping up loses anything, and a stuck node
+/// does not buffer without bound.
+pub const SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+
+/// How often the client pings the server. A server that vanished without closing the TCP
+/// connection (a partition, a dead host) is noticed when a third ping in a row goes
+/// unanswered, so within 20-30 s; async-nats' default of 60 s would leave a node publishing
+/// into nothing for minutes.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How the node authenticates to the NATS servers: at most one of a token, a user and
+/// password, or a credentials file (JWT and NKey seed, as `nsc` writes them).
+///
+/// `Debug` shows which one is set but never the token nor the password.
+#[derive(Default, Clone)]
+pub struct NatsAuth {
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A `.creds` file, read once by [`NatsBroker::connect`].
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsAuth")
+            .field("token", &redacted(&self.token))
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("credentials_file", &self.credentials_file)
+            .finish()
+    }
+}
+
+impl NatsAuth {
+    /// `options` with this authentication, or why it cannot work.
+    fn apply(&self, options: ConnectOptions) -> Result<ConnectOptions, BrokerError> {
+        let user_password = match (&self.user, &self.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(BrokerError::Config(
+                    "NATS user and password go together: set both or neither".into(),
+                ));
+            }
+        };
+        let methods = usize::from(self.token.is_some())
+            + usize::from(user_password.is_some())
+            + usize::from(self.credentials_file.is_some());
+        if methods > 1 {
+            return Err(BrokerError::Config(
+                "NATS authentication: set one of token, user and password, credentials file".into(),
+            ));
+        }
+        if let Some(token) = &self.token {
+            return Ok(options.token(token.clone()));
+        }
+        if let Some((user, password)) = user_password {
+            return Ok(options.user_and_password(user, password));
+        }
+        if let Some(path) = &self.credentials_file {
+            // Read here, synchronously and once, so that a missing or broken file is a
+            // configuration error at start-up rather than an endless reconnect loop.
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                BrokerError::Config(format!("NATS credentials file {}: {e}", path.display()))
+            })?;
+            return options.credentials(&text).map_err(|e| {
+                BrokerError::Config(format!("NATS credentials file {}: {e}", path.display()))
+            });
+        }
+        Ok(options)
+    }
+}
+
+/// A [`Broker`] on NATS core pub/sub. See the module docs for its guarantees.
+pub struct NatsBroker {
+    client: Client,
+    settings: BrokerSettings,
+    /// Interest changes and client events, in order, for the subscription task.
+    /// Unbounded because `subscribe`/`unsubscribe` run under the node's lock and must not
+    /// wait; its length is bounded by the interest changes the node makes, which the task
+    /// applies as fast as they come.
+    commands: mpsc::UnboundedSender<Command>,
+    shutdown: CancellationToken,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("prefix", &self.settings.prefix)
+            .field("node_id", &self.settings.node_id)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBroker {
+    /// Starts a broker on the NATS servers in `url` (`nats://host:port` or `tls://host:port`,
+    /// several separated by commas) and returns at once: connecting happens in the
+    /// background, for ever. Must be called inside a tokio runtime.
+    ///
+    /// Fails only on configuration ([`BrokerError::Config`]): a bad URL, a prefix that is not a
+    /// NATS subject prefix, contradictory or unreadable authentication, no runtime.
+    pub fn connect(
+        url: &str,
+        auth: NatsAuth,
+        settings: BrokerSettings,
+        inbound: Weak<dyn Inbound>,
+    ) -> Result<Arc<NatsBroker>, BrokerError> {
+        let servers = parse_servers(url)?;
+        validate_prefix(&settings.prefix)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            BrokerError::Config("NatsBroker::connect must be called inside a tokio runtime".into())
+        })?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let slow_consumer_reported = Arc::new(AtomicBool::new(false));
+        let events = commands.clone();
+        let slow = slow_consumer_reported.clone();
+        let backoff = Mutex::new(Backoff::new(settings.reconnect_min, settings.reconnect_max));
+        let options = auth
+            .apply(ConnectOptions::new())?
+            .name(format!("ws-gateway {}", settings.node_id))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .ping_interval(PING_INTERVAL)
+            // Bounds the subscription round trips and every JetStream request.
+            .request_timeout(Some(settings.publish_timeout))
+            .reconnect_delay_callback(move |attempts| {
+                let mut backoff = backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                // async-nats counts tries since the last success, from 1.
+                if attempts <= 1 {
+                    backoff.reset();
+                    Duration::ZERO
+                } else {
+                    backoff.next_delay()
+                }
+            })
+            .event_callback(move |event| {
+                // A slow consumer is reported for each dropped message; one pending report
+                // is enough, and keeps a flood from growing the command queue.
+                let coalesced = matches!(event, async_nats::Event::SlowConsumer(_))
+                    && slow.swap(true, Ordering::AcqRel);
+                if !coalesced {
+                    let _ = events.send(Command::Event(event));
+                }
+                std::future::ready(())
+            });
+        // With `retry_on_initial_connect` async-nats builds the client and spawns its tasks
+        // without waiting for anything, so the future is complete at its first poll.
+        let client = match options.connect(servers).now_or_never() {
+            Some(Ok(client)) => client,
+            Some(Err(e)) => return Err(BrokerError::Config(e.to_string())),
+            None => {
+                return Err(BrokerError::Failed(
+                    "async-nats wanted to wait while creating its client; this async-nats \
+                     version is not supported"
+                        .into(),
+                ));
+            }
+        };
+        let shutdown = CancellationToken::new();
+        runtime.spawn(subscriptions::run(
+            subscriptions::Worker::new(
+                client.clone(),
+                inbound,
+                settings.prefix.clone(),
+                slow_consumer_reported,
+                settings.reconnect_min,
+            ),
+            receiver,
+            shutdown.clone(),
+        ));
+        Ok(Arc::new(NatsBroker {
+            client,
+            settings,
+            commands,
+            shutdown,
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    fn connected(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.client.connection_state() == State::Connected
+    }
+}
+
+impl Broker for NatsBroker {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    /// Succeeds once the message is queued on the connected client's connection (see the
+    /// module docs: at most once, no acknowledgement from the server).
+    fn publish(&self, topic: &Topic, publication: Publication) -> Publishing {
+        if !self.connected() {
+            return Publishing::Done(Err(BrokerError::Unavailable(
+                "not connected to a NATS server".into(),
+            )));
+        }
+        let client = self.client.clone();
+        let subject = wire::channel(&self.settings.prefix, topic);
+        let payload = wire::encode(&publication);
+        let timeout = self.settings.publish_timeout;
+        Publishing::Pending(Box::pin(async move {
+            match tokio::time::timeout(timeout, client.publish(subject, payload)).await {
+                Ok(Ok(())) => Ok(Published),
+                Ok(Err(e)) if e.kind() == PublishErrorKind::Send => {
+                    Err(BrokerError::Unavailable(e.to_string()))
+                }
+                Ok(Err(e)) => Err(BrokerError::Failed(e.to_string())),
+                Err(_) => Err(BrokerError::TimedOut(timeout)),
+            }
+        }))
+    }
+
+    fn subscribe(&self, topic: &Topic, seq: u64) -> Subscription {
+        // A send fails only once the subscription task has stopped (closed, or the node is
+        // gone); nothing is live then and nothing will be.
+        let _ = self.commands.send(Command::Subscribe {
+            topic: topic.clone(),
+            seq,
+        });
+        Subscription::Pending
+    }
+
+    fn unsubscribe(&self, topic: &Topic) {
+        let _ = self.commands.send(Command::Unsubscribe {
+            topic: topic.clone(),
+        });
+    }
+
+    fn state(&self) -> BrokerState {
+        if self.closed.load(Ordering::Acquire) {
+            return BrokerState::Closed;
+        }
+        match self.client.connection_state() {
+            State::Connected => BrokerState::Connected,
+            State::Pending | State::Disconnected => BrokerState::Connecting,
+        }
+    }
+
+    /// Puts `report` under the node's key in the bucket `<prefix>-nodes`, creating the bucket
+    /// (history 1, maximum age `ttl`) if it is missing. If the bucket exists with a shorter
+    /// maximum age than `ttl`, it is raised to `ttl`; it is never lowered. So with nodes
+    /// configured with different TTLs (during a rolling change) no node's report expires
+    /// before it is renewed, and a dead node disappears within the longest TTL in use.
+    ///
+    /// Bucket and key are the prefix and node id escaped for JetStream: ASCII letters, digits
+    /// and `-` stay, every other byte becomes `_` and two hex digits (the channel escape's `~`
+    /// is not allowed in bucket names or keys).
+    fn report(
+        &self,
+        report: &NodeReport,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let ready = self.cluster_ready();
+        let client = self.client.clone();
+        let bucket = cluster::bucket_name(&self.settings.prefix);
+        let key = cluster::key(&self.settings.node_id);
+        let value = serde_json::to_vec(report);
+        Box::pin(async move {
+            ready?;
+            let value = value.map_err(|e| BrokerError::Failed(format!("report: {e}")))?;
+            cluster::put(client, &bucket, &key, value.into(), ttl).await
+        })
+    }
+
+    /// Every report in the bucket that has not expired and parses, sorted by node.
+    fn cluster(&self) -> BoxFuture<'static, Result<Vec<NodeReport>, BrokerError>> {
+        let ready = self.cluster_ready();
+        let client = self.client.clone();
+        let bucket = cluster::bucket_name(&self.settings.prefix);
+        Box::pin(async move {
+            ready?;
+            cluster::read_all(client, &bucket).await
+        })
+    }
+
+    /// Stops the subscription task and every subscription, then drains the client (its last
+    /// publications are written, its subscriptions removed on the server) in the background,
+    /// for at most `publish_timeout`.
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shutdown.cancel();
+        let client = self.client.clone();
+        let timeout = self.settings.publish_timeout;
+        // Without a runtime (dropped while the process exits) there is nothing to drain into;
+        // dropping the client closes its connection once its tasks end.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(timeout, client.drain()).await;
+            });
+        }
+    }
+}
+
+impl NatsBroker {
+    /// Whether the cluster view can be read or written now.
+    fn cluster_ready(&self) -> Result<(), BrokerError> {
+        if !self.connected() {
+            return Err(BrokerError::Unavailable(
+                "not connected to a NATS server".into(),
+            ));
+        }
+        if !self.client.server_info().jetstream {
+            return Err(BrokerError::Failed(
+                "cluster view needs JetStream, and this NATS server has it disabled \
+                 (start nats-server with -js, or enable jetstream in its configuration)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        // The subscription task holds the client and the client's event callback holds the
+        // task's queue, so neither would end by itself.
+        self.close();
+    }
+}
+
+/// The servers in `url`: `nats://` or `tls://` URLs with a host, separated by commas.
+fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BrokerError> {
+    let bad = |part: &str, why: &str| BrokerError::Config(format!("NATS URL {part:?}: {why}"));
+    let mut servers = Vec::new();
+    for part in url.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(bad(
+                url,
+                "expected nats://host:port, several separated by commas",
+            ));
+        }
+        let (scheme, _) = part
+            .split_once("://")
+            .ok_or_else(|| bad(part, "expected nats://host:port or tls://host:port"))?;
+        if scheme != "nats" && scheme != "tls" {
+            return Err(bad(part, "the scheme must be nats:// or tls://"));
+        }
+        let server = ServerAddr::from_str(part).map_err(|e| bad(part, &e.to_string()))?;
+        if server.host().is_empty() {
+            return Err(bad(part, "no host"));
+        }
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+/// A prefix must be one or more NATS subject tokens, without wildcards, so that every
+/// channel name is a literal subject.
+fn validate_prefix(prefix: &str) -> Result<(), BrokerError> {
+    let valid_token = |token: &str| {
+        !token.is_empty()
+            && !token
+                .chars()
+                .any(|c| c.is_whitespace() || c == '*' || c == '>')
+    };
+    if prefix.split('.').all(valid_token) {
+        Ok(())
+    } else {
+        Err(BrokerError::Config(format!(
+            "broker prefix {prefix:?} is not a NATS subject prefix (dot-separated non-empty \
+             tokens, no spaces, no * or >)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn server_urls_are_checked_one_by_one() {
+        assert_eq!(parse_servers("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert_eq!(
+            parse_servers("nats://a:4222, tls://b:4443,nats://c")
+                .unwrap()
+                .len(),
+            3
+        );
+        for bad in [
+            "",
+            "127.0.0.1:4222",
+            "http://a:4222",
+            "ws://a:80",
+            "nats://",
+            "nats://a:99999",
+            "nats://a:4222,",
+            "nats://a:4222,redis://b",
+        ] {
+            assert!(
+                matches!(parse_servers(bad), Err(BrokerError::Config(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_literal_subject_tokens() {
+        for good in ["ws-gateway", "prod.eu", "a_b"] {
+            assert!(validate_prefix(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "x*"] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn auth_is_one_method_and_secrets_stay_out_of_debug() {
+        let auth = NatsAuth {
+            user: Some("gw".into()),
+            password: Some("hunter2".into()),
+            ..NatsAuth::default()
+        };
+        let shown = format!("{auth:?}");
+        assert!(
+            shown.contains("gw") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let token = NatsAuth {
+            token: Some("s3cret".into()),
+            ..NatsAuth::default()
+        };
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert!(auth.apply(ConnectOptions::new()).is_ok());
+        assert!(token.apply(ConnectOptions::new()).is_ok());
+        for bad in [
+            NatsAuth {
+                user: Some("gw".into()),
+                ..NatsAuth::default()
+            },
+            NatsAuth {
+                token: Some("t".into()),
+                user: Some("gw".into()),
+                password: Some("p".into()),
+                ..NatsAuth::default()
+            },
+            NatsAuth {
+                credentials_file: Some("/nonexistent/ws-gateway.creds".into()),
+                ..NatsAuth::default()
+            },
+        ] {
+            assert!(matches!(
+                bad.apply(ConnectOptions::new()),
+                Err(BrokerError::Config(_))
+            ));
+        }
+    }
+}

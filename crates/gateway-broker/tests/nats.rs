@@ -1,0 +1,614 @@
+//! The NATS broker against real `nats-server` processes (JetStream and monitoring on), one per
+//! test. Every step waits for what the broker reports (a recording `Inbound`) or polls the
+//! server's monitor, each under a deadline; nothing sleeps a fixed time.
+//!
+//! Run with: `cargo test -p gateway-broker --test nats` (needs `nats-server` on the PATH).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_broker::nats::{NatsAuth, NatsBroker};
+use gateway_broker::{
+    Broker, BrokerError, BrokerEvent, BrokerSettings, BrokerState, GapCause, Inbound, NodeReport,
+    Subscription,
+};
+use gateway_core::{AppName, MemberId, Publication, PushMessage, Topic};
+use test_servers::NatsServer;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+
+/// The longest wait for anything the broker or the server should do.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Debug)]
+enum Seen {
+    Publication(Publication),
+    Event(BrokerEvent),
+}
+
+/// The node, as the broker sees it: everything it is told goes into a channel.
+struct Recorder {
+    seen: mpsc::UnboundedSender<Seen>,
+    /// While true, the node takes no publication (a stuck node): `publication` blocks.
+    stuck: Mutex<bool>,
+    unstuck: Condvar,
+}
+
+impl Recorder {
+    fn new(seen: mpsc::UnboundedSender<Seen>) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen,
+            stuck: Mutex::new(false),
+            unstuck: Condvar::new(),
+        })
+    }
+
+    fn set_stuck(&self, stuck: bool) {
+        *self.stuck.lock().unwrap() = stuck;
+        self.unstuck.notify_all();
+    }
+}
+
+impl Inbound for Recorder {
+    fn publication(&self, publication: Publication) {
+        let stuck = self.stuck.lock().unwrap();
+        drop(self.unstuck.wait_while(stuck, |stuck| *stuck).unwrap());
+        let _ = self.seen.send(Seen::Publication(publication));
+    }
+    fn event(&self, event: BrokerEvent) {
+        let _ = self.seen.send(Seen::Event(event));
+    }
+}
+
+struct Node {
+    name: String,
+    broker: Arc<NatsBroker>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    inbound: Arc<Recorder>,
+}
+
+fn settings(prefix: &str, node: &str) -> BrokerSettings {
+    BrokerSettings {
+        prefix: prefix.to_owned(),
+        node_id: node.to_owned(),
+        publish_timeout: Duration::from_secs(2),
+        reconnect_min: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(250),
+    }
+}
+
+impl Node {
+    /// A broker on `url`, not waiting for it to connect.
+    fn start(url: &str, prefix: &str, name: &str) -> Node {
+        let (tx, seen) = mpsc::unbounded_channel();
+        let inbound = Recorder::new(tx);
+        let weak: Weak<dyn Inbound> = Arc::downgrade(&inbound) as Weak<Recorder>;
+        let broker =
+            NatsBroker::connect(url, NatsAuth::default(), settings(prefix, name), weak).unwrap();
+        Node {
+            name: name.to_owned(),
+            broker,
+            seen,
+            inbound,
+        }
+    }
+
+    /// A broker on `nats`, once it says it is connected.
+    async fn connected(nats: &NatsServer, prefix: &str, name: &str) -> Node {
+        let mut node = Node::start(&nats.url(), prefix, name);
+        node.state(BrokerState::Connected).await;
+        node
+    }
+
+    /// The next event `accept`s, skipping other events; a publication meanwhile is a failure.
+    async fn event(&mut self, what: &str, accept: impl Fn(&BrokerEvent) -> bool) -> BrokerEvent {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match timeout_at(deadline, self.seen.recv()).await {
+                Err(_) => panic!("{}: no {what} within {DEADLINE:?}", self.name),
+                Ok(None) => panic!("{}: the recorder is gone", self.name),
+                Ok(Some(Seen::Event(event))) if accept(&event) => return event,
+                Ok(Some(Seen::Event(_))) => {}
+                Ok(Some(Seen::Publication(p))) => {
+                    panic!("{}: publication {p:?} while waiting for {what}", self.name)
+                }
+            }
+        }
+    }
+
+    async fn state(&mut self, state: BrokerState) {
+        let what = format!("state {state:?}");
+        self.event(
+            &what,
+            |e| matches!(e, BrokerEvent::State { state: s, .. } if *s == state),
+        )
+        .await;
+    }
+
+    async fn subscribed(&mut self, topic: &Topic, seq: u64) {
+        let what = format!("Subscribed {{ {topic}, {seq} }}");
+        self.event(&what, |e| {
+            matches!(e, BrokerEvent::Subscribed { topic: t, seq: s } if t == topic && *s == seq)
+        })
+        .await;
+    }
+
+    /// Subscribes and waits until the subscription is live.
+    async fn subscribe(&mut self, topic: &Topic, seq: u64) {
+        assert_eq!(self.broker.subscribe(topic, seq), Subscription::Pending);
+        self.subscribed(topic, seq).await;
+    }
+
+    /// The next publication, skipping events.
+    async fn publication(&mut self) -> Publication {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match timeout_at(deadline, self.seen.recv()).await {
+                Err(_) => panic!("{}: no publication within {DEADLINE:?}", self.name),
+                Ok(None) => panic!("{}: the recorder is gone", self.name),
+                Ok(Some(Seen::Publication(p))) => return p,
+                Ok(Some(Seen::Event(_))) => {}
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, publication: &Publication) {
+        self.broker
+            .publish(topic, publication.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: publish failed: {e}", self.name));
+    }
+}
+
+fn app(name: &str) -> AppName {
+    AppName::parse(name, 128).unwrap()
+}
+
+fn public(name: &str) -> Topic {
+    Topic::App(app(name))
+}
+
+fn private(name: &str, member: i64) -> Topic {
+    Topic::Member {
+        app: app(name),
+        member: MemberId::new(member).unwrap(),
+    }
+}
+
+fn publication(topic: &Topic, text: &str) -> Publication {
+    Publication::from(PushMessage {
+        app: topic.app().clone(),
+        member_id: topic.member().map_or(-1, MemberId::get),
+        text: text.to_owned(),
+    })
+}
+
+/// Polls the server's subscriptions under `prefix` until they are `expected` (sorted).
+async fn server_subscriptions_become(nats: &NatsServer, prefix: &str, expected: &[&str]) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = nats.subscriptions(prefix);
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server subscriptions {now:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_reaches_a_subscribed_node_exactly_once_and_byte_for_byte() {
+    let nats = NatsServer::start();
+    let a = Node::connected(&nats, "t1", "a").await;
+    let mut b = Node::connected(&nats, "t1", "b").await;
+    let topic = public("match");
+    b.subscribe(&topic, 1).await;
+
+    let goal = publication(&topic, "goal");
+    a.publish(&topic, &goal).await;
+    let received = b.publication().await;
+    assert_eq!(received, goal);
+    assert_eq!(
+        received.frame.as_bytes(),
+        br#"{"app":"match","member_id":-1,"text":"goal"}"#
+    );
+
+    // Nobody subscribed "news": nothing of it arrives. The next publication b sees is the
+    // later one to "match": neither the "news" one nor a second copy of "goal".
+    a.publish(&public("news"), &publication(&public("news"), "nobody"))
+        .await;
+    let next = publication(&topic, "next");
+    a.publish(&topic, &next).await;
+    assert_eq!(b.publication().await, next);
+    assert_eq!(a.broker.kind(), "nats");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_holds_one_subscription_per_topic_until_unsubscribe() {
+    let nats = NatsServer::start();
+    let a = Node::connected(&nats, "t2", "a").await;
+    let mut b = Node::connected(&nats, "t2", "b").await;
+    let (matches, member) = (public("match"), private("im", 7));
+    b.subscribe(&matches, 1).await;
+    b.subscribe(&member, 2).await;
+    // Subscribed means the server has it: no polling needed.
+    assert_eq!(nats.subscriptions("t2."), ["t2.a.match", "t2.m.im.7"]);
+
+    b.broker.unsubscribe(&matches);
+    server_subscriptions_become(&nats, "t2.", &["t2.m.im.7"]).await;
+
+    // Subscribe, unsubscribe, subscribe in a row: one subscription, announced with the
+    // last seq, one delivery per publication.
+    b.broker.subscribe(&matches, 3);
+    b.broker.unsubscribe(&matches);
+    b.broker.subscribe(&matches, 4);
+    b.subscribed(&matches, 4).await;
+    assert_eq!(nats.subscriptions("t2."), ["t2.a.match", "t2.m.im.7"]);
+    // The same on a live subscription: it is kept, not doubled.
+    b.broker.unsubscribe(&matches);
+    b.broker.subscribe(&matches, 5);
+    b.subscribed(&matches, 5).await;
+    assert_eq!(nats.subscriptions("t2."), ["t2.a.match", "t2.m.im.7"]);
+
+    let (once, marker) = (
+        publication(&matches, "once"),
+        publication(&member, "marker"),
+    );
+    a.publish(&matches, &once).await;
+    a.publish(&member, &marker).await;
+    let mut got = vec![b.publication().await, b.publication().await];
+    got.sort_by(|x, y| x.frame.as_bytes().cmp(y.frame.as_bytes()));
+    assert_eq!(got, [marker.clone(), once.clone()]);
+    // A second copy of "once" would come before this one on its subject.
+    let again = publication(&matches, "again");
+    a.publish(&matches, &again).await;
+    assert_eq!(b.publication().await, again);
+
+    b.broker.unsubscribe(&matches);
+    b.broker.unsubscribe(&member);
+    server_subscriptions_become(&nats, "t2.", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_subscribers_see_concurrent_publishers_in_one_order() {
+    let nats = NatsServer::start();
+    let topic = public("match");
+    let mut subscribers = Vec::new();
+    for name in ["s1", "s2"] {
+        let mut node = Node::connected(&nats, "t3", name).await;
+        node.subscribe(&topic, 1).await;
+        subscribers.push(node);
+    }
+    let mut publishers = Vec::new();
+    for name in ["p1", "p2"] {
+        publishers.push(Node::connected(&nats, "t3", name).await);
+    }
+    const EACH: usize = 200;
+    let tasks: Vec<_> = publishers
+        .iter()
+        .map(|node| {
+            let (broker, name, topic) = (node.broker.clone(), node.name.clone(), topic.clone());
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let p = publication(&topic, &format!("{name}-{i:03}"));
+                    broker.publish(&topic, p).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let mut orders = Vec::new();
+    for node in &mut subscribers {
+        let mut texts = Vec::new();
+        for _ in 0..2 * EACH {
+            let p = node.publication().await;
+            texts.push(String::from_utf8(p.frame.as_bytes().to_vec()).unwrap());
+        }
+        orders.push(texts);
+    }
+    assert_eq!(
+        orders[0], orders[1],
+        "the two subscribers saw different orders"
+    );
+    // Everything once, each publisher's messages in the order it sent them.
+    for name in ["p1", "p2"] {
+        let own: Vec<&String> = orders[0]
+            .iter()
+            .filter(|t| t.contains(&format!("\"{name}-")))
+            .collect();
+        assert_eq!(own.len(), EACH);
+        assert!(own.windows(2).all(|w| w[0] < w[1]), "{name} out of order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_refuses_publications_and_its_return_is_a_reported_gap() {
+    let mut nats = NatsServer::start();
+    let mut a = Node::connected(&nats, "t4", "a").await;
+    let mut b = Node::connected(&nats, "t4", "b").await;
+    let (matches, member) = (public("match"), private("im", 9));
+    b.subscribe(&matches, 1).await;
+    b.subscribe(&member, 2).await;
+
+    nats.stop();
+    a.state(BrokerState::Connecting).await;
+    b.state(BrokerState::Connecting).await;
+    assert_eq!(a.broker.state(), BrokerState::Connecting);
+    let refused = timeout(
+        Duration::from_millis(500),
+        a.broker
+            .publish(&matches, publication(&matches, "into the void")),
+    )
+    .await
+    .expect("a publication while disconnected fails at once");
+    assert!(
+        matches!(refused, Err(BrokerError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    tokio::task::block_in_place(|| nats.restart());
+    a.state(BrokerState::Connected).await;
+    b.state(BrokerState::Connected).await;
+    let gap = b
+        .event("Gap", |e| matches!(e, BrokerEvent::Gap { .. }))
+        .await;
+    let BrokerEvent::Gap { topics, cause } = gap else {
+        unreachable!()
+    };
+    assert_eq!(cause, GapCause::Reconnected);
+    assert_eq!(
+        topics.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([matches.clone(), member.clone()])
+    );
+    // The gap is reported once async-nats' resubscriptions are live: once each.
+    assert_eq!(nats.subscriptions("t4."), ["t4.a.match", "t4.m.im.9"]);
+    assert_eq!(b.broker.state(), BrokerState::Connected);
+
+    let back = publication(&matches, "back");
+    a.publish(&matches, &back).await;
+    assert_eq!(b.publication().await, back);
+    let marker = publication(&matches, "marker");
+    a.publish(&matches, &marker).await;
+    assert_eq!(b.publication().await, marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_happens_in_the_background_and_early_subscriptions_go_live() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    nats.stop();
+    let mut b = Node::start(&url, "t5", "b");
+    assert_eq!(b.broker.state(), BrokerState::Connecting);
+    let topic = public("match");
+    assert_eq!(b.broker.subscribe(&topic, 1), Subscription::Pending);
+
+    tokio::task::block_in_place(|| nats.restart());
+    b.state(BrokerState::Connected).await;
+    b.subscribed(&topic, 1).await;
+    assert_eq!(nats.subscriptions("t5."), ["t5.a.match"]);
+    let a = Node::connected(&nats, "t5", "a").await;
+    let p = publication(&topic, "hello");
+    a.publish(&topic, &p).await;
+    assert_eq!(b.publication().await, p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_another_wire_version_is_reported_not_delivered() {
+    let nats = NatsServer::start();
+    let mut b = Node::connected(&nats, "t6", "b").await;
+    let topic = public("match");
+    b.subscribe(&topic, 1).await;
+
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let mut message = gateway_broker::wire::encode(&publication(&topic, "future")).to_vec();
+    message[0] = 2;
+    raw.publish("t6.a.match", Bytes::from(message))
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    // `event` fails on any publication before the report.
+    let unreadable = b
+        .event("Unreadable", |e| {
+            matches!(e, BrokerEvent::Unreadable { .. })
+        })
+        .await;
+    let BrokerEvent::Unreadable { channel, error } = unreadable else {
+        unreachable!()
+    };
+    assert_eq!(channel, "t6.a.match");
+    assert!(error.contains("version 2"), "{error}");
+
+    let a = Node::connected(&nats, "t6", "a").await;
+    let fine = publication(&topic, "fine");
+    a.publish(&topic, &fine).await;
+    assert_eq!(b.publication().await, fine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_stops_reading_loses_messages_and_is_told() {
+    let nats = NatsServer::start();
+    let mut b = Node::connected(&nats, "t10", "b").await;
+    let (matches, member) = (public("match"), private("im", 1));
+    b.subscribe(&matches, 1).await;
+    b.subscribe(&member, 2).await;
+    b.inbound.set_stuck(true);
+    // Unstuck however the test ends: a worker thread blocked for ever would hang the runtime.
+    struct Unstick(Arc<Recorder>);
+    impl Drop for Unstick {
+        fn drop(&mut self) {
+            self.0.set_stuck(false);
+        }
+    }
+    let _unstick = Unstick(b.inbound.clone());
+
+    // More than a subscription holds (`SUBSCRIPTION_CAPACITY`) while the node takes nothing.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let payload = gateway_broker::wire::encode(&publication(&matches, "flood"));
+    for _ in 0..gateway_broker::nats::SUBSCRIPTION_CAPACITY + 1_000 {
+        raw.publish("t10.a.match", payload.clone()).await.unwrap();
+    }
+    raw.flush().await.unwrap();
+    let gap = b
+        .event("Gap", |e| matches!(e, BrokerEvent::Gap { .. }))
+        .await;
+    let BrokerEvent::Gap { topics, cause } = gap else {
+        unreachable!()
+    };
+    assert_eq!(cause, GapCause::SlowConsumer);
+    // async-nats does not say which subscription dropped: every topic is named.
+    assert_eq!(
+        topics.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([matches, member])
+    );
+}
+
+fn report(node: &str, connections: u64) -> NodeReport {
+    NodeReport {
+        node: node.to_owned(),
+        version: NodeReport::VERSION,
+        at_ms: 1,
+        connections,
+        ..NodeReport::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_holds_live_reports_and_drops_a_silent_node() {
+    let nats = NatsServer::start();
+    let a = Node::connected(&nats, "t7", "a").await;
+    let b = Node::connected(&nats, "t7", "b").await;
+    assert_eq!(a.broker.cluster().await.unwrap(), [], "no bucket yet");
+
+    // JetStream's expiry works to about a second; a 1 s TTL keeps the test short.
+    let ttl = Duration::from_secs(1);
+    a.broker.report(&report("a", 3), ttl).await.unwrap();
+    b.broker.report(&report("b", 5), ttl).await.unwrap();
+    assert_eq!(
+        a.broker.cluster().await.unwrap(),
+        [report("a", 3), report("b", 5)]
+    );
+
+    // b stops reporting; a keeps reporting. b is gone within the TTL (and the server's expiry
+    // check), a stays.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        a.broker.report(&report("a", 4), ttl).await.unwrap();
+        let nodes: Vec<String> = a
+            .broker
+            .cluster()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.node)
+            .collect();
+        if nodes == ["a"] {
+            break;
+        }
+        assert_eq!(nodes, ["a", "b"]);
+        assert!(Instant::now() < deadline, "b's report never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_bucket_age_is_raised_to_the_longest_ttl_never_lowered() {
+    let nats = NatsServer::start();
+    let a = Node::connected(&nats, "t8.eu", "node 1").await;
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let max_age = || async {
+        let store = raw.get_key_value("t8_2Eeu-nodes").await.unwrap();
+        store.stream.cached_info().config.max_age
+    };
+    a.broker
+        .report(&report("node 1", 1), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(max_age().await, Duration::from_secs(2));
+    a.broker
+        .report(&report("node 1", 1), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(max_age().await, Duration::from_secs(30));
+    a.broker
+        .report(&report("node 1", 1), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(max_age().await, Duration::from_secs(30));
+    // A node id that is no KV key as it stands is escaped, and read back.
+    assert_eq!(a.broker.cluster().await.unwrap(), [report("node 1", 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_removes_the_subscriptions_and_refuses_work() {
+    let nats = NatsServer::start();
+    let mut b = Node::connected(&nats, "t9", "b").await;
+    let topic = public("match");
+    b.subscribe(&topic, 1).await;
+    b.broker.close();
+    assert_eq!(b.broker.state(), BrokerState::Closed);
+    let refused = b.broker.publish(&topic, publication(&topic, "late")).await;
+    assert!(
+        matches!(refused, Err(BrokerError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(b.broker.cluster().await.is_err());
+    server_subscriptions_become(&nats, "t9.", &[]).await;
+}
+
+#[tokio::test]
+async fn a_bad_configuration_is_refused_at_once() {
+    let connect = |url: &str, prefix: &str, auth: NatsAuth| {
+        let inbound: Arc<dyn Inbound> = Recorder::new(mpsc::unbounded_channel().0);
+        NatsBroker::connect(url, auth, settings(prefix, "n"), Arc::downgrade(&inbound))
+    };
+    for url in [
+        "",
+        "localhost:4222",
+        "http://127.0.0.1:4222",
+        "nats://",
+        "nats://127.0.0.1:70000",
+        "nats://127.0.0.1:4222,,nats://127.0.0.1:4223",
+    ] {
+        let result = connect(url, "ok", NatsAuth::default());
+        assert!(
+            matches!(result, Err(BrokerError::Config(_))),
+            "{url:?}: {result:?}"
+        );
+    }
+    let bad_prefix = connect("nats://127.0.0.1:4222", "a b", NatsAuth::default());
+    assert!(matches!(bad_prefix, Err(BrokerError::Config(_))));
+    let half_auth = NatsAuth {
+        user: Some("gw".into()),
+        ..NatsAuth::default()
+    };
+    let half = connect("nats://127.0.0.1:4222", "ok", half_auth);
+    assert!(matches!(half, Err(BrokerError::Config(_))));
+    // Several servers are fine, and nothing is contacted yet.
+    let several = connect(
+        "nats://127.0.0.1:1, tls://127.0.0.1:2",
+        "ok",
+        NatsAuth::default(),
+    );
+    assert_eq!(several.unwrap().state(), BrokerState::Connecting);
+}
+
+#[test]
+fn connect_outside_a_runtime_is_a_configuration_error() {
+    let inbound: Arc<dyn Inbound> = Recorder::new(mpsc::unbounded_channel().0);
+    let result = NatsBroker::connect(
+        "nats://127.0.0.1:4222",
+        NatsAuth::default(),
+        settings("ok", "n"),
+        Arc::downgrade(&inbound),
+    );
+    assert!(matches!(result, Err(BrokerError::Config(_))), "{result:?}");
+}
