@@ -15,7 +15,8 @@
 //! - **Exactly once.** A node delivers only what comes back from the broker, never a local
 //!   short-cut as well, and holds one subscription per topic.
 //! - **One order per topic.** All pushes of a topic pass through one broker channel (one Redis
-//!   server, one NATS subject), which serialises them; every node receives them in that order.
+//!   server; one NATS server — across a NATS cluster only if every node connects to the same
+//!   server), which serialises them; every node receives them in that order.
 //! - **Failure is reported.** A publication the broker did not take is an error (the push API
 //!   answers 503); a reconnect or a slow-consumer drop is reported as a possible gap per topic
 //!   ([`BrokerEvent::Gap`]).

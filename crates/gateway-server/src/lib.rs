@@ -42,7 +42,10 @@ mod shared;
 pub mod tls;
 mod ws;
 
-pub use config::{Access, AuthConfig, CacheSettings, Config, Limits, ServerConfig, Timeouts};
+pub use config::{
+    Access, AuthConfig, BrokerConfig, BrokerKind, CacheSettings, Config, Limits, NatsCredentials,
+    ServerConfig, Timeouts,
+};
 pub use counters::Counters;
 pub use error::{ConfigError, ServerError};
 pub use node::Node;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_auth::Authenticator;
 use gateway_broker::local::LocalBroker;
+use gateway_broker::nats::{NatsAuth, NatsBroker};
 use gateway_broker::{BrokerError, BrokerSettings, Inbound, SharedBroker};
 use gateway_core::ConnId;
 use sha2::{Digest, Sha256};
@@ -115,9 +116,18 @@ fn connect_broker(
 ) -> Result<SharedBroker, BrokerError> {
     match kind {
         BrokerKind::Local => Ok(LocalBroker::new(inbound)),
-        BrokerKind::Redis { .. } | BrokerKind::Nats { .. } => {
+        BrokerKind::Redis { .. } => {
             let _ = settings;
             Err(BrokerError::Config("not built yet".into()))
+        }
+        BrokerKind::Nats { url, credentials } => {
+            let auth = NatsAuth {
+                token: credentials.token.clone(),
+                user: credentials.user.clone(),
+                password: credentials.password.clone(),
+                credentials_file: credentials.credentials_file.clone(),
+            };
+            Ok(NatsBroker::connect(url, auth, settings, inbound)?)
         }
     }
 }
