@@ -1,0 +1,141 @@
+//! A shard's publisher connection: one multiplexed connection that every publish of the shard
+//! shares (their commands are pipelined on one socket), kept up by a supervising task.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client};
+use tokio::sync::Notify;
+
+use super::{RedisOptions, Role, Shared};
+use crate::BrokerSettings;
+use crate::backoff::Backoff;
+
+/// The connection publishes take, when there is one.
+#[derive(Default)]
+pub(super) struct Publisher {
+    /// Cloned by each publish (a few reference counts); written only when the connection
+    /// changes, and never held across an await.
+    connection: RwLock<Option<MultiplexedConnection>>,
+    /// A publish saw a connection error: the supervisor checks at once instead of waiting for
+    /// its next PING.
+    suspect: Notify,
+}
+
+impl Publisher {
+    pub(super) fn connection(&self) -> Option<MultiplexedConnection> {
+        self.connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn suspect(&self) {
+        self.suspect.notify_one();
+    }
+
+    /// Publishes fail from now on (until the supervisor sets a new connection).
+    pub(super) fn clear(&self) {
+        self.set(None);
+    }
+
+    fn set(&self, connection: Option<MultiplexedConnection>) {
+        *self.connection.write().unwrap_or_else(|e| e.into_inner()) = connection;
+    }
+}
+
+pub(super) struct Task {
+    pub(super) slot: Arc<Publisher>,
+    pub(super) client: Client,
+    pub(super) shard: usize,
+    pub(super) addr: String,
+    pub(super) shared: Arc<Shared>,
+    pub(super) options: RedisOptions,
+    pub(super) settings: BrokerSettings,
+}
+
+/// Connects, watches the connection with PINGs, and replaces it when it fails, until the
+/// broker closes.
+pub(super) async fn run(task: Task) {
+    let Task {
+        slot,
+        client,
+        shard,
+        addr,
+        shared,
+        options,
+        settings,
+    } = task;
+    // Each request's deadline is the caller's (publish_timeout, ping_timeout), not the
+    // connection's default of 500 ms.
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(None);
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let cancel = shared.cancel.clone();
+    loop {
+        let attempt = tokio::select! {
+            () = cancel.cancelled() => break,
+            attempt = tokio::time::timeout(
+                options.connect_timeout,
+                client.get_multiplexed_async_connection_with_config(&config),
+            ) => attempt,
+        };
+        let error = match attempt {
+            Err(_) => format!("no connection within {:?}", options.connect_timeout),
+            Ok(Err(error)) => error.to_string(),
+            Ok(Ok(connection)) => {
+                tracing::debug!(shard, %addr, "redis publisher connected");
+                slot.set(Some(connection.clone()));
+                shared.set_up(shard, Role::Publisher, true, None);
+                let Some(error) = watch(connection, &slot, &shared, &options).await else {
+                    break;
+                };
+                slot.clear();
+                shared.set_up(
+                    shard,
+                    Role::Publisher,
+                    false,
+                    Some(format!("redis {addr} (shard {shard}) publisher: {error}")),
+                );
+                // It was up: the next failure starts over from the shortest wait.
+                backoff.reset();
+                error
+            }
+        };
+        tracing::warn!(shard, %addr, %error, "redis publisher connection down, reconnecting");
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+    slot.clear();
+}
+
+/// Returns why the connection failed, or `None` when the broker closed.
+async fn watch(
+    mut connection: MultiplexedConnection,
+    slot: &Publisher,
+    shared: &Shared,
+    options: &RedisOptions,
+) -> Option<String> {
+    loop {
+        tokio::select! {
+            () = shared.cancel.cancelled() => return None,
+            () = tokio::time::sleep(options.ping_interval) => {}
+            () = slot.suspect.notified() => {}
+        }
+        if let Err(error) = ping(&mut connection, options.ping_timeout).await {
+            return Some(error);
+        }
+    }
+}
+
+async fn ping(connection: &mut MultiplexedConnection, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, ::redis::cmd("PING").exec_async(connection)).await {
+        Err(_) => Err(format!("no answer to PING within {timeout:?}")),
+        Ok(Err(error)) => Err(error.to_string()),
+        Ok(Ok(())) => Ok(()),
+    }
+}
