@@ -4,10 +4,7 @@
 use crate::common::retry_until;
 use crate::{Cluster, Kind, envelope, per_broker};
 
-per_broker!(
-    a_node_subscribes_on_the_broker_only_to_what_its_clients_subscribed,
-    shards_spread_apps_over_several_redis_servers_and_deliver_once,
-);
+per_broker!(a_node_subscribes_on_the_broker_only_to_what_its_clients_subscribed);
 
 async fn a_node_subscribes_on_the_broker_only_to_what_its_clients_subscribed(kind: Kind) {
     let cluster = Cluster::start(kind, 3).await;
@@ -52,17 +49,15 @@ async fn a_node_subscribes_on_the_broker_only_to_what_its_clients_subscribed(kin
     .await;
 }
 
-async fn shards_spread_apps_over_several_redis_servers_and_deliver_once(kind: Kind) {
-    if kind == Kind::Nats {
-        return; // Sharding is Redis's: a NATS cluster shards by itself.
-    }
+/// Sharding is Redis's (a NATS cluster spreads subjects by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_spread_apps_over_several_redis_servers_and_deliver_once() {
     let first = test_servers::RedisServer::start();
     let second = test_servers::RedisServer::start();
-    let mut config = gateway_server::ServerConfig::default();
-    config.broker = Cluster::start(Kind::Redis, 0)
-        .await
-        .broker
-        .broker_config_for(&[first.url(), second.url()]);
+    let config = gateway_server::ServerConfig {
+        broker: crate::redis_config(&[first.url(), second.url()]),
+        ..gateway_server::ServerConfig::default()
+    };
     let a = crate::common::TestServer::with_config(config.clone()).await;
     let b = crate::common::TestServer::with_config(config).await;
     let apps: Vec<String> = (0..20).map(|i| format!("app-{i}")).collect();

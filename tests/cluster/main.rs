@@ -42,16 +42,6 @@ impl BrokerServer {
         }
     }
 
-    /// A Redis configuration over these shards, with this test's timings.
-    pub fn broker_config_for(&self, urls: &[String]) -> BrokerConfig {
-        BrokerConfig {
-            kind: BrokerKind::Redis {
-                urls: urls.to_vec(),
-            },
-            ..self.broker_config()
-        }
-    }
-
     /// The `[broker]` configuration that reaches this server.
     fn broker_config(&self) -> BrokerConfig {
         let kind = match self {
@@ -65,12 +55,7 @@ impl BrokerServer {
         };
         BrokerConfig {
             kind,
-            settings: BrokerSettings {
-                node_id: String::new(),
-                reconnect_max: Duration::from_millis(500),
-                ..BrokerSettings::default()
-            },
-            report_interval: Duration::from_millis(200),
+            ..test_timings()
         }
     }
 
@@ -111,6 +96,29 @@ impl BrokerServer {
             BrokerServer::Redis(redis) => redis.restart(),
             BrokerServer::Nats(nats) => nats.restart(),
         }
+    }
+}
+
+/// The tests' broker timings: quick reconnects and reports, so faults resolve in moments.
+fn test_timings() -> BrokerConfig {
+    BrokerConfig {
+        kind: BrokerKind::Local,
+        settings: BrokerSettings {
+            node_id: String::new(),
+            reconnect_max: Duration::from_millis(500),
+            ..BrokerSettings::default()
+        },
+        report_interval: Duration::from_millis(200),
+    }
+}
+
+/// A Redis broker over these shards, with the tests' timings.
+pub fn redis_config(urls: &[String]) -> BrokerConfig {
+    BrokerConfig {
+        kind: BrokerKind::Redis {
+            urls: urls.to_vec(),
+        },
+        ..test_timings()
     }
 }
 

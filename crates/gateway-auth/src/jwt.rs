@@ -237,10 +237,10 @@ impl JwtAuthenticator {
         if now > exp.saturating_add(self.leeway_s) {
             return None;
         }
-        if let Some(nbf) = claims.get("nbf") {
-            if now.saturating_add(self.leeway_s) < nbf.as_u64()? {
-                return None;
-            }
+        if let Some(nbf) = claims.get("nbf")
+            && now.saturating_add(self.leeway_s) < nbf.as_u64()?
+        {
+            return None;
         }
         let member = match claims.get(&self.member_claim)? {
             Value::String(s) => s.parse::<i64>().ok()?,

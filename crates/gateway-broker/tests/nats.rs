@@ -155,7 +155,18 @@ impl Node {
         }
     }
 
+    /// Publishes once this node is connected (it connects in the background, and a
+    /// publication before that is refused, as it should be).
     async fn publish(&self, topic: &Topic, publication: &Publication) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.broker.state() != BrokerState::Connected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never connected",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.broker
             .publish(topic, publication.clone())
             .await

@@ -160,7 +160,17 @@ impl Node {
         .0
     }
 
+    /// Publishes once this node's connections are up (they connect in the background, and a
+    /// publication before that is refused, as it should be).
     async fn publish(&self, topic: &Topic, publication: &Publication) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.broker.state() != BrokerState::Connected {
+            assert!(
+                Instant::now() < deadline,
+                "not connected within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.broker
             .publish(topic, publication.clone())
             .await

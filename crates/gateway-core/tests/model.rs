@@ -227,12 +227,11 @@ proptest! {
                     prop_assert!(actions.len() <= 1);
                     // Garbage never subscribes to anything; if it happened to be a valid
                     // subscribe request, mirror it.
-                    if let (Ok(request), Some((member, apps))) = (SubscribeRequest::parse(&bytes, 128), model.conns.get_mut(&conn)) {
-                        if let Some(name) = APPS.iter().find(|a| **a == request.app.as_str()) {
-                            if !(*name == PRIVATE && member.is_none()) {
-                                apps.insert(name);
-                            }
-                        }
+                    if let (Ok(request), Some((member, apps))) = (SubscribeRequest::parse(&bytes, 128), model.conns.get_mut(&conn))
+                        && let Some(name) = APPS.iter().find(|a| **a == request.app.as_str())
+                        && !(*name == PRIVATE && member.is_none())
+                    {
+                        apps.insert(name);
                     }
                 }
                 Op::Push { app: index, member_id } => {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_auth::Authenticator;
 use gateway_broker::local::LocalBroker;
 use gateway_broker::nats::{NatsAuth, NatsBroker};
+use gateway_broker::redis::RedisBroker;
 use gateway_broker::{BrokerError, BrokerSettings, Inbound, SharedBroker};
 use gateway_core::ConnId;
 use sha2::{Digest, Sha256};
@@ -116,10 +117,7 @@ fn connect_broker(
 ) -> Result<SharedBroker, BrokerError> {
     match kind {
         BrokerKind::Local => Ok(LocalBroker::new(inbound)),
-        BrokerKind::Redis { .. } => {
-            let _ = settings;
-            Err(BrokerError::Config("not built yet".into()))
-        }
+        BrokerKind::Redis { urls } => Ok(RedisBroker::connect(urls, settings, inbound)?),
         BrokerKind::Nats { url, credentials } => {
             let auth = NatsAuth {
                 token: credentials.token.clone(),

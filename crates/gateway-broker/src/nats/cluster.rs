@@ -100,9 +100,14 @@ pub(super) async fn read_all(client: Client, bucket: &str) -> Result<Vec<NodeRep
         .keys()
         .await
         .map_err(|e| failed("listing node reports", e))?;
-    let mut reports = Vec::new();
+    // The listing is a consumer over the bucket's stream: a report renewed while it runs can
+    // show its key twice. Each key is read once.
+    let mut names = std::collections::BTreeSet::new();
     while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| failed("listing node reports", e))?;
+        names.insert(key.map_err(|e| failed("listing node reports", e))?);
+    }
+    let mut reports = Vec::new();
+    for key in names {
         // Expired between the listing and now: gone, as it should be.
         let Some(value) = store
             .get(key)

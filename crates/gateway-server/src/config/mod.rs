@@ -584,13 +584,13 @@ impl Resolver<'_> {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        if let Some(origins) = &origins {
-            if origins.is_empty() {
-                return Err(self.invalid(
-                    "allowed_origins",
-                    "is empty, which would refuse every browser; remove the key to allow all",
-                ));
-            }
+        if let Some(origins) = &origins
+            && origins.is_empty()
+        {
+            return Err(self.invalid(
+                "allowed_origins",
+                "is empty, which would refuse every browser; remove the key to allow all",
+            ));
         }
         Ok(Access {
             push_api_keys,
