@@ -16,17 +16,17 @@
 //! (that is the authenticator's).
 //!
 //! The modules, top to bottom: each imports only modules below it, and any of them may use
-//! `shared` (what every connection task holds) and the leaves `io`, `config`, `counters`,
-//! `admission` and `error`:
+//! `shared` (what every connection task holds, the node among it) and the leaves `io`,
+//! `config`, `counters`, `admission` and `error`:
 //! - `server`: [`Gateway`], which binds the listeners, runs them and shuts down;
 //! - `accept`: the accept loops, and each connection from its accept to a WebSocket or hyper;
 //! - `http`: refusals and routing; `http::handshake`, the hand-read first request;
 //!   `http::upgrade`, `http::push`, and `http::admin` (`/stat`);
-//! - `ws`: a WebSocket connection's task, its outbox, the frame meter, heartbeats, and
-//!   `ws::close`, the reasons a connection ends and their close codes;
-//! - `node`: [`Node`], the hub and the connections' outboxes. Its one edge upward: it fills
-//!   `ws::outbox` and closes with `ws::close`'s codes, files that import nothing of the
-//!   connection's task.
+//! - `ws`: a WebSocket connection's task, the frame meter, heartbeats, and `ws::close`, the
+//!   reasons a connection ends and their close codes;
+//! - `node`: [`Node`], the hub, the connections' outboxes (`node::outbox`, which the
+//!   connection's task drains) and the broker; frames held until the broker confirms a topic;
+//!   the node's report for the cluster view. It imports nothing above it.
 
 mod accept;
 mod admission;

@@ -15,6 +15,7 @@ use crate::counters::Counters;
 use crate::error::ServerError;
 use crate::node::{self, Node};
 use crate::shared::Shared;
+use crate::ws::close::CloseReason;
 
 /// A bound, not yet running, gateway.
 ///
@@ -136,7 +137,7 @@ impl Gateway {
         shutdown.await;
         info!("shutting down: closing connections");
         shared.shutdown.cancel();
-        shared.node.shut_down();
+        shared.node.shut_down(CloseReason::ShuttingDown.code());
         let _ = main.await;
         let _ = stat.await;
         let _ = reporter.await;

@@ -14,6 +14,7 @@
 //! all of an app's subscribers receive its pushes in the order the broker serialised them.
 
 mod held;
+pub(crate) mod outbox;
 mod report;
 
 use std::collections::{HashMap, HashSet};
@@ -25,15 +26,14 @@ use gateway_broker::{
     Broker, BrokerError, BrokerEvent, BrokerState, Inbound, SharedBroker, Subscription,
 };
 use gateway_core::{
-    Action, AppName, ConnId, Frame, Hub, HubConfig, Input, MemberId, Publication, Stat, StatPage,
+    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, MemberId, Publication, Stat, StatPage,
     Topic,
 };
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{error, info, warn};
 
 use crate::counters::Counters;
-use crate::ws::close::CloseReason;
-use crate::ws::outbox::Outbox;
+use outbox::Outbox;
 use held::Held;
 pub(crate) use report::run_reporter;
 
@@ -41,8 +41,9 @@ pub(crate) use report::run_reporter;
 struct Inner {
     hub: Hub,
     outboxes: HashMap<ConnId, Arc<Outbox>>,
-    /// Set once by [`Node::shut_down`]: every outbox, even one attached later, closes.
-    closing: bool,
+    /// Set once by [`Node::shut_down`], with the code: every outbox, even one attached
+    /// later, closes.
+    closing: Option<CloseCode>,
     /// Topics whose broker subscription was requested and not confirmed yet, with the number
     /// of the latest request: a confirmation of an older one (subscribed, unsubscribed,
     /// subscribed again) does not count.
@@ -106,7 +107,7 @@ impl Node {
             inner: Mutex::new(Inner {
                 hub: Hub::new(config),
                 outboxes: HashMap::new(),
-                closing: false,
+                closing: None,
                 pending: HashMap::new(),
                 next_seq: 0,
                 held: Held::default(),
@@ -140,19 +141,19 @@ impl Node {
     /// Gives the hub a connection's outbox, before its first input.
     pub(crate) fn attach(&self, conn: ConnId, outbox: Arc<Outbox>) {
         let mut inner = self.lock();
-        if inner.closing {
-            outbox.close(CloseReason::ShuttingDown.code());
+        if let Some(code) = inner.closing {
+            outbox.close(code);
         }
         inner.outboxes.insert(conn, outbox);
     }
 
-    /// Asks every connection to close with 1001 after the frames already queued to it, and
-    /// closes the broker.
-    pub(crate) fn shut_down(&self) {
+    /// Asks every connection to close with `code` (the server's choice: 1001) after the
+    /// frames already queued to it, and closes the broker.
+    pub(crate) fn shut_down(&self, code: CloseCode) {
         let mut inner = self.lock();
-        inner.closing = true;
+        inner.closing = Some(code);
         for outbox in inner.outboxes.values() {
-            outbox.close(CloseReason::ShuttingDown.code());
+            outbox.close(code);
         }
         drop(inner);
         self.broker().close();

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::close::{CloseReason, End, socket_error};
 use super::frame_meter::{FrameMeter, Metered};
 use super::liveness::{Heartbeat, Tick};
-use super::outbox::Outbox;
+use crate::node::outbox::Outbox;
 use crate::io::Io;
 use crate::shared::Shared;
 
