@@ -46,21 +46,36 @@ pub use report::NodeReport;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why the broker could not do what it was asked.
+///
+/// For a publication the difference matters to the pusher: [`BrokerError::Unavailable`] means
+/// nothing was sent (nobody received it; retrying cannot duplicate it), while
+/// [`BrokerError::TimedOut`] and [`BrokerError::Failed`] mean it was sent and its outcome is
+/// unknown (it may have been delivered; see [`BrokerError::may_have_been_delivered`]).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
-    /// The broker's server is not reachable now; the node is reconnecting.
+    /// The broker's server is not reachable now (the node is reconnecting), and nothing was
+    /// sent.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    /// The broker answered, but with an error.
+    /// The request was sent, and the broker answered with an error or the connection failed
+    /// before its answer.
     #[error("broker error: {0}")]
     Failed(String),
-    /// The broker did not answer in time.
+    /// The request was sent, and the broker did not answer in time.
     #[error("broker did not answer within {0:?}")]
     TimedOut(Duration),
     /// The configuration cannot work (a bad URL, an unknown option).
     #[error("broker configuration: {0}")]
     Config(String),
+}
+
+impl BrokerError {
+    /// Whether a publication that failed this way may still have reached subscribers (it was
+    /// sent, and no answer says otherwise).
+    pub fn may_have_been_delivered(&self) -> bool {
+        matches!(self, BrokerError::Failed(_) | BrokerError::TimedOut(_))
+    }
 }
 
 /// The outcome of a publication, once the broker took it.
