@@ -109,6 +109,7 @@ fn test_timings() -> BrokerConfig {
             ..BrokerSettings::default()
         },
         report_interval: Duration::from_millis(200),
+        subscribe_timeout: Duration::from_secs(3),
     }
 }
 

@@ -78,10 +78,17 @@ impl BrokerError {
     }
 }
 
-/// The outcome of a publication, once the broker took it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The outcome of a publication, once the broker took it. Non-exhaustive (stream positions
+/// will come with history); a broker makes it with [`Published::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Published;
+
+impl Published {
+    pub fn new() -> Self {
+        Published
+    }
+}
 
 /// What [`Broker::publish`] returns: done already (the local broker, a refusal), or a future
 /// for a server's answer. The local case allocates nothing, which keeps the single-node push

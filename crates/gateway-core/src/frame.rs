@@ -173,11 +173,14 @@ pub enum CloseCode {
     AuthTimeout,
     /// 4429: the client sent more messages than its rate limit allows.
     TooManyMessages,
+    /// 1013: the gateway could not serve the connection now (its broker did not confirm a
+    /// subscription in time); reconnecting, perhaps to another node, may work.
+    TryAgainLater,
 }
 
 impl CloseCode {
     /// Every close code, for documentation and tests.
-    pub const ALL: [CloseCode; 10] = [
+    pub const ALL: [CloseCode; 11] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -188,6 +191,7 @@ impl CloseCode {
         CloseCode::MissingAuth,
         CloseCode::AuthTimeout,
         CloseCode::TooManyMessages,
+        CloseCode::TryAgainLater,
     ];
 
     pub fn code(self) -> u16 {
@@ -202,6 +206,7 @@ impl CloseCode {
             CloseCode::MissingAuth => 4400,
             CloseCode::AuthTimeout => 4408,
             CloseCode::TooManyMessages => 4429,
+            CloseCode::TryAgainLater => 1013,
         }
     }
 
@@ -218,6 +223,7 @@ impl CloseCode {
             CloseCode::MissingAuth => "missing auth message",
             CloseCode::AuthTimeout => "auth timeout",
             CloseCode::TooManyMessages => "too many messages",
+            CloseCode::TryAgainLater => "try again later: subscription not confirmed",
         }
     }
 }

@@ -131,6 +131,7 @@ impl Gateway {
             shared.node_id.clone(),
             broker.report_interval,
             broker.report_ttl(),
+            broker.subscribe_timeout,
             shared.shutdown.clone(),
         ));
 

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{self, Handshakes, PerAddress, PushBodies};
 use crate::config::{BrokerKind, ServerConfig};
 use crate::counters::Counters;
-use crate::node::Node;
+use crate::node::{HeldLimits, Node};
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -73,7 +73,10 @@ impl Shared {
         };
         let node = Node::with_broker(
             config.hub.clone(),
-            config.limits.outbox_messages,
+            HeldLimits {
+                messages: config.limits.outbox_messages,
+                bytes: config.limits.outbox_bytes,
+            },
             counters.clone(),
             |inbound| connect_broker(&config.broker.kind, settings, inbound),
         )?;

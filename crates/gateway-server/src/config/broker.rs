@@ -17,8 +17,8 @@ use serde::Deserialize;
 use super::Resolver;
 use crate::error::ConfigError;
 
-/// Which broker, resolved and checked.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Which broker, resolved and checked. Its `Debug` hides passwords in URLs.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub enum BrokerKind {
     /// One process, no server: a push goes straight to this node's subscribers.
     #[default]
@@ -30,6 +30,23 @@ pub enum BrokerKind {
         url: String,
         credentials: NatsCredentials,
     },
+}
+
+impl std::fmt::Debug for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerKind::Local => f.write_str("Local"),
+            BrokerKind::Redis { urls } => f
+                .debug_struct("Redis")
+                .field("urls", &urls.iter().map(|u| redact(u)).collect::<Vec<_>>())
+                .finish(),
+            BrokerKind::Nats { url, credentials } => f
+                .debug_struct("Nats")
+                .field("url", &redact_list(url))
+                .field("credentials", credentials)
+                .finish(),
+        }
+    }
 }
 
 /// NATS authentication besides what the URL carries (`nats://user:pass@host`).
@@ -63,10 +80,14 @@ pub struct BrokerConfig {
     /// How often this node reports its counts for `/stat?scope=cluster`. A report lives three
     /// intervals, so a dead node leaves the cluster view within three intervals. Default 1 s.
     pub report_interval: Duration,
+    /// A connection that waited longer than this for the broker to confirm a new topic it
+    /// subscribed to is closed with 1013 (checked every `report_interval`). Default 10 s.
+    pub subscribe_timeout: Duration,
 }
 
 impl BrokerConfig {
     pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// How long a node's report outlives it.
     pub fn report_ttl(&self) -> Duration {
@@ -83,6 +104,7 @@ impl Default for BrokerConfig {
                 ..BrokerSettings::default()
             },
             report_interval: BrokerConfig::DEFAULT_REPORT_INTERVAL,
+            subscribe_timeout: BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT,
         }
     }
 }
@@ -99,6 +121,7 @@ pub(super) struct FileBroker {
     reconnect_min_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
     report_interval_ms: Option<u64>,
+    subscribe_timeout_ms: Option<u64>,
     token: Option<String>,
     user: Option<String>,
     password: Option<String>,
@@ -247,7 +270,17 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
             file.report_interval_ms,
             defaults.report_interval,
         )?,
+        subscribe_timeout: r.millis(
+            "broker.subscribe_timeout_ms",
+            file.subscribe_timeout_ms,
+            defaults.subscribe_timeout,
+        )?,
     })
+}
+
+/// A comma-separated list of URLs with every password replaced.
+fn redact_list(urls: &str) -> String {
+    urls.split(',').map(redact).collect::<Vec<_>>().join(",")
 }
 
 /// A URL with its password (if any) replaced, for error messages and logs.

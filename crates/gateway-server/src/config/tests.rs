@@ -438,7 +438,23 @@ fn the_broker_table_is_read_and_checked() {
         let message = error(text);
         assert!(message.contains(expected), "{text:?} gave {message:?}");
     }
-    // A password in a URL never reaches an error message.
+    // A password in a URL never reaches a log line or an error message.
+    let redis = parse(
+        "[broker]\nkind = \"redis\"\nurls = [\"redis://:hunter2@a/\", \"rediss://u:hunter3@b/\"]",
+    )
+    .unwrap()
+    .server
+    .broker;
+    let nats =
+        parse("[broker]\nkind = \"nats\"\nurl = \"nats://u:hunter4@a:4222,nats://hunter5@b:4222\"")
+            .unwrap()
+            .server
+            .broker;
+    let shown = format!("{redis:?} {nats:?}");
+    for secret in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(shown.contains("u:<redacted>@b"), "{shown}");
     let message = error("[broker]\nkind = \"redis\"\nurl = \"http://:hunter2@x/\"");
     assert!(!message.contains("hunter2"), "{message}");
 }

@@ -39,8 +39,11 @@ pub(crate) enum Refusal {
     PushKeyRequired,
     PushNotAllowedFrom,
     PushOverloaded,
-    /// The broker did not take the push (unreachable, an error, no answer in time).
+    /// The broker was unreachable: the push was not sent, nobody received it.
     BrokerUnavailable(String),
+    /// The push was sent to the broker, which failed or did not answer in time: it may have
+    /// been delivered, so a retry may deliver it twice.
+    PushOutcomeUnknown(String),
     /// The cluster view could not be read from the broker.
     ClusterUnavailable(String),
     /// A query parameter with a value this server does not know.
@@ -90,6 +93,10 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("push not delivered: {why}"),
             ),
+            Refusal::PushOutcomeUnknown(why) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("push outcome unknown (it may have been delivered): {why}"),
+            ),
             Refusal::ClusterUnavailable(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cluster view unavailable: {why}"),
@@ -119,6 +126,7 @@ impl Refusal {
             self,
             Refusal::PushOverloaded
                 | Refusal::BrokerUnavailable(_)
+                | Refusal::PushOutcomeUnknown(_)
                 | Refusal::BadBody(_)
                 | Refusal::BadPush(_)
         );

@@ -116,7 +116,13 @@ pub(super) async fn push(
         .node
         .publish(Publication::from(push))
         .await
-        .map_err(|err| Refusal::BrokerUnavailable(err.to_string()))?;
+        .map_err(|err| {
+            if err.may_have_been_delivered() {
+                Refusal::PushOutcomeUnknown(err.to_string())
+            } else {
+                Refusal::BrokerUnavailable(err.to_string())
+            }
+        })?;
     let mut accepted = Response::new(Full::new(Bytes::new()));
     *accepted.status_mut() = StatusCode::ACCEPTED;
     Ok(accepted)

@@ -20,10 +20,25 @@ use tokio_tungstenite::tungstenite::Message;
 pub(super) struct Held {
     /// In order; an entry with a topic waits until that topic is live, and everything after
     /// it waits with it.
-    queues: HashMap<ConnId, VecDeque<(Option<Topic>, Message)>>,
+    queues: HashMap<ConnId, Queue>,
     /// Connections with an entry waiting for the topic. May name a connection whose queue is
     /// gone (closed meanwhile): releasing skips it.
     waiting: HashMap<Topic, Vec<ConnId>>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    entries: VecDeque<(Option<Topic>, Message)>,
+    /// The payload bytes of `entries`.
+    bytes: usize,
+}
+
+/// The most a connection may have held: `limits.outbox_messages` and `limits.outbox_bytes`,
+/// as for its outbox (one frame always fits an empty queue).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeldLimits {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
 }
 
 /// Holding one more frame would exceed the connection's bound: it does not keep up (or the
@@ -49,17 +64,27 @@ impl Held {
         conn: ConnId,
         until: Option<Topic>,
         message: Message,
-        limit: usize,
+        limits: HeldLimits,
     ) -> Result<(), Overflow> {
         let queue = self.queues.entry(conn).or_default();
-        if queue.len() >= limit {
+        let len = message.len();
+        if queue.entries.len() >= limits.messages
+            || (!queue.entries.is_empty() && queue.bytes + len > limits.bytes)
+        {
             return Err(Overflow);
         }
         if let Some(topic) = &until {
             self.waiting.entry(topic.clone()).or_default().push(conn);
         }
-        queue.push_back((until, message));
+        queue.bytes += len;
+        queue.entries.push_back((until, message));
         Ok(())
+    }
+
+    /// Takes the connections waiting for `topic` (their frames stay held; the caller closes
+    /// them and forgets their frames).
+    pub(super) fn take_waiting(&mut self, topic: &Topic) -> Vec<ConnId> {
+        self.waiting.remove(topic).unwrap_or_default()
     }
 
     /// `topic` is live (or no longer wanted): the frames of every connection that waited for
@@ -74,14 +99,15 @@ impl Held {
             let Some(queue) = self.queues.get_mut(&conn) else {
                 continue;
             };
-            while let Some((until, _)) = queue.front() {
+            while let Some((until, _)) = queue.entries.front() {
                 if until.as_ref().is_some_and(&pending) {
                     break;
                 }
-                let (_, message) = queue.pop_front().expect("front exists");
+                let (_, message) = queue.entries.pop_front().expect("front exists");
+                queue.bytes -= message.len();
                 released.push((conn, message));
             }
-            if queue.is_empty() {
+            if queue.entries.is_empty() {
                 self.queues.remove(&conn);
             }
         }
@@ -110,16 +136,21 @@ mod tests {
         Message::text(s)
     }
 
+    const ROOMY: HeldLimits = HeldLimits {
+        messages: 10,
+        bytes: 1 << 20,
+    };
+
     #[test]
     fn frames_wait_for_their_topic_and_keep_their_order() {
         let mut held = Held::default();
         let conn = ConnId::new(1);
-        held.hold(conn, Some(topic("a")), text("subscribe a"), 10)
+        held.hold(conn, Some(topic("a")), text("subscribe a"), ROOMY)
             .unwrap();
-        held.hold(conn, None, text("push b"), 10).unwrap();
-        held.hold(conn, Some(topic("c")), text("subscribe c"), 10)
+        held.hold(conn, None, text("push b"), ROOMY).unwrap();
+        held.hold(conn, Some(topic("c")), text("subscribe c"), ROOMY)
             .unwrap();
-        held.hold(conn, None, text("push a"), 10).unwrap();
+        held.hold(conn, None, text("push a"), ROOMY).unwrap();
         assert!(held.holds(conn));
         // c is confirmed first: nothing moves, a is still pending at the front.
         let pending = |t: &Topic| *t == topic("a");
@@ -135,13 +166,27 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_holds_at_most_its_limit_and_a_closed_one_is_forgotten() {
+    fn a_connection_holds_at_most_its_limits_and_a_closed_one_is_forgotten() {
         let mut held = Held::default();
         let conn = ConnId::new(1);
-        held.hold(conn, Some(topic("a")), text("1"), 2).unwrap();
-        held.hold(conn, None, text("2"), 2).unwrap();
-        assert!(held.hold(conn, None, text("3"), 2).is_err());
+        let two = HeldLimits {
+            messages: 2,
+            bytes: 1 << 20,
+        };
+        held.hold(conn, Some(topic("a")), text("1"), two).unwrap();
+        held.hold(conn, None, text("2"), two).unwrap();
+        assert!(held.hold(conn, None, text("3"), two).is_err(), "messages");
+        // Bytes: a frame always fits an empty queue, and then no more than the budget.
+        let tiny = HeldLimits {
+            messages: 10,
+            bytes: 4,
+        };
+        let other = ConnId::new(2);
+        held.hold(other, Some(topic("a")), text("12345678"), tiny)
+            .unwrap();
+        assert!(held.hold(other, None, text("1"), tiny).is_err(), "bytes");
         held.forget(conn);
+        held.forget(other);
         assert!(held.is_empty());
         assert!(held.release(&topic("a"), |_| false).is_empty());
     }

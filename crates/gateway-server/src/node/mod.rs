@@ -16,25 +16,29 @@
 mod held;
 pub(crate) mod outbox;
 mod report;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use gateway_broker::local::LocalBroker;
 use gateway_broker::{
     Broker, BrokerError, BrokerEvent, BrokerState, Inbound, SharedBroker, Subscription,
 };
 use gateway_core::{
-    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, MemberId, Publication, Stat, StatPage,
-    Topic,
+    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, MemberId, Publication, Stat,
+    StatPage, Topic,
 };
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{error, info, warn};
 
 use crate::counters::Counters;
-use outbox::Outbox;
 use held::Held;
+pub(crate) use held::HeldLimits;
+use outbox::Outbox;
 pub(crate) use report::run_reporter;
 
 #[derive(Debug)]
@@ -45,13 +49,18 @@ struct Inner {
     /// later, closes.
     closing: Option<CloseCode>,
     /// Topics whose broker subscription was requested and not confirmed yet, with the number
-    /// of the latest request: a confirmation of an older one (subscribed, unsubscribed,
-    /// subscribed again) does not count.
-    pending: HashMap<Topic, u64>,
+    /// of the latest request (a confirmation of an older one — subscribed, unsubscribed,
+    /// subscribed again — does not count) and when the first request still pending was made.
+    pending: HashMap<Topic, Pending>,
     next_seq: u64,
     held: Held,
-    /// The most frames held for one connection (`limits.outbox_messages`).
-    held_limit: usize,
+    held_limits: HeldLimits,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: u64,
+    since: Instant,
 }
 
 /// The node: owns the hub, the connections' outboxes and the broker.
@@ -87,18 +96,23 @@ impl Node {
 
     /// A node on its own: the local broker.
     pub fn local(config: HubConfig, counters: Arc<Counters>) -> Arc<Node> {
-        Node::with_broker(config, usize::MAX, counters, |inbound| {
+        // Nothing is ever held with the local broker: its topics are live at once.
+        let unbounded = HeldLimits {
+            messages: usize::MAX,
+            bytes: usize::MAX,
+        };
+        Node::with_broker(config, unbounded, counters, |inbound| {
             Ok(LocalBroker::new(inbound) as SharedBroker)
         })
         .expect("the local broker cannot fail")
     }
 
     /// A node whose broker `connect` makes, given the node as the broker's [`Inbound`].
-    /// `held_limit` bounds the frames held for one connection while its broker subscription
+    /// `held_limits` bound the frames held for one connection while its broker subscription
     /// is being confirmed.
-    pub fn with_broker(
+    pub(crate) fn with_broker(
         config: HubConfig,
-        held_limit: usize,
+        held_limits: HeldLimits,
         counters: Arc<Counters>,
         connect: impl FnOnce(Weak<dyn Inbound>) -> Result<SharedBroker, BrokerError>,
     ) -> Result<Arc<Node>, BrokerError> {
@@ -111,7 +125,7 @@ impl Node {
                 pending: HashMap::new(),
                 next_seq: 0,
                 held: Held::default(),
-                held_limit,
+                held_limits,
             }),
             broker: OnceLock::new(),
             counters,
@@ -130,6 +144,12 @@ impl Node {
             .get()
             .expect("set when the node is made")
             .as_ref()
+    }
+
+    /// The broker's kind, for log lines; events can arrive while the broker is still being
+    /// made (its tasks start connecting at once), before [`Node::broker`] is set.
+    fn broker_kind(&self) -> &'static str {
+        self.broker.get().map_or("broker", |broker| broker.kind())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -168,8 +188,9 @@ impl Node {
         inner.apply(self.broker());
     }
 
-    /// Feeds one input to the hub and carries out what it asks for.
-    pub fn handle(&self, input: Input<'_>) {
+    /// Feeds one input to the hub and carries out what it asks for. Pushes go through
+    /// [`Node::publish`] instead, so that they reach the other nodes too.
+    pub(crate) fn handle(&self, input: Input<'_>) {
         let mut inner = self.lock();
         inner.hub.handle(input);
         inner.apply(self.broker());
@@ -233,6 +254,37 @@ impl Node {
     pub fn broker_state(&self) -> BrokerState {
         self.broker().state()
     }
+
+    /// Closes, with 1013 (try again later), every connection that has waited longer than
+    /// `timeout` for the broker to confirm a topic it subscribed to: rather than leave a client
+    /// without its reply while the broker is away, let it reconnect (through the load balancer,
+    /// maybe to a node whose broker answers). Returns how many were closed.
+    pub(crate) fn expire_pending(&self, now: Instant, timeout: Duration) -> usize {
+        let mut inner = self.lock();
+        let overdue: Vec<Topic> = inner
+            .pending
+            .iter()
+            .filter(|(_, pending)| now.saturating_duration_since(pending.since) > timeout)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        let mut closed = 0;
+        for topic in &overdue {
+            for conn in inner.held.take_waiting(topic) {
+                inner.held.forget(conn);
+                if let Some(outbox) = inner.remove_outbox(conn) {
+                    outbox.close(CloseCode::TryAgainLater);
+                    closed += 1;
+                }
+                inner.hub.handle(Input::Disconnected { conn });
+            }
+        }
+        if closed > 0 {
+            let sample: Vec<String> = overdue.iter().take(5).map(Topic::to_string).collect();
+            warn!(closed, topics = overdue.len(), sample = ?sample, "closed connections (1013) whose subscriptions the broker did not confirm in time");
+        }
+        inner.apply(self.broker());
+        closed
+    }
 }
 
 impl Inbound for Node {
@@ -243,9 +295,14 @@ impl Inbound for Node {
     fn event(&self, event: BrokerEvent) {
         match event {
             BrokerEvent::Subscribed { topic, seq } => {
+                // Only ever an answer to `subscribe`, which needs the broker set; a confirmation
+                // without a request is nothing to act on.
+                let Some(broker) = self.broker.get() else {
+                    return;
+                };
                 let mut inner = self.lock();
                 inner.confirmed(&topic, seq);
-                inner.apply(self.broker());
+                inner.apply(broker.as_ref());
             }
             BrokerEvent::Gap { topics, cause } => {
                 let total = self.counters.broker_gap(topics.len());
@@ -259,18 +316,18 @@ impl Inbound for Node {
                 );
             }
             BrokerEvent::State { state, error } => match state {
-                BrokerState::Connected => info!(broker = self.broker().kind(), "broker connected"),
+                BrokerState::Connected => info!(broker = self.broker_kind(), "broker connected"),
                 BrokerState::Connecting => {
                     let total = self.counters.broker_disconnected();
                     warn!(
-                        broker = self.broker().kind(),
+                        broker = self.broker_kind(),
                         total,
                         error = error.as_deref().unwrap_or(""),
                         "broker connection lost; reconnecting (pushes answer 503 meanwhile)"
                     );
                 }
                 _ => info!(
-                    broker = self.broker().kind(),
+                    broker = self.broker_kind(),
                     state = state.as_str(),
                     "broker state"
                 ),
@@ -308,7 +365,7 @@ impl Inner {
         if self.held.holds(conn) {
             if self
                 .held
-                .hold(conn, None, message, self.held_limit)
+                .hold(conn, None, message, self.held_limits)
                 .is_err()
             {
                 self.hub.handle(Input::OutboxFull { conn });
@@ -323,7 +380,7 @@ impl Inner {
     /// The broker confirmed `topic` (request `seq`): release what waited for it.
     fn confirmed(&mut self, topic: &Topic, seq: u64) {
         match self.pending.get(topic) {
-            Some(latest) if seq >= *latest => {
+            Some(latest) if seq >= latest.seq => {
                 self.pending.remove(topic);
                 self.release(topic);
             }
@@ -352,7 +409,7 @@ impl Inner {
                         let message = to_message(frame);
                         if self
                             .held
-                            .hold(conn, Some(topic), message, self.held_limit)
+                            .hold(conn, Some(topic), message, self.held_limits)
                             .is_err()
                         {
                             self.hub.handle(Input::OutboxFull { conn });
@@ -386,8 +443,13 @@ impl Inner {
                 }
                 Action::InterestGained(topic) => {
                     self.next_seq += 1;
-                    if broker.subscribe(&topic, self.next_seq) == Subscription::Pending {
-                        self.pending.insert(topic, self.next_seq);
+                    let seq = self.next_seq;
+                    if broker.subscribe(&topic, seq) == Subscription::Pending {
+                        let since = Instant::now();
+                        self.pending
+                            .entry(topic)
+                            .and_modify(|pending| pending.seq = seq)
+                            .or_insert(Pending { seq, since });
                     }
                 }
                 Action::InterestLost(topic) => {

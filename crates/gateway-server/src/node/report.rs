@@ -59,13 +59,15 @@ impl Node {
     }
 }
 
-/// Every `interval`: tells the hub the time, and publishes this node's report, which lives
-/// `ttl` unless renewed, until `shutdown`.
+/// Every `interval`, until `shutdown`: tells the hub the time, closes connections whose
+/// subscriptions the broker has not confirmed within `subscribe_timeout`, and publishes this
+/// node's report, which lives `ttl` unless renewed.
 pub(crate) async fn run_reporter(
     node: Arc<Node>,
     node_id: String,
     interval: Duration,
     ttl: Duration,
+    subscribe_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -79,6 +81,7 @@ pub(crate) async fn run_reporter(
         node.handle(Input::Tick {
             now: Timestamp::from_millis(unix_millis()),
         });
+        node.expire_pending(std::time::Instant::now(), subscribe_timeout);
         // One node alone answers the cluster view from its own counts (see `admin`).
         if node.broker().kind() == "local" {
             continue;

@@ -71,7 +71,10 @@ impl CloseReason {
         let code = self.code();
         let total = counters.closed(code);
         match code {
-            CloseCode::SlowConsumer | CloseCode::IdleTimeout | CloseCode::TooManyMessages => {
+            CloseCode::SlowConsumer
+            | CloseCode::IdleTimeout
+            | CloseCode::TooManyMessages
+            | CloseCode::TryAgainLater => {
                 info!(%conn, code = code.code(), reason = code.reason(), total, "closing connection");
             }
             _ => debug!(%conn, code = code.code(), "closing connection"),

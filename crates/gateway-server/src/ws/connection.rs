@@ -22,8 +22,8 @@ use tracing::{debug, warn};
 use super::close::{CloseReason, End, socket_error};
 use super::frame_meter::{FrameMeter, Metered};
 use super::liveness::{Heartbeat, Tick};
-use crate::node::outbox::Outbox;
 use crate::io::Io;
+use crate::node::outbox::Outbox;
 use crate::shared::Shared;
 
 /// Each connection's read buffer, allocated up front: client messages are auth and subscribe
