@@ -24,6 +24,11 @@ pub struct NodeReport {
     /// Private apps: the members with a subscribed connection, per app, so that a member
     /// connected to two nodes is counted once in the cluster.
     pub members: BTreeMap<String, Vec<i64>>,
+    /// Private apps too large to list (a report lists a bounded number of members): their
+    /// member count on this node. The cluster view adds these up, so a member of such an app
+    /// connected to two nodes counts twice there.
+    #[serde(default)]
+    pub member_counts: BTreeMap<String, u64>,
 }
 
 impl NodeReport {
@@ -41,6 +46,9 @@ pub fn merge(reports: &[NodeReport]) -> Vec<(String, u64)> {
         }
         for (app, members) in &report.members {
             private.entry(app).or_default().extend(members);
+        }
+        for (app, count) in &report.member_counts {
+            *public.entry(app).or_default() += count;
         }
     }
     let mut counts: BTreeMap<&str, u64> = public;
@@ -69,6 +77,7 @@ mod tests {
                 .iter()
                 .map(|(a, m)| ((*a).to_owned(), m.to_vec()))
                 .collect(),
+            member_counts: BTreeMap::new(),
         }
     }
 
@@ -83,6 +92,18 @@ mod tests {
                 ("match".to_owned(), 5),
                 ("news".to_owned(), 1)
             ]
+        );
+    }
+
+    #[test]
+    fn an_app_too_large_to_list_is_counted_per_node() {
+        let mut a = report("a", &[], &[("im", &[1, 2])]);
+        let mut b = report("b", &[], &[]);
+        b.member_counts.insert("im".into(), 100_000);
+        a.member_counts.insert("big".into(), 7);
+        assert_eq!(
+            merge(&[a, b]),
+            [("big".to_owned(), 7), ("im".to_owned(), 100_002)]
         );
     }
 

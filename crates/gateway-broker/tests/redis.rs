@@ -567,6 +567,7 @@ fn report(node: &str, connections: u64) -> NodeReport {
         connections,
         apps: BTreeMap::from([("match".to_owned(), connections)]),
         members: BTreeMap::new(),
+        member_counts: BTreeMap::new(),
     }
 }
 

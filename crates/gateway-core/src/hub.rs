@@ -354,9 +354,15 @@ impl Hub {
     }
 
     /// Like [`Hub::stat_page`], with the members of each private app listed rather than
-    /// counted: what a node reports for the cluster view, where a member connected to two
-    /// nodes counts once. Costs O(limit + members listed).
-    pub fn subscribers_page(&self, after: Option<&AppName>, limit: usize) -> SubscribersPage {
+    /// counted (up to `max_members` per app; a larger app is only counted): what a node
+    /// reports for the cluster view, where a member connected to two nodes counts once.
+    /// Costs O(limit + members listed).
+    pub fn subscribers_page(
+        &self,
+        after: Option<&AppName>,
+        limit: usize,
+        max_members: usize,
+    ) -> SubscribersPage {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut apps = self
             .apps
@@ -368,6 +374,9 @@ impl Hub {
             .map(|(app, subscribers)| {
                 let listed = match subscribers {
                     Subscribers::Public(conns) => AppSubscribers::Connections(conns.len()),
+                    Subscribers::Private(members) if members.len() > max_members => {
+                        AppSubscribers::MemberCount(members.len())
+                    }
                     Subscribers::Private(members) => {
                         AppSubscribers::Members(members.keys().copied().collect())
                     }
@@ -612,11 +621,14 @@ impl fmt::Display for StatPage {
 
 /// Who subscribed to one app, in [`SubscribersPage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AppSubscribers {
     /// A public app: its subscribed connections.
     Connections(usize),
     /// A private app: its members with a subscribed connection, in no particular order.
     Members(Vec<MemberId>),
+    /// A private app with more members than the page lists: how many.
+    MemberCount(usize),
 }
 
 /// One page of [`Hub::subscribers_page`].

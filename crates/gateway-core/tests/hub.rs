@@ -788,7 +788,7 @@ fn the_subscribers_page_lists_private_members_and_counts_public_connections() {
         t.subscribe(conn, "im");
         t.subscribe(conn, "match");
     }
-    let page = t.hub.subscribers_page(None, 10);
+    let page = t.hub.subscribers_page(None, 10, 100);
     assert!(!page.more);
     assert_eq!(page.apps.len(), 2);
     let (name, AppSubscribers::Members(members)) = &page.apps[0] else {
@@ -797,9 +797,12 @@ fn the_subscribers_page_lists_private_members_and_counts_public_connections() {
     let members: BTreeSet<i64> = members.iter().map(|m| m.get()).collect();
     assert_eq!((name.as_str(), members), ("im", BTreeSet::from([7, 9])));
     assert_eq!(page.apps[1], (app("match"), AppSubscribers::Connections(3)));
-    let first = t.hub.subscribers_page(None, 1);
+    let first = t.hub.subscribers_page(None, 1, 100);
     assert!(first.more);
-    let rest = t.hub.subscribers_page(first.resume_after(), 1);
+    let rest = t.hub.subscribers_page(first.resume_after(), 1, 100);
     assert_eq!(rest.apps[0].0, app("match"));
     assert!(!rest.more);
+    // Past the listing bound, a private app is only counted.
+    let counted = t.hub.subscribers_page(None, 1, 1);
+    assert_eq!(counted.apps[0], (app("im"), AppSubscribers::MemberCount(2)));
 }

@@ -18,7 +18,13 @@ fn unix_millis() -> u64 {
 }
 
 impl Node {
-    /// This node's counts, read a page of apps at a time (the lock is held for one page).
+    /// Members listed in one report, over all private apps: beyond, apps are only counted
+    /// (`NodeReport::member_counts`). Bounds the report (some 10 bytes per member: under
+    /// NATS's default 1 MB message limit) and the copying under the lock.
+    pub const MAX_REPORTED_MEMBERS: usize = 50_000;
+
+    /// This node's counts, read a page of apps at a time (the lock is held for one page, and
+    /// lists at most [`Node::MAX_REPORTED_MEMBERS`] members in all).
     pub fn report(&self, node_id: &str) -> NodeReport {
         let mut report = NodeReport {
             node: node_id.to_owned(),
@@ -28,11 +34,12 @@ impl Node {
             ..NodeReport::default()
         };
         let mut after: Option<AppName> = None;
+        let mut budget = Node::MAX_REPORTED_MEMBERS;
         loop {
-            let page = self
-                .lock()
-                .hub
-                .subscribers_page(after.as_ref(), Node::STAT_PAGE_APPS);
+            let page =
+                self.lock()
+                    .hub
+                    .subscribers_page(after.as_ref(), Node::STAT_PAGE_APPS, budget);
             after = page.resume_after().cloned();
             for (app, subscribers) in page.apps {
                 match subscribers {
@@ -40,9 +47,14 @@ impl Node {
                         report.apps.insert(app.to_string(), count as u64);
                     }
                     AppSubscribers::Members(members) => {
+                        budget -= members.len();
                         let ids = members.iter().map(|m| m.get()).collect();
                         report.members.insert(app.to_string(), ids);
                     }
+                    AppSubscribers::MemberCount(count) => {
+                        report.member_counts.insert(app.to_string(), count as u64);
+                    }
+                    _ => {}
                 }
             }
             if after.is_none() {
