@@ -5,74 +5,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::{BINARY, Gateway};
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_ws-gateway");
-
-/// The running binary; killed on drop if the test did not stop it.
-struct Gateway {
-    child: Child,
-    stderr: Lines<BufReader<ChildStderr>>,
-    log: Vec<String>,
-}
-
-impl Gateway {
-    fn start(args: &[&str]) -> Gateway {
-        let mut child = Command::new(BINARY)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
-        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        Gateway {
-            child,
-            stderr,
-            log: Vec::new(),
-        }
-    }
-
-    /// Reads the log until a line contains `marker`; returns the rest of that line after it.
-    async fn wait_for_log(&mut self, marker: &str) -> String {
-        guard(marker, async {
-            loop {
-                let line =
-                    self.stderr.next_line().await.unwrap().unwrap_or_else(|| {
-                        panic!("the log ended before {marker:?}: {:#?}", self.log)
-                    });
-                self.log.push(line.clone());
-                if let Some(at) = line.find(marker) {
-                    return line[at + marker.len()..].trim().to_owned();
-                }
-            }
-        })
-        .await
-    }
-
-    /// Sends SIGTERM and returns the exit status and the rest of the log.
-    async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let pid = self.child.id().unwrap().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(killed.success());
-        let status = guard("the exit", self.child.wait()).await.unwrap();
-        while let Ok(Some(line)) = self.stderr.next_line().await {
-            self.log.push(line);
-        }
-        (status, self.log)
-    }
-}
+use tokio::process::Command;
 
 #[tokio::test]
 async fn the_binary_serves_the_protocol_from_a_config_file_and_stops_on_sigterm() {

@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod crash;
 mod delivery;
 mod faults;
 mod interest;

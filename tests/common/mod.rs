@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test file uses a different subset
 #![allow(clippy::unwrap_used)] // test helpers: a failure should panic where it happens
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -144,6 +144,8 @@ async fn serve(config: Config) -> ExitCode {
         .collect();
     private.sort_unstable();
     info!("private apps: {private:?}");
+    // The kind's Debug hides passwords in URLs.
+    info!(prefix = %config.server.broker.settings.prefix, "broker: {:?}", config.server.broker.kind);
     let access = &config.server.access;
     if access.push_api_keys.is_empty() {
         let networks: Vec<String> = access
@@ -180,6 +182,7 @@ async fn serve(config: Config) -> ExitCode {
     info!("websocket and push listener on {}", gateway.local_addr());
     info!("clients connect to {scheme}://{}/", gateway.local_addr());
     info!("stat listener on {}", gateway.stat_addr());
+    info!("node id in the cluster: {}", gateway.node_id());
     memory::grow_heap_in_larger_steps();
     tokio::spawn(memory::return_freed_memory(gateway.counters()));
     gateway.run(shutdown_signal()).await;
