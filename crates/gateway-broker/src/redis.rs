@@ -22,17 +22,18 @@
 //!
 //! | failure | error |
 //! |---|---|
-//! | the shard's publisher is not connected (known down, or not yet up), or the broker is closed | [`BrokerError::Unavailable`] |
-//! | no answer within `publish_timeout` | [`BrokerError::TimedOut`] |
-//! | the connection failed after the `PUBLISH` was handed to it (I/O error, closed, dropped) | [`BrokerError::Failed`] |
-//! | Redis answered with an error, or with something other than an integer | [`BrokerError::Failed`] |
+//! | broker closed; shard's publisher not connected (known down, or not yet up) | `Unavailable` |
+//! | no answer within `publish_timeout` | `TimedOut` |
+//! | the connection failed after the `PUBLISH` was handed to it | `Failed` |
+//! | Redis answered with an error, or with something other than an integer | `Failed` |
 //!
 //! Once a command is handed to the redis crate's multiplexed connection, a failure cannot
 //! tell whether its bytes were written: a connection that broke before the write and one that
 //! broke while the server was executing the `PUBLISH` end in the same error. Redis may have
 //! delivered it, so such a failure is `Failed`, never `Unavailable`. A connection that died
-//! silently keeps taking publications until its failed `PING` (or the first failed publish)
-//! takes it out of service; those publications are `Failed` too.
+//! without the publisher noticing yet keeps taking publications until its failed `PING` (or
+//! the first failed publish) takes it out of service; those publications are `Failed` (a
+//! closed connection) or `TimedOut` (a silent one) too.
 //!
 //! # Shards
 //! Each URL is one server. A topic lives on the shard `wire::shard_of(app, urls.len())`, so all
