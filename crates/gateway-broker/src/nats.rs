@@ -10,14 +10,21 @@
 //!   guaranteed: two servers may forward their publishers' messages to each other's
 //!   subscribers interleaved differently. For one order per topic cluster-wide, connect every
 //!   gateway node to the same NATS server (the others serve as fail-over: several URLs).
+//!   Every node tries the URLs in the order given, always starting with the first (async-nats
+//!   would shuffle them; this broker turns that off), so nodes with the same `url` meet on
+//!   one server. After a fail-over, though, nodes may sit on *different* servers: a node that
+//!   lost the first server moves to the next one and stays there until it loses that
+//!   connection too, while nodes that never lost the first server stay on it. Until then the
+//!   order between publishers holds only among the nodes on one server.
 //! - **At most once.** NATS core keeps nothing. A node that is disconnected, or whose
 //!   subscription was not yet live, misses what was published meanwhile; a reconnect is
-//!   reported as [`GapCause::Reconnected`] for every subscribed topic, once the subscriptions
-//!   are live again on the new connection.
+//!   reported as [`GapCause::Reconnected`](crate::GapCause::Reconnected) for every
+//!   subscribed topic, once the subscriptions are live again on the new connection.
 //! - **Slow consumers drop.** Each subscription buffers at most [`SUBSCRIPTION_CAPACITY`]
 //!   messages in this process; past that async-nats drops messages and the node gets
-//!   [`GapCause::SlowConsumer`] for *every* subscribed topic (async-nats 0.51 does not expose
-//!   which subscription id belongs to which `Subscriber`, so the affected topic is unknown).
+//!   [`GapCause::SlowConsumer`](crate::GapCause::SlowConsumer) for *every* subscribed topic
+//!   (async-nats 0.51 does not expose which subscription id belongs to which `Subscriber`, so
+//!   the affected topic is unknown).
 //!   A node too slow to read its socket is cut off by the server (its own slow-consumer rule),
 //!   which shows up as a reconnect.
 //! - **A successful publish** means the message was queued, while the client was connected,
@@ -26,11 +33,32 @@
 //!   breaks in that moment the publication is lost without an error. While the client is not
 //!   connected a publish fails at once ([`BrokerError::Unavailable`]) instead of being buffered
 //!   by async-nats for an unknown time.
-//! - **A subscription is live** ([`BrokerEvent::Subscribed`]) once a request sent after the
-//!   `SUB` came back from the server: the server handles a connection's messages in order, so
-//!   it had registered the subscription. (`Client::flush` only writes the socket; it does not
-//!   wait for the server.) In a NATS cluster, publications entering through *another* server
-//!   may still miss the subscription for the moment the servers take to share interest.
+//! - **A subscription is live** ([`BrokerEvent::Subscribed`](crate::BrokerEvent::Subscribed))
+//!   once a request sent after the `SUB` came back from the server: the server handles a
+//!   connection's messages in order, so it had registered the subscription.
+//!   (`Client::flush` only writes the socket; it does not wait for the server.) In a NATS
+//!   cluster, publications entering through *another* server may still miss the subscription
+//!   for the moment the servers take to share interest.
+//!
+//! # What a failed publication means
+//! NATS core has no answer to a publication: [`Client::publish`] only puts it in async-nats's
+//! command queue, and returns `Ok` once it is there. Every way it can fail is *before* that, so
+//! nothing was sent, and every failure is [`BrokerError::Unavailable`] (nobody received it; a
+//! retry cannot duplicate it):
+//!
+//! | failure | error |
+//! |---|---|
+//! | broker closed; client not connected (known down, or not yet up) | `Unavailable` |
+//! | refused before queueing: over the server's `max_payload`, bad subject | `Unavailable` |
+//! | async-nats's connection task has ended (`PublishErrorKind::Send`) | `Unavailable` |
+//! | no room in the command queue within `publish_timeout` | `Unavailable` |
+//!
+//! The `Send` error hands the message back unqueued. The last row happens when the connection
+//! stalled or broke after the check; it holds because the queue is a tokio `mpsc` channel,
+//! whose `send` puts nothing in when it is given up. So this broker never returns
+//! [`BrokerError::Failed`] or [`BrokerError::TimedOut`] for a publication: once one is queued,
+//! its loss (the connection breaking before it was written) cannot be seen, and the publish
+//! has already succeeded.
 //!
 //! # Connecting
 //! [`NatsBroker::connect`] returns at once; the client connects in the background
@@ -38,6 +66,18 @@
 //! of [`crate::backoff`]: the first try at once, then `reconnect_min`/2..`reconnect_min`,
 //! doubling up to `reconnect_max`/2..`reconnect_max`. async-nats resubscribes by itself after
 //! a reconnect; this broker never subscribes a second time.
+//!
+//! Interest changes are folded per topic (the latest wish wins) until the subscription task
+//! takes them, and while the client is disconnected the task holds them back and applies what
+//! is left once it is connected again: memory is bounded by the number of distinct topics,
+//! however much the node's clients churn during an outage, and a subscribe and unsubscribe
+//! made meanwhile cancel out.
+//!
+//! # Credentials in URLs
+//! A URL may carry credentials (`nats://user:password@host`, `nats://token@host`); every error
+//! and log of this broker shows URLs with them redacted. async-nats itself logs server
+//! addresses, credentials included, at `debug` level (target `async_nats`): prefer
+//! [`NatsAuth`] to credentials in URLs.
 //!
 //! # The cluster view
 //! Reports live in the JetStream key-value bucket `<prefix>-nodes` (history 1, maximum age the
@@ -60,6 +100,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::redis::redact_userinfo;
 use crate::{
     BoxFuture, Broker, BrokerError, BrokerSettings, BrokerState, Inbound, NodeReport, Published,
     Publishing, Subscription, wire,
@@ -68,7 +109,7 @@ use crate::{
 mod cluster;
 mod subscriptions;
 
-use subscriptions::Command;
+use subscriptions::Interest;
 
 /// Messages one subscription may hold in this process before async-nats drops new ones and
 /// reports a slow consumer ([`crate::GapCause::SlowConsumer`]). 64 Ki messages: seconds of a
@@ -151,11 +192,10 @@ impl NatsAuth {
 pub struct NatsBroker {
     client: Client,
     settings: BrokerSettings,
-    /// Interest changes and client events, in order, for the subscription task.
-    /// Unbounded because `subscribe`/`unsubscribe` run under the node's lock and must not
-    /// wait; its length is bounded by the interest changes the node makes, which the task
-    /// applies as fast as they come.
-    commands: mpsc::UnboundedSender<Command>,
+    /// The node's interest changes, folded per topic until the subscription task takes them:
+    /// `subscribe`/`unsubscribe` run under the node's lock and must neither wait nor fail,
+    /// and the task may not take them for as long as an outage lasts.
+    interest: Arc<Interest>,
     shutdown: CancellationToken,
     closed: AtomicBool,
 }
@@ -188,15 +228,17 @@ impl NatsBroker {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             BrokerError::Config("NatsBroker::connect must be called inside a tokio runtime".into())
         })?;
-        let (commands, receiver) = mpsc::unbounded_channel();
+        let (events, receiver) = mpsc::unbounded_channel();
         let slow_consumer_reported = Arc::new(AtomicBool::new(false));
-        let events = commands.clone();
         let slow = slow_consumer_reported.clone();
         let backoff = Mutex::new(Backoff::new(settings.reconnect_min, settings.reconnect_max));
         let options = auth
             .apply(ConnectOptions::new())?
             .name(format!("ws-gateway {}", settings.node_id))
             .retry_on_initial_connect()
+            // One order per topic needs every node on the same server: the first URL that
+            // answers, not a random one.
+            .retain_servers_order()
             .max_reconnects(None)
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .ping_interval(PING_INTERVAL)
@@ -213,13 +255,7 @@ impl NatsBroker {
                 }
             })
             .event_callback(move |event| {
-                // A slow consumer is reported for each dropped message; one pending report
-                // is enough, and keeps a flood from growing the command queue.
-                let coalesced = matches!(event, async_nats::Event::SlowConsumer(_))
-                    && slow.swap(true, Ordering::AcqRel);
-                if !coalesced {
-                    let _ = events.send(Command::Event(event));
-                }
+                subscriptions::on_event(event, &events, &slow);
                 std::future::ready(())
             });
         // With `retry_on_initial_connect` async-nats builds the client and spawns its tasks
@@ -236,11 +272,13 @@ impl NatsBroker {
             }
         };
         let shutdown = CancellationToken::new();
+        let interest = Arc::new(Interest::default());
         runtime.spawn(subscriptions::run(
             subscriptions::Worker::new(
                 client.clone(),
                 inbound,
                 settings.prefix.clone(),
+                interest.clone(),
                 slow_consumer_reported,
                 settings.reconnect_min,
             ),
@@ -250,7 +288,7 @@ impl NatsBroker {
         Ok(Arc::new(NatsBroker {
             client,
             settings,
-            commands,
+            interest,
             shutdown,
             closed: AtomicBool::new(false),
         }))
@@ -267,7 +305,8 @@ impl Broker for NatsBroker {
     }
 
     /// Succeeds once the message is queued on the connected client's connection (see the
-    /// module docs: at most once, no acknowledgement from the server).
+    /// module docs: at most once, no acknowledgement from the server). Every failure is
+    /// [`BrokerError::Unavailable`]: nothing was queued, so nothing was sent.
     fn publish(&self, topic: &Topic, publication: Publication) -> Publishing {
         if !self.connected() {
             return Publishing::Done(Err(BrokerError::Unavailable(
@@ -279,31 +318,33 @@ impl Broker for NatsBroker {
         let payload = wire::encode(&publication);
         let timeout = self.settings.publish_timeout;
         Publishing::Pending(Box::pin(async move {
+            // `Client::publish` fails only before it queues the message, and its queue's
+            // `send` queues nothing when the timeout gives it up.
             match tokio::time::timeout(timeout, client.publish(subject, payload)).await {
                 Ok(Ok(())) => Ok(Published),
-                Ok(Err(e)) if e.kind() == PublishErrorKind::Send => {
-                    Err(BrokerError::Unavailable(e.to_string()))
-                }
-                Ok(Err(e)) => Err(BrokerError::Failed(e.to_string())),
-                Err(_) => Err(BrokerError::TimedOut(timeout)),
+                Ok(Err(e)) => Err(BrokerError::Unavailable(match e.kind() {
+                    PublishErrorKind::Send => "the NATS client has stopped".to_owned(),
+                    _ => format!("not sent: {e}"),
+                })),
+                Err(_) => Err(BrokerError::Unavailable(format!(
+                    "not sent: the NATS client took no message within {timeout:?}"
+                ))),
             }
         }))
     }
 
     fn subscribe(&self, topic: &Topic, seq: u64) -> Subscription {
-        // A send fails only once the subscription task has stopped (closed, or the node is
-        // gone); nothing is live then and nothing will be.
-        let _ = self.commands.send(Command::Subscribe {
-            topic: topic.clone(),
-            seq,
-        });
+        // Once closed nothing is live and nothing will be; nobody would take the change.
+        if !self.closed.load(Ordering::Acquire) {
+            self.interest.subscribe(topic, seq);
+        }
         Subscription::Pending
     }
 
     fn unsubscribe(&self, topic: &Topic) {
-        let _ = self.commands.send(Command::Unsubscribe {
-            topic: topic.clone(),
-        });
+        if !self.closed.load(Ordering::Acquire) {
+            self.interest.unsubscribe(topic);
+        }
     }
 
     fn state(&self) -> BrokerState {
@@ -395,14 +436,17 @@ impl NatsBroker {
 impl Drop for NatsBroker {
     fn drop(&mut self) {
         // The subscription task holds the client and the client's event callback holds the
-        // task's queue, so neither would end by itself.
+        // task's event queue, so neither would end by itself.
         self.close();
     }
 }
 
-/// The servers in `url`: `nats://` or `tls://` URLs with a host, separated by commas.
+/// The servers in `url`: `nats://` or `tls://` URLs with a host, separated by commas. An
+/// error shows the URL with its credentials redacted.
 fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BrokerError> {
-    let bad = |part: &str, why: &str| BrokerError::Config(format!("NATS URL {part:?}: {why}"));
+    let bad = |part: &str, why: &str| {
+        BrokerError::Config(format!("NATS URL {:?}: {why}", redact_userinfo(part)))
+    };
     let mut servers = Vec::new();
     for part in url.split(',').map(str::trim) {
         if part.is_empty() {

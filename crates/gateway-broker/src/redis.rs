@@ -16,6 +16,25 @@
 //!   server answered the `PUBLISH`; while a shard is not connected publishes fail at once
 //!   (nothing is queued, so memory stays bounded while Redis is away).
 //!
+//! # What a failed publication means
+//! [`BrokerError::Unavailable`] promises that nothing was sent (nobody received it, a retry
+//! cannot duplicate it), so it is returned only when the `PUBLISH` never reached a connection:
+//!
+//! | failure | error |
+//! |---|---|
+//! | broker closed; shard's publisher not connected (known down, or not yet up) | `Unavailable` |
+//! | no answer within `publish_timeout` | `TimedOut` |
+//! | the connection failed after the `PUBLISH` was handed to it | `Failed` |
+//! | Redis answered with an error, or with something other than an integer | `Failed` |
+//!
+//! Once a command is handed to the redis crate's multiplexed connection, a failure cannot
+//! tell whether its bytes were written: a connection that broke before the write and one that
+//! broke while the server was executing the `PUBLISH` end in the same error. Redis may have
+//! delivered it, so such a failure is `Failed`, never `Unavailable`. A connection that died
+//! without the publisher noticing yet keeps taking publications until its failed `PING` (or
+//! the first failed publish) takes it out of service; those publications are `Failed` (a
+//! closed connection) or `TimedOut` (a silent one) too.
+//!
 //! # Shards
 //! Each URL is one server. A topic lives on the shard `wire::shard_of(app, urls.len())`, so all
 //! of an app's topics (its members' private topics too) are on one server. Every node must get
@@ -236,7 +255,8 @@ impl RedisBroker {
     }
 }
 
-/// One `Client` per URL; the first bad one is a configuration error.
+/// One `Client` per URL; the first bad one is a configuration error, which shows the URL with
+/// its password redacted ([`redact_userinfo`]).
 fn validate(urls: &[String]) -> Result<Vec<Client>, BrokerError> {
     if urls.is_empty() {
         return Err(BrokerError::Config("redis: no server URL".into()));
@@ -245,40 +265,63 @@ fn validate(urls: &[String]) -> Result<Vec<Client>, BrokerError> {
     urls.iter()
         .enumerate()
         .map(|(index, url)| {
+            let bad = |why: &dyn fmt::Display| {
+                BrokerError::Config(format!(
+                    "redis URL #{} {:?}: {why}",
+                    index + 1,
+                    redact_userinfo(url)
+                ))
+            };
             // The redis crate also takes `unix://` and host-only strings; a typo should not
             // quietly become one of those.
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(BrokerError::Config(format!(
-                    "redis URL #{}: must start with redis:// or rediss://",
-                    index + 1
-                )));
+                return Err(bad(&"must start with redis:// or rediss://"));
             }
-            // The error text of the parser does not repeat the URL, so no password leaks.
-            let client = Client::open(url.as_str())
-                .map_err(|e| BrokerError::Config(format!("redis URL #{}: {e}", index + 1)))?;
-            if !seen.insert(client.get_connection_info().addr().to_string()) {
-                return Err(BrokerError::Config(format!(
-                    "redis URL #{}: the same server twice ({})",
-                    index + 1,
-                    client.get_connection_info().addr()
-                )));
+            // The parser's error text does not repeat the URL.
+            let client = Client::open(url.as_str()).map_err(|e| bad(&e))?;
+            let addr = client.get_connection_info().addr().to_string();
+            if !seen.insert(addr.clone()) {
+                return Err(bad(&format_args!("the same server twice ({addr})")));
             }
             Ok(client)
         })
         .collect()
 }
 
+/// `url` as it may be shown in an error, a log or a `Debug`: the secret of its user info
+/// replaced, `user:password@` by `user:<redacted>@` and `token@` by `<redacted>@`. Shared by
+/// the Redis and the NATS broker.
+///
+/// Everything up to the *last* `@` counts as user info: in a URL too broken to parse, a
+/// password may hold `/`, `#` or `@` itself, and hiding too much is the safe mistake. A list
+/// of URLs (`a,b`) is redacted one URL at a time.
+pub(crate) fn redact_userinfo(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(redact_userinfo)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    let start = url.find("://").map_or(0, |scheme| scheme + 3);
+    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
+        return url.to_owned();
+    };
+    let shown = match url[start..at].split_once(':') {
+        Some((user, _)) => format!("{user}:<redacted>"),
+        None => "<redacted>".to_owned(),
+    };
+    format!("{}{shown}{}", &url[..start], &url[at..])
+}
+
 fn not_connected(addr: &str) -> BrokerError {
     BrokerError::Unavailable(format!("redis {addr} is not connected"))
 }
 
-/// What a failed command means for the caller.
+/// What a failed command means for the caller: it was handed to a connection, so it may have
+/// been executed, whatever the error (see the module docs).
 fn command_error(error: &::redis::RedisError) -> BrokerError {
-    if is_connection_error(error) {
-        BrokerError::Unavailable(error.to_string())
-    } else {
-        BrokerError::Failed(error.to_string())
-    }
+    BrokerError::Failed(error.to_string())
 }
 
 fn is_connection_error(error: &::redis::RedisError) -> bool {
@@ -547,5 +590,39 @@ impl Shared {
 
     fn close(&self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_secret() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            (
+                "redis://gw:hunter2@10.0.0.5:6379/",
+                "redis://gw:<redacted>@10.0.0.5:6379/",
+            ),
+            ("redis://:hunter2@h/", "redis://:<redacted>@h/"),
+            ("nats://hunter2@a:4222", "nats://<redacted>@a:4222"),
+            ("gw:hunter2@a:4222", "gw:<redacted>@a:4222"),
+            // Broken URLs: a password with `/`, `@` or `#` in it is still hidden.
+            (
+                "nats://gw:hun/ter@2@a:99999",
+                "nats://gw:<redacted>@a:99999",
+            ),
+            (
+                "redis://gw:hun#ter2@[::1:6379/",
+                "redis://gw:<redacted>@[::1:6379/",
+            ),
+            (
+                "nats://gw:hunter2@a:4222, tls://tok@b,nats://c",
+                "nats://gw:<redacted>@a:4222, tls://<redacted>@b,nats://c",
+            ),
+        ] {
+            assert_eq!(redact_userinfo(url), shown);
+        }
     }
 }

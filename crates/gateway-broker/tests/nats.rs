@@ -5,7 +5,7 @@
 //! Run with: `cargo test -p gateway-broker --test nats` (needs `nats-server` on the PATH).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -157,6 +157,10 @@ impl Node {
 
     /// Publishes once this node is connected (it connects in the background, and a
     /// publication before that is refused, as it should be).
+    ///
+    /// This polls the broker's state rather than waiting for its `State` event: async-nats
+    /// sends its `Connected` event just *before* it sets the state that `publish` checks, so
+    /// the event does not promise that a publication is taken yet.
     async fn publish(&self, topic: &Topic, publication: &Publication) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.broker.state() != BrokerState::Connected {
@@ -573,6 +577,176 @@ async fn close_removes_the_subscriptions_and_refuses_work() {
     );
     assert!(b.broker.cluster().await.is_err());
     server_subscriptions_become(&nats, "t9.", &[]).await;
+}
+
+/// The names of the clients connected to `nats` (`/connz`), sorted.
+fn connection_names(nats: &NatsServer) -> Vec<String> {
+    let body = nats.monitor("/connz?limit=1000").unwrap();
+    let mut names: Vec<String> = body
+        .split("\"name\":")
+        .skip(1)
+        .filter_map(|rest| {
+            let rest = rest.trim_start().strip_prefix('"')?;
+            rest.split_once('"').map(|(name, _)| name.to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_connects_to_the_first_server_of_its_list() {
+    let mut first = NatsServer::start();
+    let second = NatsServer::start();
+    let url = format!("{},{}", first.url(), second.url());
+    // async-nats would pick a random server for each node: 8 nodes would all be on the first
+    // one once in 256 runs.
+    let mut nodes = Vec::new();
+    for i in 0..8 {
+        let mut node = Node::start(&url, "t11", &format!("n{i}"));
+        node.state(BrokerState::Connected).await;
+        nodes.push(node);
+    }
+    let names: Vec<String> = (0..8).map(|i| format!("ws-gateway n{i}")).collect();
+    assert_eq!(connection_names(&first), names);
+    assert_eq!(connection_names(&second), Vec::<String>::new());
+
+    // The first one fails: every node moves to the next.
+    first.stop();
+    for node in &mut nodes {
+        node.state(BrokerState::Connecting).await;
+        node.state(BrokerState::Connected).await;
+    }
+    assert_eq!(connection_names(&second), names);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_churned_during_an_outage_ends_as_the_last_wishes() {
+    let mut nats = NatsServer::start();
+    let a = Node::connected(&nats, "t12", "a").await;
+    let mut b = Node::connected(&nats, "t12", "b").await;
+    let (kept, dropped) = (public("kept"), public("dropped"));
+    let (added, flicker) = (public("added"), private("im", 4));
+    b.subscribe(&kept, 1).await;
+    b.subscribe(&dropped, 2).await;
+
+    nats.stop();
+    b.state(BrokerState::Connecting).await;
+    // 10 000 subscribe/unsubscribe pairs per topic, and thousands of topics that come and
+    // go: far more changes than async-nats queues (2048) while it is disconnected.
+    let mut seq = 10;
+    for _ in 0..10_000 {
+        for topic in [&kept, &dropped, &added, &flicker] {
+            seq += 1;
+            assert_eq!(b.broker.subscribe(topic, seq), Subscription::Pending);
+            b.broker.unsubscribe(topic);
+        }
+    }
+    let passing: Vec<Topic> = (0..3_000).map(|i| public(&format!("p{i}"))).collect();
+    for topic in &passing {
+        let _ = b.broker.subscribe(topic, 1);
+    }
+    for topic in &passing {
+        b.broker.unsubscribe(topic);
+    }
+    let (kept_seq, added_seq) = (seq + 1, seq + 2);
+    let _ = b.broker.subscribe(&kept, kept_seq);
+    let _ = b.broker.subscribe(&added, added_seq);
+
+    tokio::task::block_in_place(|| nats.restart());
+    let mut announced: BTreeMap<Topic, Vec<u64>> = BTreeMap::new();
+    let mut gap = None;
+    let mut connected = false;
+    let last = |announced: &BTreeMap<Topic, Vec<u64>>, topic: &Topic, seq: u64| {
+        announced.get(topic).and_then(|seqs| seqs.last()) == Some(&seq)
+    };
+    while !(connected
+        && gap.is_some()
+        && last(&announced, &kept, kept_seq)
+        && last(&announced, &added, added_seq))
+    {
+        match b.event("the reconnection's events", |_| true).await {
+            BrokerEvent::State { state, .. } => connected = state == BrokerState::Connected,
+            BrokerEvent::Subscribed { topic, seq } => {
+                announced.entry(topic).or_default().push(seq);
+            }
+            BrokerEvent::Gap { topics, cause } => {
+                assert_eq!(cause, GapCause::Reconnected);
+                gap = Some(topics);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Only the last wishes, each announced once, and once the server has them.
+    assert_eq!(
+        announced,
+        BTreeMap::from([
+            (kept.clone(), vec![kept_seq]),
+            (added.clone(), vec![added_seq])
+        ])
+    );
+    assert_eq!(nats.subscriptions("t12."), ["t12.a.added", "t12.a.kept"]);
+    // `kept` was held through the outage, so it may have missed publications; `dropped` was
+    // let go, and `added` is new.
+    assert_eq!(gap.unwrap(), std::slice::from_ref(&kept));
+
+    let (k, n) = (publication(&kept, "k"), publication(&added, "n"));
+    a.publish(&kept, &k).await;
+    a.publish(&added, &n).await;
+    let mut got = vec![b.publication().await, b.publication().await];
+    got.sort_by(|x, y| x.frame.as_bytes().cmp(y.frame.as_bytes()));
+    assert_eq!(got, [n, k]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_too_large_for_the_server_is_refused_unsent() {
+    let nats = NatsServer::start();
+    let mut a = Node::connected(&nats, "t13", "a").await;
+    let topic = public("match");
+    a.subscribe(&topic, 1).await;
+    // nats-server's default max_payload is 1 MiB.
+    let huge = publication(&topic, &"x".repeat(2 * 1024 * 1024));
+    let refused = a.broker.publish(&topic, huge).await;
+    assert!(
+        matches!(refused, Err(BrokerError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(!refused.unwrap_err().may_have_been_delivered());
+    let fine = publication(&topic, "fine");
+    a.publish(&topic, &fine).await;
+    assert_eq!(a.publication().await, fine);
+}
+
+#[tokio::test]
+async fn a_bad_url_is_reported_without_its_password() {
+    let connect = |url: &str| {
+        let inbound: Arc<dyn Inbound> = Recorder::new(mpsc::unbounded_channel().0);
+        NatsBroker::connect(
+            url,
+            NatsAuth::default(),
+            settings("ok", "n"),
+            Arc::downgrade(&inbound),
+        )
+    };
+    for (url, shown) in [
+        ("nats://gw:hunter2@a:99999", "gw:<redacted>@a:99999"),
+        ("nats://hunter2@a:99999", "nats://<redacted>@a:99999"),
+        ("http://gw:hunter2@a:4222", "gw:<redacted>@a"),
+        ("gw:hunter2@a:4222", "gw:<redacted>@a"),
+        ("nats://gw:hun/ter2@a:4222", "gw:<redacted>@a"),
+        ("nats://gw:hunter2@a:4222,,nats://b", "gw:<redacted>@a"),
+    ] {
+        match connect(url) {
+            Err(BrokerError::Config(message)) => {
+                assert!(
+                    !message.contains("hunter2"),
+                    "the password leaked: {message}"
+                );
+                assert!(message.contains(shown), "{url}: {message}");
+            }
+            other => panic!("{url:?}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

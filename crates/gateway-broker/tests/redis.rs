@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,18 +49,27 @@ impl Inbound for Recorder {
 struct Node {
     broker: Arc<RedisBroker>,
     seen: mpsc::UnboundedReceiver<Seen>,
+    /// Read from `seen` while waiting for the broker to connect, kept for the test's next
+    /// waits, in order.
+    backlog: VecDeque<Seen>,
+    /// The state the broker reported last ([`BrokerEvent::State`]).
+    state: BrokerState,
     /// The broker holds only a `Weak`; the test keeps the node alive.
     _inbound: Arc<dyn Inbound>,
 }
 
 impl Node {
     fn start(name: &str, urls: &[String]) -> Node {
+        Node::start_with(name, urls, Duration::from_secs(2))
+    }
+
+    fn start_with(name: &str, urls: &[String], publish_timeout: Duration) -> Node {
         let (sender, seen) = mpsc::unbounded_channel();
         let inbound: Arc<dyn Inbound> = Arc::new(Recorder(sender));
         let settings = BrokerSettings {
             prefix: PREFIX.to_owned(),
             node_id: name.to_owned(),
-            publish_timeout: Duration::from_secs(2),
+            publish_timeout,
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(200),
         };
@@ -76,8 +85,23 @@ impl Node {
         Node {
             broker,
             seen,
+            backlog: VecDeque::new(),
+            state: BrokerState::Connecting,
             _inbound: inbound,
         }
+    }
+
+    /// The next thing the broker handed over, noting the state it reports; `None` at the
+    /// deadline.
+    async fn receive(&mut self, deadline: Instant) -> Option<Seen> {
+        let seen = timeout_at(deadline, self.seen.recv())
+            .await
+            .ok()?
+            .expect("the broker holds the recorder's sender");
+        if let Seen::Event(BrokerEvent::State { state, .. }) = &seen {
+            self.state = *state;
+        }
+        Some(seen)
     }
 
     /// Waits until `pick` accepts something; returns it and everything that came before it.
@@ -89,9 +113,12 @@ impl Node {
         let deadline = Instant::now() + DEADLINE;
         let mut before = Vec::new();
         loop {
-            let seen = match timeout_at(deadline, self.seen.recv()).await {
-                Ok(seen) => seen.expect("the broker holds the recorder's sender"),
-                Err(_) => panic!("no {what} within {DEADLINE:?}; before it: {before:#?}"),
+            let next = match self.backlog.pop_front() {
+                Some(seen) => Some(seen),
+                None => self.receive(deadline).await,
+            };
+            let Some(seen) = next else {
+                panic!("no {what} within {DEADLINE:?}; before it: {before:#?}");
             };
             if let Some(found) = pick(&seen) {
                 return (found, before);
@@ -160,17 +187,25 @@ impl Node {
         .0
     }
 
-    /// Publishes once this node's connections are up (they connect in the background, and a
-    /// publication before that is refused, as it should be).
-    async fn publish(&self, topic: &Topic, publication: &Publication) {
+    /// Waits until the broker has reported that it is connected (it connects in the
+    /// background, and a publication before that is refused, as it should be). What arrives
+    /// meanwhile stays for the test's next waits.
+    async fn connected(&mut self) {
         let deadline = Instant::now() + DEADLINE;
-        while self.broker.state() != BrokerState::Connected {
-            assert!(
-                Instant::now() < deadline,
-                "not connected within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        while self.state != BrokerState::Connected {
+            let Some(seen) = self.receive(deadline).await else {
+                panic!(
+                    "not connected within {DEADLINE:?}; meanwhile: {:#?}",
+                    self.backlog
+                );
+            };
+            self.backlog.push_back(seen);
         }
+    }
+
+    /// Publishes once this node's connections are up.
+    async fn publish(&mut self, topic: &Topic, publication: &Publication) {
+        self.connected().await;
         self.broker
             .publish(topic, publication.clone())
             .await
@@ -335,7 +370,7 @@ async fn every_node_sees_one_topic_in_the_same_order() {
     c.subscribe(&topic, 1).await;
     d.subscribe(&topic, 1).await;
 
-    let send = |node: Node, name: &'static str| {
+    let send = |mut node: Node, name: &'static str| {
         let topic = topic.clone();
         tokio::spawn(async move {
             for i in 0..200 {
@@ -385,19 +420,29 @@ async fn a_lost_server_fails_pushes_and_its_return_is_a_gap() {
     let error = node.state(BrokerState::Connecting).await;
     assert!(error.is_some(), "a lost connection says why");
     assert_eq!(node.broker.state(), BrokerState::Connecting);
-    let refused = timeout(
-        Duration::from_secs(3),
-        node.broker.publish(&match_, push(&match_, "lost")),
-    )
-    .await
-    .expect("a publish fails promptly while Redis is away");
-    assert!(
-        matches!(
-            refused,
-            Err(BrokerError::Unavailable(_) | BrokerError::TimedOut(_))
-        ),
-        "{refused:?}"
-    );
+    // The state may have changed with the subscriber's connection while the publisher's has
+    // not noticed yet: a publication handed to it is sent into a dead connection, with an
+    // unknown outcome (Failed), and makes the publisher check. Once it knows, nothing is sent:
+    // Unavailable, at once.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let refused = timeout(
+            Duration::from_secs(3),
+            node.broker.publish(&match_, push(&match_, "lost")),
+        )
+        .await
+        .expect("a publish fails promptly while Redis is away");
+        match refused {
+            Err(BrokerError::Unavailable(_)) => break,
+            Err(BrokerError::Failed(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the publisher never noticed the loss"
+        );
+        tokio::task::yield_now().await;
+    }
 
     tokio::task::block_in_place(|| redis.restart());
     let mut subscribed = BTreeMap::new();
@@ -439,6 +484,65 @@ async fn a_lost_server_fails_pushes_and_its_return_is_a_gap() {
     assert_eq!(received, back);
 }
 
+/// The ids of the connections whose `PUBLISH` the server holds (paused, flag `b`).
+fn held_publishers(redis: &RedisServer) -> Vec<String> {
+    let clients = redis.command(&["CLIENT", "LIST"]).unwrap();
+    clients
+        .lines()
+        .filter(|client| {
+            let fields: Vec<&str> = client.split(' ').collect();
+            fields.contains(&"cmd=publish")
+                && fields
+                    .iter()
+                    .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('b')))
+        })
+        .filter_map(|client| client.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_lost_after_it_was_sent_has_an_unknown_outcome() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let mut hasty = Node::start_with("a", &urls, Duration::from_millis(300));
+    let mut patient = Node::start_with("b", &urls, DEADLINE);
+    hasty.connected().await;
+    patient.connected().await;
+    let topic = public("match");
+    // Redis holds write commands, PUBLISH among them, until unpaused.
+    assert_eq!(
+        redis
+            .command(&["CLIENT", "PAUSE", "30000", "WRITE"])
+            .unwrap(),
+        "OK"
+    );
+
+    // Sent, and not answered in time: it may still be delivered.
+    let late = hasty.broker.publish(&topic, push(&topic, "late")).await;
+    assert!(matches!(late, Err(BrokerError::TimedOut(_))), "{late:?}");
+    assert!(late.unwrap_err().may_have_been_delivered());
+
+    // Sent, and the connection breaks while Redis holds it: the outcome is unknown too. Never
+    // Unavailable, which would promise that nobody got it.
+    let held = held_publishers(&redis).len();
+    let publishing = tokio::spawn(patient.broker.publish(&topic, push(&topic, "held")));
+    until_server("the server holding the PUBLISH", || {
+        held_publishers(&redis).len() == held + 1
+    })
+    .await;
+    for id in held_publishers(&redis) {
+        redis.command(&["CLIENT", "KILL", "ID", &id]).unwrap();
+    }
+    let broken = timeout(DEADLINE, publishing)
+        .await
+        .expect("the publication fails once its connection is gone")
+        .unwrap();
+    assert!(matches!(broken, Err(BrokerError::Failed(_))), "{broken:?}");
+    assert!(broken.unwrap_err().may_have_been_delivered());
+    assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]).unwrap(), "OK");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_connection_is_noticed_by_its_ping() {
     let redis = RedisServer::start();
@@ -476,7 +580,7 @@ async fn a_silently_dead_connection_is_noticed_by_its_ping() {
 async fn apps_spread_over_two_shards_and_each_push_arrives_once() {
     let (redis0, redis1) = (RedisServer::start(), RedisServer::start());
     let urls = [redis0.url(), redis1.url()];
-    let a = Node::start("a", &urls);
+    let mut a = Node::start("a", &urls);
     let mut b = Node::start("b", &urls);
     let topics: Vec<Topic> = (0..20)
         .flat_map(|i| {
@@ -638,9 +742,27 @@ async fn bad_urls_are_configuration_errors() {
         &["http://127.0.0.1:6379"],
         &["127.0.0.1:6379"],
         &["unix:///run/redis.sock"],
-        &["redis://:secret@[::1:6379/"],
         &["redis://127.0.0.1:notaport/"],
         &["redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/1"],
+    ] {
+        let result = connect(urls);
+        assert!(
+            matches!(result, Err(BrokerError::Config(_))),
+            "{urls:?}: {result:?}"
+        );
+    }
+    // A bad URL is named in the error, with its password (or token) redacted.
+    for urls in [
+        &["redis://:secret@[::1:6379/"][..],
+        &["redis://gw:secret@127.0.0.1:notaport/"],
+        &["redis://gw:secret@127.0.0.1/not-a-db"],
+        &["http://gw:secret@127.0.0.1:6379"],
+        &["gw:secret@127.0.0.1:6379"],
+        &["rediss://secret@127.0.0.1:6379/#bad"],
+        &[
+            "redis://:secret@127.0.0.1:6379/",
+            "redis://gw:secret@127.0.0.1/",
+        ],
     ] {
         match connect(urls) {
             Err(BrokerError::Config(message)) => {
@@ -648,6 +770,7 @@ async fn bad_urls_are_configuration_errors() {
                     !message.contains("secret"),
                     "the password leaked: {message}"
                 );
+                assert!(message.contains("<redacted>@"), "{message}");
             }
             other => panic!("{urls:?}: {other:?}"),
         }

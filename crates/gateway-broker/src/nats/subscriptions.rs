@@ -9,43 +9,111 @@
 //! [`BrokerEvent::Gap`] may reach the node just after the first publications that arrived on
 //! the new connection.
 //!
-//! While the client is disconnected async-nats stops taking commands once its queue (2048)
-//! is full; interest changes past that wait here for the reconnection, in order.
+//! The node's interest changes reach the task through [`Interest`], which keeps only the latest
+//! wish per topic (subscribe with a `seq`, or unsubscribe) until the task takes them: its size
+//! is bounded by the number of distinct topics, whatever the node does meanwhile. The task
+//! takes them while the client is connected, as they come. While it is disconnected the task
+//! leaves them there and applies what is left when the connection is back: async-nats stops
+//! taking commands once its queue (2048) is full, so subscribing during an outage would block
+//! the task, and every subscribe and unsubscribe of a churning client would pile up behind it.
+//! A topic subscribed and unsubscribed during the outage costs nothing.
+//!
+//! The task's idea of "connected" follows the client's `Connected`/`Disconnected` events, in
+//! the order async-nats sends them, so a change held back while disconnected is always applied
+//! by the next `Connected`.
 
 use std::collections::HashMap;
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
-use async_nats::connection::State;
 use async_nats::{Client, Event, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gateway_core::Topic;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{BrokerEvent, BrokerState, GapCause, Inbound, wire};
 
-/// What the broker and the client's event callback tell the task, in order.
-#[derive(Debug)]
-pub(super) enum Command {
-    Subscribe { topic: Topic, seq: u64 },
-    Unsubscribe { topic: Topic },
-    Event(Event),
+/// The node's interest changes not yet taken by the task: per topic, the latest wish
+/// (`Some(seq)`: subscribed with `seq`; `None`: unsubscribed). A later wish replaces an earlier
+/// one, which keeps the order of changes per topic; across topics there is no order to keep.
+#[derive(Default)]
+pub(super) struct Interest {
+    wishes: Mutex<HashMap<Topic, Option<u64>>>,
+    changed: Notify,
 }
 
-/// Commands taken from the queue at once; their interest changes are merged per topic.
-const BATCH: usize = 256;
+impl Interest {
+    /// Never waits beyond a short lock; called under the node's lock.
+    pub(super) fn subscribe(&self, topic: &Topic, seq: u64) {
+        self.wish(topic, Some(seq));
+    }
+
+    pub(super) fn unsubscribe(&self, topic: &Topic) {
+        self.wish(topic, None);
+    }
+
+    fn wish(&self, topic: &Topic, wish: Option<u64>) {
+        {
+            let mut wishes = self.wishes.lock().unwrap_or_else(PoisonError::into_inner);
+            match wishes.get_mut(topic) {
+                Some(latest) => *latest = wish,
+                None => {
+                    wishes.insert(topic.clone(), wish);
+                }
+            }
+        }
+        // Stores a permit when the task is busy, so the change is not missed.
+        self.changed.notify_one();
+    }
+
+    /// Every wish made since the last call.
+    fn take(&self) -> HashMap<Topic, Option<u64>> {
+        mem::take(&mut *self.wishes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Hands a client event to the task, from async-nats's event callback. Only what changes the
+/// task's state is queued, at most one slow-consumer report at a time: the queue holds a few
+/// events per connection, however long the task is busy.
+pub(super) fn on_event(
+    event: Event,
+    events: &mpsc::UnboundedSender<Event>,
+    slow_consumer_reported: &AtomicBool,
+) {
+    match event {
+        Event::Connected | Event::Disconnected => {
+            let _ = events.send(event);
+        }
+        // Reported by async-nats for each dropped message; one pending report is enough.
+        Event::SlowConsumer(_) => {
+            if !slow_consumer_reported.swap(true, Ordering::AcqRel) {
+                let _ = events.send(event);
+            }
+        }
+        Event::ServerError(error) => tracing::warn!(%error, "NATS server error"),
+        // Failed connection attempts while reconnecting; the state event said it.
+        Event::ClientError(error) => tracing::debug!(%error, "NATS client error"),
+        Event::LameDuckMode => {
+            tracing::info!("the NATS server is shutting down (lame duck mode)");
+        }
+        Event::Draining | Event::Closed => {}
+    }
+}
 
 /// The task's state. Only the task touches it, so nothing is locked.
 pub(super) struct Worker {
     client: Client,
     inbound: Weak<dyn Inbound>,
     prefix: String,
+    interest: Arc<Interest>,
+    /// The client is connected, as its events said last. Interest changes wait while not.
+    connected: bool,
     /// One live NATS subscription per topic the node has interest in.
     forwarders: HashMap<Topic, Forwarder>,
     /// Topics subscribed but not yet announced live, with the latest `seq` asked for.
@@ -65,6 +133,7 @@ impl Worker {
         client: Client,
         inbound: Weak<dyn Inbound>,
         prefix: String,
+        interest: Arc<Interest>,
         slow_consumer_reported: Arc<AtomicBool>,
         retry_delay: Duration,
     ) -> Worker {
@@ -72,6 +141,8 @@ impl Worker {
             client,
             inbound,
             prefix,
+            interest,
+            connected: false,
             forwarders: HashMap::new(),
             unconfirmed: HashMap::new(),
             barriers: JoinSet::new(),
@@ -86,21 +157,32 @@ impl Worker {
 /// worker aborts every forwarding task and round trip.
 pub(super) async fn run(
     mut worker: Worker,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut events: mpsc::UnboundedReceiver<Event>,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
+    let interest = worker.interest.clone();
     loop {
         let alive = tokio::select! {
+            biased;
             () = shutdown.cancelled() => false,
-            received = commands.recv_many(&mut batch, BATCH) => {
-                received > 0 && worker.apply(&mut batch).await
-            }
+            event = events.recv() => match event {
+                Some(event) => worker.handle_event(event).await,
+                // The client is gone.
+                None => false,
+            },
             Some(done) = worker.barriers.join_next() => match done {
                 Ok(barrier) => worker.barrier_done(barrier),
                 // Aborted or panicked: the next `Connected` confirms what it covered.
                 Err(_) => true,
             },
+            // While disconnected the permit stays, and `Connected` takes the wishes.
+            () = interest.changed.notified(), if worker.connected => {
+                let confirm = worker.change_interest(interest.take()).await;
+                if !confirm.is_empty() {
+                    worker.start_barrier(confirm, None, Duration::ZERO);
+                }
+                true
+            }
         };
         if !alive {
             break;
@@ -109,39 +191,15 @@ pub(super) async fn run(
 }
 
 impl Worker {
-    /// Applies a batch in order: interest changes merged per topic up to each event, then the
-    /// event. Whether the node is still there.
-    async fn apply(&mut self, batch: &mut Vec<Command>) -> bool {
-        // The last wish per topic wins: subscribe → unsubscribe → subscribe keeps (or makes)
-        // one subscription, never two.
-        let mut interest: HashMap<Topic, Option<u64>> = HashMap::new();
-        for command in batch.drain(..) {
-            match command {
-                Command::Subscribe { topic, seq } => {
-                    interest.insert(topic, Some(seq));
-                }
-                Command::Unsubscribe { topic } => {
-                    interest.insert(topic, None);
-                }
-                Command::Event(event) => {
-                    self.change_interest(mem::take(&mut interest)).await;
-                    if !self.handle_event(event) {
-                        return false;
-                    }
-                }
-            }
-        }
-        self.change_interest(interest).await;
-        true
-    }
-
-    async fn change_interest(&mut self, interest: HashMap<Topic, Option<u64>>) {
+    /// Applies the latest wish per topic; returns the topics to confirm with a round trip.
+    async fn change_interest(&mut self, wishes: HashMap<Topic, Option<u64>>) -> Vec<(Topic, u64)> {
         let mut to_confirm = Vec::new();
-        for (topic, wish) in interest {
+        for (topic, wish) in wishes {
             match wish {
                 Some(seq) => {
-                    // A topic already held keeps its subscription; it is confirmed again so
-                    // the node hears about this `seq`.
+                    // A topic already held keeps its subscription (subscribe → unsubscribe →
+                    // subscribe makes one, never two); it is confirmed again so the node hears
+                    // about this `seq`.
                     if !self.forwarders.contains_key(&topic) {
                         match self.spawn_forwarder(&topic).await {
                             Some(forwarder) => {
@@ -161,9 +219,7 @@ impl Worker {
                 }
             }
         }
-        if !to_confirm.is_empty() {
-            self.start_barrier(to_confirm, None, Duration::ZERO);
-        }
+        to_confirm
     }
 
     async fn spawn_forwarder(&self, topic: &Topic) -> Option<Forwarder> {
@@ -218,7 +274,7 @@ impl Worker {
             // Failed while connected (the server was slow): try again. Failed because the
             // connection broke: the next `Connected` confirms all that is unconfirmed and
             // reports the gap.
-            if self.client.connection_state() == State::Connected {
+            if self.connected {
                 tracing::debug!(%error, "NATS subscription round trip failed; retrying");
                 self.start_barrier(topics, gap, self.retry_delay);
             }
@@ -250,19 +306,25 @@ impl Worker {
     }
 
     /// Whether the node is still there.
-    fn handle_event(&mut self, event: Event) -> bool {
+    async fn handle_event(&mut self, event: Event) -> bool {
         match event {
             Event::Connected => {
+                self.connected = true;
                 if !self.emit(BrokerEvent::State {
                     state: BrokerState::Connected,
                     error: None,
                 }) {
                     return false;
                 }
-                // async-nats has queued its resubscriptions before anything sent from here,
-                // so one round trip confirms them all; the gap is reported once they are live.
+                // The topics held through the outage, which async-nats resubscribed; a topic
+                // the node has let go of meanwhile is left out when the gap is reported.
                 let gap = mem::take(&mut self.lost_connection)
                     .then(|| self.forwarders.keys().cloned().collect::<Vec<_>>());
+                // What the node asked for while disconnected. async-nats has queued its
+                // resubscriptions before anything sent from here, so one round trip after
+                // these changes confirms them all; the gap is reported once they are live.
+                let wishes = self.interest.take();
+                self.change_interest(wishes).await;
                 let pending: Vec<(Topic, u64)> = self
                     .unconfirmed
                     .iter()
@@ -274,6 +336,7 @@ impl Worker {
                 true
             }
             Event::Disconnected => {
+                self.connected = false;
                 self.lost_connection = true;
                 self.emit(BrokerEvent::State {
                     state: BrokerState::Connecting,
@@ -290,20 +353,8 @@ impl Worker {
                         cause: GapCause::SlowConsumer,
                     })
             }
-            Event::ServerError(error) => {
-                tracing::warn!(%error, "NATS server error");
-                true
-            }
-            // Failed connection attempts while reconnecting; the state event said it.
-            Event::ClientError(error) => {
-                tracing::debug!(%error, "NATS client error");
-                true
-            }
-            Event::LameDuckMode => {
-                tracing::info!("the NATS server is shutting down (lame duck mode)");
-                true
-            }
-            Event::Draining | Event::Closed => true,
+            // `on_event` queues nothing else.
+            _ => true,
         }
     }
 
@@ -389,4 +440,39 @@ async fn forward(
     }
     // Awaited (unlike dropping the subscriber), so the UNSUB is queued before returning.
     let _ = subscriber.unsubscribe().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::AppName;
+
+    fn topic(name: &str) -> Topic {
+        Topic::App(AppName::parse(name, 128).expect("a valid app name"))
+    }
+
+    #[test]
+    fn churn_folds_into_one_wish_per_topic() {
+        let interest = Interest::default();
+        let topics: Vec<Topic> = ["a", "b", "c"].into_iter().map(topic).collect();
+        for seq in 0..10_000 {
+            for topic in &topics {
+                interest.subscribe(topic, seq);
+                interest.unsubscribe(topic);
+            }
+            // Bounded by the topics, not by the changes.
+            assert!(interest.wishes.lock().expect("not poisoned").len() <= topics.len());
+        }
+        interest.subscribe(&topics[0], 20_000);
+        let wishes = interest.take();
+        assert_eq!(
+            wishes,
+            HashMap::from([
+                (topics[0].clone(), Some(20_000)),
+                (topics[1].clone(), None),
+                (topics[2].clone(), None),
+            ])
+        );
+        assert!(interest.take().is_empty(), "taken once");
+    }
 }
