@@ -27,12 +27,15 @@
 //!   the affected topic is unknown).
 //!   A node too slow to read its socket is cut off by the server (its own slow-consumer rule),
 //!   which shows up as a reconnect.
-//! - **A successful publish** means the message was queued, while the client was connected,
-//!   on the client's connection for writing to the server (async-nats writes it out within
-//!   moments). It does not mean the server received it nor that anyone did: if the connection
-//!   breaks in that moment the publication is lost without an error. While the client is not
-//!   connected a publish fails at once ([`BrokerError::Unavailable`]) instead of being buffered
-//!   by async-nats for an unknown time.
+//! - **A successful publish** means the server has read the message: after queueing it, the
+//!   publish makes a round trip through the server on the same connection (a request nobody
+//!   answers, which the server answers "no responders"); the server reads a connection in
+//!   order, so when that answer is back, on the connection the message was queued on (no
+//!   disconnection in between), the server had the message and handed it to every subscription
+//!   it had. That costs one round trip per push and keeps `202` honest: a publication queued
+//!   just as the server died is not reported a success. While the client is not connected a
+//!   publish fails at once ([`BrokerError::Unavailable`]) instead of being buffered by
+//!   async-nats for an unknown time.
 //! - **A subscription is live** ([`BrokerEvent::Subscribed`](crate::BrokerEvent::Subscribed))
 //!   once a request sent after the `SUB` came back from the server: the server handles a
 //!   connection's messages in order, so it had registered the subscription.
@@ -42,9 +45,10 @@
 //!
 //! # What a failed publication means
 //! NATS core has no answer to a publication: [`Client::publish`] only puts it in async-nats's
-//! command queue, and returns `Ok` once it is there. Every way it can fail is *before* that, so
-//! nothing was sent, and every failure is [`BrokerError::Unavailable`] (nobody received it; a
-//! retry cannot duplicate it):
+//! command queue, and returns `Ok` once it is there. Every way that fails is *before* that, so
+//! nothing was sent: [`BrokerError::Unavailable`] (nobody received it; a retry cannot
+//! duplicate it). Once it is queued, the confirming round trip decides, and a failure there
+//! leaves the outcome unknown ([`BrokerError::Failed`] / [`BrokerError::TimedOut`]):
 //!
 //! | failure | error |
 //! |---|---|
@@ -52,13 +56,12 @@
 //! | refused before queueing: over the server's `max_payload`, bad subject | `Unavailable` |
 //! | async-nats's connection task has ended (`PublishErrorKind::Send`) | `Unavailable` |
 //! | no room in the command queue within `publish_timeout` | `Unavailable` |
+//! | queued; the round trip failed, or the connection was lost before it came back | `Failed` |
+//! | queued; no answer to the round trip within `publish_timeout` | `TimedOut` |
 //!
-//! The `Send` error hands the message back unqueued. The last row happens when the connection
-//! stalled or broke after the check; it holds because the queue is a tokio `mpsc` channel,
-//! whose `send` puts nothing in when it is given up. So this broker never returns
-//! [`BrokerError::Failed`] or [`BrokerError::TimedOut`] for a publication: once one is queued,
-//! its loss (the connection breaking before it was written) cannot be seen, and the publish
-//! has already succeeded.
+//! The `Send` error hands the message back unqueued. The fourth row happens when the
+//! connection stalled or broke after the check; it holds because the queue is a tokio `mpsc`
+//! channel, whose `send` puts nothing in when it is given up.
 //!
 //! # Connecting
 //! [`NatsBroker::connect`] returns at once; the client connects in the background
@@ -87,7 +90,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -196,6 +199,10 @@ pub struct NatsBroker {
     /// `subscribe`/`unsubscribe` run under the node's lock and must neither wait nor fail,
     /// and the task may not take them for as long as an outage lasts.
     interest: Arc<Interest>,
+    /// Counts the client's disconnections (from its event callback): a publication whose
+    /// confirming round trip came back over a later connection may have been lost with the
+    /// earlier one.
+    disconnections: Arc<AtomicU64>,
     shutdown: CancellationToken,
     closed: AtomicBool,
 }
@@ -231,6 +238,8 @@ impl NatsBroker {
         let (events, receiver) = mpsc::unbounded_channel();
         let slow_consumer_reported = Arc::new(AtomicBool::new(false));
         let slow = slow_consumer_reported.clone();
+        let disconnections = Arc::new(AtomicU64::new(0));
+        let counted = disconnections.clone();
         let backoff = Mutex::new(Backoff::new(settings.reconnect_min, settings.reconnect_max));
         let options = auth
             .apply(ConnectOptions::new())?
@@ -255,6 +264,9 @@ impl NatsBroker {
                 }
             })
             .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    counted.fetch_add(1, Ordering::AcqRel);
+                }
                 subscriptions::on_event(event, &events, &slow);
                 std::future::ready(())
             });
@@ -289,6 +301,7 @@ impl NatsBroker {
             client,
             settings,
             interest,
+            disconnections,
             shutdown,
             closed: AtomicBool::new(false),
         }))
@@ -317,18 +330,37 @@ impl Broker for NatsBroker {
         let subject = wire::channel(&self.settings.prefix, topic);
         let payload = wire::encode(&publication);
         let timeout = self.settings.publish_timeout;
+        let disconnections = self.disconnections.clone();
         Publishing::Pending(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let epoch = disconnections.load(Ordering::Acquire);
             // `Client::publish` fails only before it queues the message, and its queue's
             // `send` queues nothing when the timeout gives it up.
-            match tokio::time::timeout(timeout, client.publish(subject, payload)).await {
-                Ok(Ok(())) => Ok(Published),
-                Ok(Err(e)) => Err(BrokerError::Unavailable(match e.kind() {
-                    PublishErrorKind::Send => "the NATS client has stopped".to_owned(),
-                    _ => format!("not sent: {e}"),
-                })),
-                Err(_) => Err(BrokerError::Unavailable(format!(
-                    "not sent: the NATS client took no message within {timeout:?}"
+            match tokio::time::timeout_at(deadline, client.publish(subject, payload)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(BrokerError::Unavailable(match e.kind() {
+                        PublishErrorKind::Send => "the NATS client has stopped".to_owned(),
+                        _ => format!("not sent: {e}"),
+                    }));
+                }
+                Err(_) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "not sent: the NATS client took no message within {timeout:?}"
+                    )));
+                }
+            }
+            // Queued: the server has it once a round trip behind it comes back, on the same
+            // connection.
+            match tokio::time::timeout_at(deadline, subscriptions::round_trip(&client)).await {
+                Ok(Ok(())) if disconnections.load(Ordering::Acquire) == epoch => Ok(Published),
+                Ok(Ok(())) => Err(BrokerError::Failed(
+                    "the connection to NATS was lost after the push was queued".into(),
+                )),
+                Ok(Err(e)) => Err(BrokerError::Failed(format!(
+                    "no confirmation from NATS: {e}"
                 ))),
+                Err(_) => Err(BrokerError::TimedOut(timeout)),
             }
         }))
     }

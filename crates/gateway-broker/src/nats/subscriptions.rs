@@ -373,7 +373,7 @@ impl Worker {
 /// A round trip through the server on the client's connection: a request to a fresh inbox
 /// nobody listens on, answered by the server with "no responders". The server reads a
 /// connection in order, so when the answer is back every `SUB` sent before is registered.
-async fn round_trip(client: &Client) -> Result<(), async_nats::RequestError> {
+pub(super) async fn round_trip(client: &Client) -> Result<(), async_nats::RequestError> {
     match client.request(client.new_inbox(), Bytes::new()).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
