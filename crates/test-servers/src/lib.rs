@@ -26,6 +26,24 @@ fn free_port() -> u16 {
         .expect("an ephemeral port on 127.0.0.1")
 }
 
+/// Waits until `ready` says the freshly spawned `child` serves, for at most [`READY_WITHIN`];
+/// `false` if it exited first (most likely its port was taken meanwhile) or never got ready
+/// (then it is killed).
+fn await_ready(child: &mut Option<Child>, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + READY_WITHIN;
+    while Instant::now() < deadline {
+        if let Some(Ok(Some(_))) = child.as_mut().map(Child::try_wait) {
+            return false;
+        }
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(child);
+    false
+}
+
 fn kill(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
         let _ = child.kill();
@@ -111,19 +129,13 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + READY_WITHIN;
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                return false; // exited: most likely the port was taken meanwhile
-            }
-            if self.command(&["PING"]).is_ok_and(|answer| answer == "PONG") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        kill(&mut self.child);
-        false
+        let mut child = Some(child);
+        let port = self.port;
+        let ready = await_ready(&mut child, || {
+            redis_round_trip(port, &["PING"]).is_ok_and(|answer| answer == "PONG")
+        });
+        self.child = child;
+        ready
     }
 
     pub fn port(&self) -> u16 {
@@ -208,22 +220,13 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server is installed (apt-get install nats-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + READY_WITHIN;
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                return false;
-            }
-            if self
-                .monitor("/healthz?js-enabled-only=true")
+        let mut child = Some(child);
+        let ready = await_ready(&mut child, || {
+            self.monitor("/healthz?js-enabled-only=true")
                 .is_ok_and(|body| body.contains("ok"))
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        kill(&mut self.child);
-        false
+        });
+        self.child = child;
+        ready
     }
 
     pub fn port(&self) -> u16 {
