@@ -16,6 +16,9 @@
 #   scale   SCALE_NODES nodes x SCALE_PER_NODE subscribers (default 5 x 15000), held by as many
 #           client processes, one push to the first node (redis, nats): time to the last
 #           delivery, loss, RSS per connection per node
+# Environment: SCALE_NODES, SCALE_PER_NODE (at most ~17000: a node and a generator process each
+# hold one open file per connection, under the limit of 20000), FANOUT_SUBSCRIBERS (18000).
+# A scale run also prints the machine's memory in use at its peak; the end, the nodes' warnings.
 # Raw JSON lines: target/bench/cluster.jsonl (overwritten).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -267,3 +270,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 python3 bench/cluster_table.py table "$OUT/cluster.jsonl"
+# Anything the nodes complained about (their logs go away with the work directory).
+echo
+echo "nodes' warnings and errors: $(grep -c -E ' (WARN|ERROR) ' "$WORK/nodes.log" || true)"
+grep -E ' (WARN|ERROR) ' "$WORK/nodes.log" | sed -E 's/^[^ ]+ +//; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -n 10 || true
