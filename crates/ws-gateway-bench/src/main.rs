@@ -10,7 +10,15 @@
 //! - `push`: HTTP push throughput over keep-alive connections, no subscribers.
 //! - `subs`: many subscriptions per connection: RSS per subscription, push round trips while
 //!   `/stat` is read, RSS after every client left.
+//!
+//! Several nodes of a cluster (issue 10): `--addrs` spreads the subscribers over nodes
+//! (round-robin) while pushes go to `--addr`; `--stat-addrs` names each node's stat listener;
+//! `--pids` sums server CPU and RSS over the nodes and reports them per node too;
+//! `--broker-pid` reports the broker server's CPU apart; `fanout --procs P` holds the
+//! subscribers in P child processes (one open file per connection: one process holds < 20k).
 
+mod children;
+mod fanout;
 mod proc;
 mod report;
 mod subs;
@@ -19,19 +27,18 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
 use tokio::net::TcpStream;
 
-use crate::proc::Sample;
+use crate::proc::{Samples, Servers};
 use crate::report::Report;
 use crate::target::Target;
 use crate::ws::{WsClient, source_for};
@@ -63,6 +70,78 @@ struct Common {
     /// The app (channel) to use.
     #[arg(long, default_value = "bench")]
     app: String,
+    /// Several nodes: the WebSocket addresses the subscribers connect to, comma-separated;
+    /// subscriber i goes to the (i mod n)-th. Pushes still go to `--addr`. Default: `--addr`.
+    #[arg(long, value_delimiter = ',')]
+    addrs: Vec<SocketAddr>,
+    /// Each node's stat address, in the order of `--addrs` (needed with several `--addrs`):
+    /// every node must report its share of the subscribers. Default: `--stat-addr`.
+    #[arg(long, value_delimiter = ',')]
+    stat_addrs: Vec<SocketAddr>,
+    /// Several nodes' pids, comma-separated: server CPU and RSS are summed over them and also
+    /// reported per node (in this order; give them in the order of `--addrs`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "pid")]
+    pids: Vec<u32>,
+    /// The broker server's pid (redis-server, nats-server): its CPU is reported apart.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+impl Common {
+    /// Where the subscribers connect, one address per node.
+    fn sub_addrs(&self) -> Vec<SocketAddr> {
+        if self.addrs.is_empty() {
+            vec![self.addr]
+        } else {
+            self.addrs.clone()
+        }
+    }
+
+    /// Each node's stat address, in the order of [`Common::sub_addrs`].
+    fn node_stat_addrs(&self) -> Result<Vec<SocketAddr>, Error> {
+        let nodes = self.sub_addrs().len();
+        if self.stat_addrs.is_empty() && nodes == 1 {
+            return Ok(vec![self.stat_addr]);
+        }
+        if self.stat_addrs.len() != nodes {
+            return Err(format!(
+                "--stat-addrs lists {} addresses for {nodes} subscriber addresses",
+                self.stat_addrs.len()
+            )
+            .into());
+        }
+        Ok(self.stat_addrs.clone())
+    }
+
+    fn servers(&self) -> Servers {
+        Servers {
+            nodes: if self.pids.is_empty() {
+                self.pid.into_iter().collect()
+            } else {
+                self.pids.clone()
+            },
+            per_node: !self.pids.is_empty(),
+            broker: self.broker_pid,
+        }
+    }
+}
+
+/// How many of subscribers `first..first + n`, spread round-robin over `nodes` addresses by
+/// their global index, land on each node.
+fn shares(first: usize, n: usize, nodes: usize) -> Vec<u64> {
+    let mut shares = vec![0u64; nodes];
+    for i in first..first + n {
+        shares[i % nodes] += 1;
+    }
+    shares
+}
+
+/// Wall-clock time in nanoseconds since the epoch: the push stamps it into its text and the
+/// subscriber compares with it, also across the generator's processes.
+fn clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +171,10 @@ enum Mode {
         rate: Option<f64>,
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
+        /// Hold the subscribers in this many child processes (each needs one open file per
+        /// connection); 1 = in this process.
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
     },
     /// HTTP push throughput with keep-alive connections and no subscribers.
     Push {
@@ -109,6 +192,9 @@ enum Mode {
         #[command(flatten)]
         args: subs::SubsArgs,
     },
+    /// A child of `fanout --procs`: holds a share of the subscribers (not run by hand).
+    #[command(hide = true)]
+    Subscribers(children::ChildArgs),
 }
 
 #[tokio::main]
@@ -127,13 +213,24 @@ async fn main() {
             pushes,
             rate,
             concurrency,
-        } => fanout(common, subscribers, pushes, rate, concurrency).await,
+            procs,
+        } => {
+            let args = fanout::FanoutArgs {
+                subscribers,
+                pushes,
+                rate,
+                concurrency,
+                procs,
+            };
+            fanout::fanout(common, args).await
+        }
         Mode::Push {
             common,
             connections,
             seconds,
         } => push(common, connections, seconds).await,
         Mode::Subs { common, args } => subs::subs(common, args).await,
+        Mode::Subscribers(args) => children::child(args).await,
     };
     if let Err(err) = result {
         eprintln!("error: {err}");
@@ -148,21 +245,58 @@ fn target_name(target: Target) -> &'static str {
     }
 }
 
-/// Opens `n` subscribers, `concurrency` set-ups at a time, each complete (upgrade, and for
-/// ws-gateway auth + subscribe with both replies received).
-async fn open_subscribers(
-    common: &Common,
+/// Which subscribers to open, and where.
+#[derive(Debug, Clone, Copy)]
+struct Opening<'a> {
+    target: Target,
+    app: &'a str,
+    /// Subscriber i connects to `addrs[i % addrs.len()]`.
+    addrs: &'a [SocketAddr],
+    /// The global index of the first subscriber (spreads source addresses and nodes the same
+    /// way whichever process opens it).
+    first: usize,
     n: usize,
     concurrency: usize,
-) -> Result<Vec<WsClient>, Error> {
-    let progress = ProgressBar::new(n as u64).with_message("connecting");
-    let path = common.target.subscribe_path(&common.app);
-    let (messages, replies) = common.target.setup_messages(&common.app);
-    let clients: Vec<Result<WsClient, Error>> = futures_util::stream::iter(0..n)
+}
+
+impl<'a> Opening<'a> {
+    fn of(common: &'a Common, addrs: &'a [SocketAddr], n: usize, concurrency: usize) -> Self {
+        Opening {
+            target: common.target,
+            app: &common.app,
+            addrs,
+            first: 0,
+            n,
+            concurrency,
+        }
+    }
+}
+
+/// Opens the subscribers, `concurrency` set-ups at a time, each complete (upgrade, and for
+/// ws-gateway auth + subscribe with both replies received), and hands each to `then` as soon
+/// as it is set up.
+async fn open_subscribers<T>(
+    opening: Opening<'_>,
+    progress: ProgressBar,
+    then: impl Fn(WsClient) -> T,
+) -> Result<Vec<T>, Error> {
+    let Opening {
+        target,
+        app,
+        addrs,
+        first,
+        n,
+        concurrency,
+    } = opening;
+    progress.set_length(n as u64);
+    let path = target.subscribe_path(app);
+    let (messages, replies) = target.setup_messages(app);
+    let clients: Vec<Result<T, Error>> = futures_util::stream::iter(first..first + n)
         .map(|i| {
-            let (path, messages, progress) = (&path, &messages, &progress);
+            let (path, messages, progress, then) = (&path, &messages, &progress, &then);
             async move {
-                let mut client = WsClient::connect(common.addr, source_for(i), path).await?;
+                let addr = addrs[i % addrs.len()];
+                let mut client = WsClient::connect(addr, source_for(i), path).await?;
                 if !messages.is_empty() {
                     client.send_texts(messages).await?;
                 }
@@ -170,7 +304,7 @@ async fn open_subscribers(
                     client.next_message().await?.ok_or("closed during set-up")?;
                 }
                 progress.inc(1);
-                Ok(client)
+                Ok(then(client))
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -206,16 +340,39 @@ async fn request(
     Ok((status, body))
 }
 
-/// The number of subscribers the server reports for the app.
+/// The number of subscribers the server reports for the app, added up over the nodes.
 async fn server_subscribers(common: &Common) -> Result<u64, Error> {
-    let mut sender = http_connection(common.stat_addr).await?;
-    match common.target {
+    let mut total = 0;
+    for stat_addr in common.node_stat_addrs()? {
+        total += node_subscribers(common.target, stat_addr, &common.app).await?;
+    }
+    Ok(total)
+}
+
+/// Checks that every node reports (at least) its share of the subscribers.
+async fn check_subscribers(common: &Common, expected: &[u64]) -> Result<(), Error> {
+    for (stat_addr, &want) in common.node_stat_addrs()?.into_iter().zip(expected) {
+        let got = node_subscribers(common.target, stat_addr, &common.app).await?;
+        if got < want {
+            return Err(format!(
+                "the server at {stat_addr} reports {got} subscribers, expected {want}"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The number of subscribers one node reports for the app.
+async fn node_subscribers(target: Target, stat_addr: SocketAddr, app: &str) -> Result<u64, Error> {
+    let mut sender = http_connection(stat_addr).await?;
+    match target {
         Target::Gateway => {
             let (_, body) = request(&mut sender, "GET", "/stat", String::new()).await?;
             let text = String::from_utf8_lossy(&body);
             Ok(text
                 .lines()
-                .find_map(|line| line.strip_prefix(&format!("{} ", common.app)))
+                .find_map(|line| line.strip_prefix(&format!("{app} ")))
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0))
         }
@@ -231,16 +388,20 @@ async fn server_subscribers(common: &Common) -> Result<u64, Error> {
 }
 
 async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Result<(), Error> {
-    let before = Sample::take(common.pid);
+    let servers = common.servers();
+    let addrs = common.sub_addrs();
+    let before = servers.sample();
     let own_before = proc::own_cpu_time();
     let started = Instant::now();
-    let clients = open_subscribers(&common, n, concurrency).await?;
+    let progress = ProgressBar::new(0).with_message("connecting");
+    let opening = Opening::of(&common, &addrs, n, concurrency);
+    let clients = open_subscribers(opening, progress, |client| client).await?;
     let setup = started.elapsed();
-    let cpu_after = Sample::take(common.pid);
+    let cpu_after = servers.sample();
     let own_setup_cpu = proc::own_cpu_time() - own_before;
     // RSS settles once the last set-ups' transient buffers are freed.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let held = Sample::take(common.pid);
+    let held = servers.sample();
     let subscribed = server_subscribers(&common).await?;
     tokio::time::sleep(Duration::from_secs(hold_s)).await;
 
@@ -252,7 +413,7 @@ async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Res
     }
     let clean = closing.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after_close = Sample::take(common.pid);
+    let after_close = servers.sample();
 
     let mut report = Report::new();
     report
@@ -266,7 +427,12 @@ async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Res
             proc::per_unit_us(own_setup_cpu, n as u64),
             "µs",
         );
-    if let (Some(b), Some(c), Some(h), Some(a)) = (before, cpu_after, held, after_close) {
+    if let (Some(b), Some(c), Some(h), Some(a)) = (
+        before.total(),
+        cpu_after.total(),
+        held.total(),
+        after_close.total(),
+    ) {
         report
             .add(
                 "server_cpu_per_setup_us",
@@ -282,190 +448,98 @@ async fn conns(common: Common, n: usize, concurrency: usize, hold_s: u64) -> Res
             )
             .add("rss_after_close_kib", a.rss / 1024, "KiB");
     }
+    if servers.per_node {
+        add_per_node(&mut report, "setup", n as u64, &before, &cpu_after);
+        add_rss_per_node(&mut report, "", &shares(0, n, addrs.len()), &before, &held);
+    }
+    if let (Some(b), Some(a)) = (before.broker, cpu_after.broker) {
+        report.add(
+            "broker_cpu_per_setup_us",
+            proc::per_unit_us(a.cpu - b.cpu, n as u64),
+            "µs",
+        );
+    }
     report.print("conns", target_name(common.target));
     Ok(())
 }
 
-/// Adds the generator's and (when its pid is known) the server's CPU per `unit`.
+/// Adds the generator's CPU per `unit` and, for the servers whose pids are known, theirs:
+/// summed over the nodes, per node with `--pids`, the broker's apart.
 fn add_cpu(
     report: &mut Report,
     unit: &str,
     units: u64,
     own_cpu: Duration,
-    before: Option<Sample>,
-    after: Option<Sample>,
+    before: &Samples,
+    after: &Samples,
 ) {
     report.add(
         &format!("client_cpu_per_{unit}_us"),
         proc::per_unit_us(own_cpu, units),
         "µs",
     );
-    if let Some(cpu) = proc::cpu_per_us(before, after, units) {
+    if let Some(cpu) = proc::cpu_per_us(before.total(), after.total(), units) {
         report.add(&format!("server_cpu_per_{unit}_us"), cpu, "µs");
     }
-}
-
-/// What one subscriber saw during a fan-out.
-#[derive(Debug, Default)]
-struct Received {
-    count: u64,
-    reordered: u64,
-    latencies_us: Vec<u32>,
-    last: Option<Instant>,
-}
-
-async fn receive(
-    mut client: WsClient,
-    target: Target,
-    pushes: usize,
-    base: Instant,
-    deadline: Instant,
-) -> Received {
-    let mut got = Received {
-        latencies_us: Vec::with_capacity(pushes),
-        ..Received::default()
-    };
-    let mut last_seq: Option<u64> = None;
-    while got.count < pushes as u64 {
-        let Ok(Ok(Some(payload))) =
-            tokio::time::timeout_at(deadline.into(), client.next_message()).await
-        else {
-            break;
-        };
-        let now = Instant::now();
-        let Some(text) = target.delivered_text(&payload) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(text);
-        let mut fields = text.split(' ');
-        let (Some(Ok(seq)), Some(Ok(sent_ns))) = (
-            fields.next().map(str::parse::<u64>),
-            fields.next().map(str::parse::<u64>),
-        ) else {
-            continue;
-        };
-        if last_seq.is_some_and(|last| seq <= last) {
-            got.reordered += 1;
-        }
-        last_seq = Some(seq);
-        got.count += 1;
-        let latency_ns = (now - base).as_nanos() as u64 - sent_ns;
-        got.latencies_us
-            .push((latency_ns / 1000).min(u64::from(u32::MAX)) as u32);
-        got.last = Some(now);
+    if before.per_node {
+        add_per_node(report, unit, units, before, after);
     }
-    got
+    if let Some(cpu) = proc::cpu_per_us(before.broker, after.broker, units) {
+        report.add(&format!("broker_cpu_per_{unit}_us"), cpu, "µs");
+    }
 }
 
-async fn fanout(
-    common: Common,
-    n: usize,
-    pushes: usize,
-    rate: Option<f64>,
-    concurrency: usize,
-) -> Result<(), Error> {
-    let clients = open_subscribers(&common, n, concurrency).await?;
-    let subscribed = server_subscribers(&common).await?;
-    if subscribed < n as u64 {
-        return Err(format!("the server reports {subscribed} subscribers, expected {n}").into());
-    }
-    let base = Instant::now();
-    let deadline = base + Duration::from_secs(120);
-    let target = common.target;
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|client| tokio::spawn(receive(client, target, pushes, base, deadline)))
+/// Each node's CPU per `unit` (of all `units`: each node's share of the total cost).
+fn add_per_node(report: &mut Report, unit: &str, units: u64, before: &Samples, after: &Samples) {
+    let per_node: Vec<serde_json::Value> = before
+        .nodes
+        .iter()
+        .zip(&after.nodes)
+        .map(|(b, a)| {
+            proc::cpu_per_us(*b, *a, units).map_or(serde_json::Value::Null, |us| {
+                ((us * 100.0).round() / 100.0).into()
+            })
+        })
         .collect();
+    report.add(&format!("node_cpu_per_{unit}_us"), per_node, "µs");
+}
 
-    let mut sender = http_connection(common.addr).await?;
-    let progress = ProgressBar::new(pushes as u64).with_message("pushing");
-    let before = Sample::take(common.pid);
-    let own_before = proc::own_cpu_time();
-    let started = Instant::now();
-    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    for seq in 0..pushes {
-        // At a fixed rate, latency counts from when the push was due, not from when it could be
-        // sent: a server that answers pushes slowly and falls behind the schedule is charged for
-        // the delay (no coordinated omission).
-        let due = match interval {
-            Some(interval) => {
-                let due = started + interval * seq as u32;
-                tokio::time::sleep_until(due.into()).await;
-                due
+/// Each node's RSS growth per connection it holds (`held_by[j]` connections on node j), and
+/// its RSS now: `node_rss_per_conn{suffix}_bytes` and `node_rss{suffix}_kib`.
+fn add_rss_per_node(
+    report: &mut Report,
+    suffix: &str,
+    held_by: &[u64],
+    before: &Samples,
+    held: &Samples,
+) {
+    if held_by.len() != held.nodes.len() {
+        return;
+    }
+    let (mut per_conn, mut rss) = (Vec::new(), Vec::new());
+    for ((b, h), &conns) in before.nodes.iter().zip(&held.nodes).zip(held_by) {
+        match (b, h) {
+            (Some(b), Some(h)) => {
+                let grown = h.rss.saturating_sub(b.rss) as f64 / conns.max(1) as f64;
+                per_conn.push(serde_json::Value::from(grown.round()));
+                rss.push(serde_json::Value::from(h.rss / 1024));
             }
-            None => Instant::now(),
-        };
-        let text = format!("{seq} {}", (due - base).as_nanos());
-        let (path, body) = target.push(&common.app, &text);
-        let (status, _) = request(&mut sender, "POST", &path, body).await?;
-        if !(200..300).contains(&status) {
-            return Err(format!("push {seq} answered {status}").into());
-        }
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
-    let pushed = started.elapsed();
-
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let (mut delivered, mut reordered, mut last) = (0u64, 0u64, started);
-    for reader in readers {
-        let got = reader.await?;
-        delivered += got.count;
-        reordered += got.reordered;
-        last = last.max(got.last.unwrap_or(started));
-        for latency in got.latencies_us {
-            histogram.record(u64::from(latency).max(1))?;
+            _ => {
+                per_conn.push(serde_json::Value::Null);
+                rss.push(serde_json::Value::Null);
+            }
         }
     }
-    let after = Sample::take(common.pid);
-    let own_cpu = proc::own_cpu_time() - own_before;
-    let elapsed = last - started;
-    let expected = (n * pushes) as u64;
-
-    let mut report = Report::new();
     report
-        .add("subscribers", n as u64, "")
-        .add("pushes", pushes as u64, "")
-        .add(
-            "rate",
-            rate.map_or("flat out".into(), serde_json::Value::from),
-            "push/s",
-        )
-        .add("push_s", pushed.as_secs_f64(), "s")
-        .add("deliveries", delivered, "")
-        .add("lost", expected - delivered.min(expected), "")
-        .add("reordered", reordered, "")
-        .add("elapsed_s", elapsed.as_secs_f64(), "s")
-        .add(
-            "deliveries_per_s",
-            delivered as f64 / elapsed.as_secs_f64(),
-            "msg/s",
-        )
-        .add(
-            "latency_p50_ms",
-            histogram.value_at_quantile(0.50) as f64 / 1000.0,
-            "ms",
-        )
-        .add(
-            "latency_p90_ms",
-            histogram.value_at_quantile(0.90) as f64 / 1000.0,
-            "ms",
-        )
-        .add(
-            "latency_p99_ms",
-            histogram.value_at_quantile(0.99) as f64 / 1000.0,
-            "ms",
-        )
-        .add("latency_max_ms", histogram.max() as f64 / 1000.0, "ms");
-    add_cpu(&mut report, "delivery", delivered, own_cpu, before, after);
-    report.print("fanout", target_name(common.target));
-    Ok(())
+        .add(&format!("node_rss_per_conn{suffix}_bytes"), per_conn, "B")
+        .add(&format!("node_rss{suffix}_kib"), rss, "KiB");
 }
 
 async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let common = Arc::new(common);
-    let before = Sample::take(common.pid);
+    let servers = common.servers();
+    let before = servers.sample();
     let own_before = proc::own_cpu_time();
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
@@ -495,7 +569,7 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
         failed += f;
     }
     let elapsed = started.elapsed();
-    let after = Sample::take(common.pid);
+    let after = servers.sample();
     let own_cpu = proc::own_cpu_time() - own_before;
 
     let mut report = Report::new();
@@ -505,7 +579,7 @@ async fn push(common: Common, connections: usize, seconds: u64) -> Result<(), Er
         .add("accepted", ok, "")
         .add("refused", failed, "")
         .add("requests_per_s", ok as f64 / elapsed.as_secs_f64(), "req/s");
-    add_cpu(&mut report, "request", ok, own_cpu, before, after);
+    add_cpu(&mut report, "request", ok, own_cpu, &before, &after);
     report.print("push", target_name(common.target));
     Ok(())
 }

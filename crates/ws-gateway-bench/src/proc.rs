@@ -63,3 +63,58 @@ pub fn cpu_per_us(before: Option<Sample>, after: Option<Sample>, units: u64) -> 
     let (before, after) = (before?, after?);
     Some(per_unit_us(after.cpu - before.cpu, units))
 }
+
+/// The server processes of a run: one node (`--pid`), or several nodes (`--pids`) whose CPU is
+/// summed and also reported per node, plus the broker server (`--broker-pid`), reported apart.
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    pub nodes: Vec<u32>,
+    /// Whether to report per node too (`--pids` was given): single-node runs keep their output.
+    pub per_node: bool,
+    pub broker: Option<u32>,
+}
+
+/// One [`Sample`] per node, and the broker's.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    pub nodes: Vec<Option<Sample>>,
+    /// Copied from [`Servers::per_node`].
+    pub per_node: bool,
+    pub broker: Option<Sample>,
+}
+
+impl Servers {
+    pub fn sample(&self) -> Samples {
+        Samples {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|&pid| Sample::take(Some(pid)))
+                .collect(),
+            per_node: self.per_node,
+            broker: Sample::take(self.broker),
+        }
+    }
+}
+
+impl Samples {
+    /// RSS and CPU added up over the nodes; `None` when no node or any node could not be read.
+    pub fn total(&self) -> Option<Sample> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        self.nodes.iter().try_fold(
+            Sample {
+                rss: 0,
+                cpu: Duration::ZERO,
+            },
+            |sum, node| {
+                let node = (*node)?;
+                Some(Sample {
+                    rss: sum.rss + node.rss,
+                    cpu: sum.cpu + node.cpu,
+                })
+            },
+        )
+    }
+}
