@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gateway_broker::{BrokerError, NodeReport, report};
+use gateway_broker::{BrokerError, BrokerState, NodeReport, report};
 use gateway_core::{AppName, AppSubscribers, Input, Timestamp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -94,8 +94,9 @@ pub(crate) async fn run_reporter(
             now: Timestamp::from_millis(unix_millis()),
         });
         node.expire_pending(std::time::Instant::now(), subscribe_timeout);
-        // One node alone answers the cluster view from its own counts (see `admin`).
-        if node.broker().kind() == "local" {
+        // One node alone answers the cluster view from its own counts (see `admin`); a broker
+        // not connected (yet, or any more) cannot take a report: nothing to warn about twice.
+        if node.broker().kind() == "local" || node.broker_state() != BrokerState::Connected {
             continue;
         }
         let report = node.report(&node_id);
