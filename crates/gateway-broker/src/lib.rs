@@ -260,5 +260,61 @@ impl Default for BrokerSettings {
     }
 }
 
+/// `url` as it may be shown in an error, a log or a `Debug`: the secret of its user info
+/// replaced, `user:password@` by `user:<redacted>@` and `token@` by `<redacted>@`. Shared by
+/// the Redis and the NATS broker and the server's configuration.
+///
+/// Everything up to the *last* `@` counts as user info: in a URL too broken to parse, a
+/// password may hold `/`, `#` or `@` itself, and hiding too much is the safe mistake. A list
+/// of URLs (`a,b`) is redacted one URL at a time.
+pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
+    let start = url.find("://").map_or(0, |scheme| scheme + 3);
+    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
+        return url.to_owned();
+    };
+    let shown = match url[start..at].split_once(':') {
+        Some((user, _)) => format!("{user}:<redacted>"),
+        None => "<redacted>".to_owned(),
+    };
+    format!("{}{shown}{}", &url[..start], &url[at..])
+}
+
 /// A broker shared by the node and its tasks.
 pub type SharedBroker = Arc<dyn Broker>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_secret() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            (
+                "redis://gw:hunter2@10.0.0.5:6379/",
+                "redis://gw:<redacted>@10.0.0.5:6379/",
+            ),
+            ("redis://:hunter2@h/", "redis://:<redacted>@h/"),
+            ("nats://hunter2@a:4222", "nats://<redacted>@a:4222"),
+            ("gw:hunter2@a:4222", "gw:<redacted>@a:4222"),
+            // Broken URLs: a password with `/`, `@` or `#` in it is still hidden.
+            (
+                "nats://gw:hun/ter@2@a:99999",
+                "nats://gw:<redacted>@a:99999",
+            ),
+            (
+                "redis://gw:hun#ter2@[::1:6379/",
+                "redis://gw:<redacted>@[::1:6379/",
+            ),
+            (
+                "nats://gw:hunter2@a:4222, tls://tok@b,nats://c",
+                "nats://gw:<redacted>@a:4222, tls://<redacted>@b,nats://c",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+}

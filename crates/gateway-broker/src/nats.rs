@@ -103,7 +103,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::redis::redact_userinfo;
 use crate::{
     BoxFuture, Broker, BrokerError, BrokerSettings, BrokerState, Inbound, NodeReport, Published,
     Publishing, Subscription, wire,
@@ -477,7 +476,7 @@ impl Drop for NatsBroker {
 /// error shows the URL with its credentials redacted.
 fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BrokerError> {
     let bad = |part: &str, why: &str| {
-        BrokerError::Config(format!("NATS URL {:?}: {why}", redact_userinfo(part)))
+        BrokerError::Config(format!("NATS URL {:?}: {why}", crate::redact_url(part)))
     };
     let mut servers = Vec::new();
     for part in url.split(',').map(str::trim) {

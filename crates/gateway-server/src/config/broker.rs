@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gateway_broker::BrokerSettings;
+use gateway_broker::{BrokerSettings, redact_url};
 use serde::Deserialize;
 
 use super::Resolver;
@@ -38,11 +38,14 @@ impl std::fmt::Debug for BrokerKind {
             BrokerKind::Local => f.write_str("Local"),
             BrokerKind::Redis { urls } => f
                 .debug_struct("Redis")
-                .field("urls", &urls.iter().map(|u| redact(u)).collect::<Vec<_>>())
+                .field(
+                    "urls",
+                    &urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+                )
                 .finish(),
             BrokerKind::Nats { url, credentials } => f
                 .debug_struct("Nats")
-                .field("url", &redact_list(url))
+                .field("url", &redact_url(url))
                 .field("credentials", credentials)
                 .finish(),
         }
@@ -168,7 +171,7 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     return Err(r.invalid(
                         "broker.url",
-                        format!("`{}` is not a redis:// or rediss:// URL", redact(url)),
+                        format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)),
                     ));
                 }
             }
@@ -196,7 +199,7 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
             }) {
                 return Err(r.invalid(
                     "broker.url",
-                    format!("`{}` is not a nats:// or tls:// URL", redact(&url)),
+                    format!("`{}` is not a nats:// or tls:// URL", redact_url(&url)),
                 ));
             }
             if file.password.is_some() != file.user.is_some() {
@@ -276,26 +279,4 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
             defaults.subscribe_timeout,
         )?,
     })
-}
-
-/// A comma-separated list of URLs with every password replaced.
-fn redact_list(urls: &str) -> String {
-    urls.split(',').map(redact).collect::<Vec<_>>().join(",")
-}
-
-/// A URL with its password (if any) replaced, for error messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let hidden = if userinfo.contains(':') {
-                format!("{user}:<redacted>")
-            } else {
-                "<redacted>".to_owned()
-            };
-            format!("{}{hidden}{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -19,7 +19,7 @@ mod auth;
 mod broker;
 
 pub use auth::{AuthConfig, CacheSettings};
-pub use broker::{BrokerConfig, BrokerKind, NatsCredentials, redact};
+pub use broker::{BrokerConfig, BrokerKind, NatsCredentials};
 
 /// The default WebSocket and push listener (the seed's).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
