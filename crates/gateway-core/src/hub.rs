@@ -40,6 +40,19 @@ pub struct HubConfig {
 
 impl HubConfig {
     pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+
+    /// The topic a publication is addressed to under this configuration: see
+    /// [`Hub::topic_of`], which a driver can call without the hub at hand through this.
+    pub fn topic_of(&self, publication: &Publication) -> Option<Topic> {
+        if self.private_apps.contains(&publication.app) {
+            MemberId::new(publication.member_id).map(|member| Topic::Member {
+                app: publication.app.clone(),
+                member,
+            })
+        } else {
+            Some(Topic::App(publication.app.clone()))
+        }
+    }
 }
 
 impl Default for HubConfig {
@@ -275,14 +288,7 @@ impl Hub {
     /// app and the push's member; `None` for a private push without a valid member, which
     /// nobody can receive.
     pub fn topic_of(&self, publication: &Publication) -> Option<Topic> {
-        if self.config.private_apps.contains(&publication.app) {
-            MemberId::new(publication.member_id).map(|member| Topic::Member {
-                app: publication.app.clone(),
-                member,
-            })
-        } else {
-            Some(Topic::App(publication.app.clone()))
-        }
+        self.config.topic_of(publication)
     }
 
     /// Every topic with a local subscriber now, in no particular order: what a driver

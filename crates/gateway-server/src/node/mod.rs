@@ -19,7 +19,7 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -29,8 +29,8 @@ use gateway_broker::{
     Broker, BrokerError, BrokerEvent, BrokerState, Inbound, SharedBroker, Subscription,
 };
 use gateway_core::{
-    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, MemberId, Publication, Stat,
-    StatPage, Topic,
+    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Publication, Stat, StatPage,
+    Topic,
 };
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{error, info, warn};
@@ -70,7 +70,7 @@ pub struct Node {
     /// [`Inbound`]) to be made.
     broker: OnceLock<SharedBroker>,
     /// A copy of the hub's, so a push finds its topic without taking the lock.
-    private_apps: HashSet<AppName>,
+    hub_config: HubConfig,
     counters: Arc<Counters>,
     /// At most one broker warning per second in the log; the counters count them all.
     log_gate: LogGate,
@@ -117,7 +117,7 @@ impl Node {
         connect: impl FnOnce(Weak<dyn Inbound>) -> Result<SharedBroker, BrokerError>,
     ) -> Result<Arc<Node>, BrokerError> {
         let node = Arc::new(Node {
-            private_apps: config.private_apps.clone(),
+            hub_config: config.clone(),
             inner: Mutex::new(Inner {
                 hub: Hub::new(config),
                 outboxes: HashMap::new(),
@@ -200,17 +200,9 @@ impl Node {
     /// `Ok` once the broker took it (the local broker: once it is in every local recipient's
     /// queue); an error means nobody received it and the pusher should retry.
     pub async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
-        let topic = if self.private_apps.contains(&publication.app) {
-            match MemberId::new(publication.member_id) {
-                Some(member) => Topic::Member {
-                    app: publication.app.clone(),
-                    member,
-                },
-                // A private push without a member: nobody can receive it, as on one node.
-                None => return Ok(()),
-            }
-        } else {
-            Topic::App(publication.app.clone())
+        // A private push without a member: nobody can receive it, as on one node.
+        let Some(topic) = self.hub_config.topic_of(&publication) else {
+            return Ok(());
         };
         match self.broker().publish(&topic, publication).await {
             Ok(_) => Ok(()),
