@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub stat_tls: Option<Arc<rustls::ServerConfig>>,
     /// How this node reaches the others; `local` (the default) needs no server.
     pub broker: BrokerConfig,
+    /// Serve the demo client at `GET /` on the main listener. Default `true`: it holds no
+    /// secret and pushes only through the protected `/push`.
+    pub demo_page: bool,
 }
 
 /// Access control of the main listener.
@@ -219,6 +222,7 @@ impl Default for ServerConfig {
             tls: None,
             stat_tls: None,
             broker: BrokerConfig::default(),
+            demo_page: true,
         }
     }
 }
@@ -249,6 +253,7 @@ struct FileConfig {
     stat_tls: Option<FileTls>,
     auth: Option<toml::Table>,
     broker: Option<broker::FileBroker>,
+    demo_page: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -549,6 +554,7 @@ impl Resolver<'_> {
                 tls,
                 stat_tls,
                 broker,
+                demo_page: file.demo_page.unwrap_or(defaults.demo_page),
             },
             auth,
         })

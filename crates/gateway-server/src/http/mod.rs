@@ -4,10 +4,12 @@
 //! - [`handshake`]: a connection's first request, read by hand (the upgrade's fast path);
 //! - [`upgrade`]: judging an upgrade request, and upgrades that come to hyper;
 //! - [`push`]: `POST /push`, its body read within bounds before it takes a dispatch slot;
-//! - [`admin`]: the stat listener's pages (`GET /stat`).
+//! - [`admin`]: the stat listener's pages (`GET /stat`);
+//! - [`pages`]: the embedded dashboard and demo client (`GET /`).
 
 pub(crate) mod admin;
 pub(crate) mod handshake;
+mod pages;
 mod push;
 mod upgrade;
 
@@ -187,6 +189,12 @@ pub(crate) async fn main_service(
         } else {
             Err(Refusal::MethodNotAllowed("POST"))
         }
+    } else if req.uri().path() == "/" && shared.config.demo_page {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            Ok(pages::demo())
+        } else {
+            Err(Refusal::MethodNotAllowed("GET"))
+        }
     } else {
         Err(Refusal::NotFound)
     };
@@ -212,6 +220,7 @@ pub(crate) async fn stat_service(
             .response()
             .map(Either::Left),
         },
+        ("/", &Method::GET | &Method::HEAD) => pages::dashboard().map(Either::Left),
         ("/stat", _) => Refusal::MethodNotAllowed("GET")
             .response()
             .map(Either::Left),
