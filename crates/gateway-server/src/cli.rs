@@ -1,15 +1,14 @@
 //! The `ws-gateway` binary: flags, configuration file, logging, signals.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::{AuthConfig, Config};
+use crate::logging::LogFormat;
 use crate::server::Gateway;
 
 /// A WebSocket push gateway: clients subscribe to apps, backends push with `POST /push`.
@@ -27,6 +26,9 @@ pub struct Args {
     /// Stat listener [default: 127.0.0.1:6000]; overrides `stat_listen` in the file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub stat_listen: Option<SocketAddr>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -56,7 +58,7 @@ pub fn main() -> ExitCode {
     {
         return mint_token(member, ttl.into(), &config);
     }
-    init_logging();
+    crate::logging::init(args.log_format);
     crate::admission::raise_open_file_limit();
 
     let mut config = match &args.config {
@@ -115,15 +117,6 @@ fn mint_token(member: i64, ttl: std::time::Duration, path: &std::path::Path) -> 
             ExitCode::from(2)
         }
     }
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -36,6 +36,7 @@ mod counters;
 mod error;
 mod http;
 mod io;
+pub mod logging;
 mod node;
 mod server;
 mod shared;
