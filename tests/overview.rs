@@ -1,5 +1,7 @@
 //! `GET /api/overview` on the stat listener: the dashboard's one JSON document.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
 mod common;
 
 use common::{TestServer, http, retry_until};

@@ -248,6 +248,17 @@ pub(crate) async fn stat_service(
             .response()
             .map(Either::Left),
         },
+        "/metrics" => {
+            let mut response = text_response(
+                StatusCode::OK,
+                crate::metrics::exposition::render(&shared).await,
+            );
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::exposition::CONTENT_TYPE),
+            );
+            response.map(Either::Left)
+        }
         "/healthz" => text_response(StatusCode::OK, "ok\n").map(Either::Left),
         "/readyz" => admin::readiness(&shared).map(Either::Left),
         "/api/overview" => overview::overview(&shared).await.map(Either::Left),
