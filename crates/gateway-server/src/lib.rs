@@ -36,6 +36,7 @@ mod counters;
 mod error;
 mod http;
 mod io;
+mod log_limit;
 pub mod logging;
 mod node;
 mod server;

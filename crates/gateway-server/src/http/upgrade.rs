@@ -83,7 +83,7 @@ pub(super) fn upgrade(
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let socket = ws::websocket(TokioIo::new(upgraded), None, &shared).await;
-                ws::serve(socket, conn, shared, slot).await;
+                ws::serve(socket, conn, peer, shared, slot).await;
             }
             Err(err) => debug!(%conn, %err, "upgrade failed"),
         }

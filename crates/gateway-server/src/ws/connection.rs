@@ -6,6 +6,7 @@
 //! the per-connection clocks and counters: the auth deadline, heartbeats; the limits on what
 //! the client sends are kept under tungstenite, by a [`FrameMeter`] on the socket.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::stream::FusedStream;
@@ -17,12 +18,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::close::{CloseReason, End, socket_error};
 use super::frame_meter::{FrameMeter, Metered};
 use super::liveness::{Heartbeat, Tick};
 use crate::io::Io;
+use crate::log_limit::REFUSALS;
 use crate::node::outbox::Outbox;
 use crate::shared::Shared;
 
@@ -72,11 +74,29 @@ pub(crate) async fn websocket<I: Io>(
     }
 }
 
-/// Serves one upgraded connection until it ends. `_slot` is this connection's place under
+/// Serves one upgraded connection until it ends, inside a `conn` span (its id, the peer's
+/// address and, once authenticated, its member id). `slot` is this connection's place under
 /// `limits.max_connections`, released when the task ends.
-pub(crate) async fn serve<I: Io>(
+///
+/// The span is at `debug` level: at the default `info` it is disabled and costs nothing per
+/// connection (an enabled span keeps ~300 B per connection in the log subscriber), and the
+/// `info` lines a connection writes (refusals, closes) name the connection themselves.
+pub(crate) fn serve<I: Io>(
+    socket: WebSocketStream<Metered<I>>,
+    conn: ConnId,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> {
+    // Not an `async fn`: a wrapping state machine would hold the socket twice in its layout.
+    let span = tracing::debug_span!("conn", id = %conn, %peer, member = tracing::field::Empty);
+    serve_in_span(socket, conn, peer, shared, slot).instrument(span)
+}
+
+async fn serve_in_span<I: Io>(
     mut socket: WebSocketStream<Metered<I>>,
     conn: ConnId,
+    peer: SocketAddr,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -85,12 +105,12 @@ pub(crate) async fn serve<I: Io>(
     shared.node.attach(conn, outbox.clone());
     shared.counters.connection_opened();
 
-    let end = run(&mut socket, conn, &shared, &outbox).await;
+    let end = run(&mut socket, conn, &peer, &shared, &outbox).await;
     // Leave the hub first: no push is queued to a connection that is closing.
     shared.node.detach(conn);
     match end {
         End::Close(reason) => {
-            reason.record(conn, &shared.counters);
+            reason.record(conn, peer, &shared.counters);
             // Replies already queued (say, to the requests before a flood) still go out first,
             // unless the client is not reading at all.
             if reason.flushes_queue() {
@@ -112,11 +132,12 @@ pub(crate) async fn serve<I: Io>(
 async fn run(
     socket: &mut WebSocketStream<impl Io>,
     conn: ConnId,
+    peer: &SocketAddr,
     shared: &Shared,
     outbox: &Outbox,
 ) -> End {
     let outcome = tokio::select! {
-        outcome = authenticate(socket, conn, shared) => match outcome {
+        outcome = authenticate(socket, conn, peer, shared) => match outcome {
             Ok(outcome) => outcome,
             Err(end) => return end,
         },
@@ -261,6 +282,7 @@ fn receive(
 async fn authenticate(
     socket: &mut WebSocketStream<impl Io>,
     conn: ConnId,
+    peer: &SocketAddr,
     shared: &Shared,
 ) -> Result<AuthOutcome, End> {
     let deadline = shared.config.timeouts.auth;
@@ -268,7 +290,9 @@ async fn authenticate(
         Ok(Ok(payload)) => payload,
         Ok(Err(end)) => return Err(end),
         Err(_elapsed) => {
-            debug!(%conn, "no auth message before the deadline");
+            if let Some(suppressed) = REFUSALS.admit() {
+                info!(%conn, %peer, suppressed, "no auth message within timeouts.auth_ms");
+            }
             return Ok(AuthOutcome::TimedOut);
         }
     };
@@ -276,10 +300,13 @@ async fn authenticate(
         Ok(AuthRequest::Anonymous) => return Ok(AuthOutcome::Anonymous),
         Ok(AuthRequest::Member { member, token }) => (member, token),
         Err(err) => {
-            debug!(%conn, %err, "bad auth message");
+            if let Some(suppressed) = REFUSALS.admit() {
+                info!(%conn, %peer, suppressed, "bad auth message: {err}");
+            }
             return Ok(AuthOutcome::Missing);
         }
     };
+    tracing::Span::current().record("member", member.get());
     match shared
         .authenticator
         .authenticate(Credentials::new(member, &token))
@@ -292,8 +319,12 @@ async fn authenticate(
                 access: private_access(grant, shared.config.hub.max_app_name_len),
             })
         }
-        Ok(_refused) => {
-            debug!(%conn, %member, "member refused");
+        Ok(refused) => {
+            // The reason, never the token.
+            if let Some(suppressed) = REFUSALS.admit() {
+                let reason = refused.refusal_reason().unwrap_or("refused");
+                info!(%conn, %peer, %member, suppressed, "member refused: {reason}");
+            }
             Ok(AuthOutcome::Refused)
         }
         Err(err) => {
