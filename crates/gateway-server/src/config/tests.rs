@@ -1,6 +1,8 @@
 //! The configuration file's parsing, defaults and errors.
 
 use super::*;
+use gateway_core::AppName;
+use std::path::PathBuf;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("gw.toml"))
