@@ -149,7 +149,12 @@ impl Loaded {
                 (left, right)
             })
             .collect();
-        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0).min(60);
+        let width = lines
+            .iter()
+            .map(|(l, _)| l.len())
+            .max()
+            .unwrap_or(0)
+            .min(60);
         let mut out = String::new();
         for (left, right) in lines {
             let _ = writeln!(out, "{left:width$}  # {right}");

@@ -194,12 +194,14 @@ impl Layers {
     pub fn load(&self) -> Result<Loaded, ConfigError> {
         let text = match &self.file {
             None => None,
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
-                ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
         };
         self.load_text(text.as_deref())
     }
@@ -215,10 +217,13 @@ impl Layers {
             data: env_values(&self.env),
         });
         if let Some(listen) = &self.listen {
-            figment = figment.merge(Layer::of("flag --listen", [("listen", listen)]));
+            figment = figment.merge(Layer::of("flag --listen", one_key("listen", listen)));
         }
         if let Some(stat_listen) = &self.stat_listen {
-            figment = figment.merge(Layer::of("flag --stat-listen", [("stat_listen", stat_listen)]));
+            figment = figment.merge(Layer::of(
+                "flag --stat-listen",
+                one_key("stat_listen", stat_listen),
+            ));
         }
         let origins = Origins {
             file: self.file.as_deref(),
@@ -234,6 +239,10 @@ impl Layers {
         let entries = super::effective::entries(&values, &origins, &config);
         Ok(Loaded { config, entries })
     }
+}
+
+fn one_key<'a>(key: &'a str, value: &'a str) -> std::collections::BTreeMap<&'a str, &'a str> {
+    std::collections::BTreeMap::from([(key, value)])
 }
 
 /// The file alone: its TOML syntax, then its shape (unknown keys, wrong types), each error
@@ -311,19 +320,23 @@ fn holds_number_or_switch(key: &str) -> bool {
 /// An error of the merged layers (the file alone was already checked): names the variable or
 /// flag that set the key.
 fn layer_error(err: figment::Error, origins: &Origins<'_>) -> ConfigError {
-    let mut path = err.path.clone();
-    if let figment::error::Kind::UnknownField(field, _) = &err.kind {
-        path.push(field.clone());
-    }
-    let key = path.join(".");
+    // For an unknown key, figment's path already ends with it.
+    let key = err.path.join(".");
     let origin = if key.is_empty() {
         Origin::Default
     } else {
         origins.of(&key)
     };
+    let message = match &err.kind {
+        figment::error::Kind::UnknownField(field, expected) => format!(
+            "unknown key `{field}`; expected one of: {}",
+            expected.join(", ")
+        ),
+        kind => kind.to_string(),
+    };
     ConfigError::Syntax {
         origin: origin.describe(origins.file()),
         key: (!key.is_empty()).then_some(key),
-        message: err.kind.to_string(),
+        message,
     }
 }

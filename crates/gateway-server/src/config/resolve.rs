@@ -87,9 +87,8 @@ impl Resolver<'_> {
     /// port on every address: refused here with both keys named, rather than as a bind error.
     fn distinct_listeners(&self, listen: SocketAddr, stat: SocketAddr) -> Result<(), ConfigError> {
         let same_port = listen.port() == stat.port() && listen.port() != 0;
-        let overlap = listen.ip() == stat.ip()
-            || listen.ip().is_unspecified()
-            || stat.ip().is_unspecified();
+        let overlap =
+            listen.ip() == stat.ip() || listen.ip().is_unspecified() || stat.ip().is_unspecified();
         if same_port && overlap {
             return Err(self.invalid(
                 "stat_listen",

@@ -281,7 +281,7 @@ async fn authenticate(
         }
     };
     match shared
-        .authenticator
+        .authenticator()
         .authenticate(Credentials::new(member, &token))
         .await
     {
