@@ -340,3 +340,50 @@ fn layer_error(err: figment::Error, origins: &Origins<'_>) -> ConfigError {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn environment_values_keep_digits_as_text_except_where_numbers_belong() {
+        let env = [
+            ("auth.tokens.5".to_owned(), "0123".to_owned()),
+            ("limits.max_connections".to_owned(), "5".to_owned()),
+            ("timeouts.auth_ms".to_owned(), "2s".to_owned()),
+            ("demo_page".to_owned(), "false".to_owned()),
+            (
+                "push_api_keys".to_owned(),
+                "[\"0123456789abcdefg\"]".to_owned(),
+            ),
+        ];
+        let dict = env_values(&env);
+        let find = |path: &str| {
+            Figment::new()
+                .merge(Layer {
+                    name: ENV_LAYER,
+                    data: dict.clone(),
+                })
+                .find_value(path)
+                .unwrap()
+        };
+        assert_eq!(find("auth.tokens.5").as_str(), Some("0123"));
+        assert_eq!(find("limits.max_connections").to_u128(), Some(5));
+        assert_eq!(find("timeouts.auth_ms").as_str(), Some("2s"));
+        assert_eq!(find("demo_page").to_bool(), Some(false));
+        assert_eq!(
+            find("push_api_keys").into_array().unwrap()[0].as_str(),
+            Some("0123456789abcdefg")
+        );
+    }
+
+    #[test]
+    fn every_key_has_its_variable() {
+        assert_eq!(
+            env_var("limits.max_connections"),
+            "WS_GATEWAY_LIMITS__MAX_CONNECTIONS"
+        );
+        assert_eq!(env_var("stat_listen"), "WS_GATEWAY_STAT_LISTEN");
+    }
+}

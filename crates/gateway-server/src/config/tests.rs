@@ -2,7 +2,6 @@
 
 use super::*;
 use gateway_core::AppName;
-use std::path::PathBuf;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("gw.toml"))
