@@ -495,7 +495,9 @@ fn a_host_name_resolves_and_listeners_may_not_share_a_port() {
     assert_eq!(config.server.listen.port(), 5000);
     let message = error("listen = \"0.0.0.0:6000\"");
     assert!(
-        message.contains("key `stat_listen`: 127.0.0.1:6000 and listen (0.0.0.0:6000) would share port 6000"),
+        message.contains(
+            "key `stat_listen`: 127.0.0.1:6000 and listen (0.0.0.0:6000) would share port 6000"
+        ),
         "{message}"
     );
 }
