@@ -38,6 +38,7 @@ mod http;
 mod io;
 mod log_limit;
 pub mod logging;
+mod memory;
 mod node;
 mod server;
 mod shared;
@@ -45,10 +46,11 @@ pub mod tls;
 mod ws;
 
 pub use config::{
-    Access, AuthConfig, BrokerConfig, BrokerKind, CacheSettings, Config, Limits, NatsCredentials,
-    ServerConfig, Timeouts,
+    Access, AuthConfig, BrokerConfig, BrokerKind, CacheSettings, Config, Layers, Limits, Loaded,
+    MemoryConfig, NatsCredentials, ServerConfig, Timeouts,
 };
 pub use counters::Counters;
 pub use error::{ConfigError, ServerError};
 pub use node::Node;
 pub use server::Gateway;
+pub use shared::{LiveSettings, Reloader};

@@ -101,6 +101,12 @@ impl Gateway {
         &self.shared.node
     }
 
+    /// A handle that replaces the settings a reload may change (the authenticator, who may
+    /// push, the allowed origins, the push body's bounds) while the gateway runs.
+    pub fn reloader(&self) -> crate::shared::Reloader {
+        crate::shared::Reloader::new(self.shared.clone())
+    }
+
     /// This node's name in the cluster view (`broker.node_id`, or host name and port).
     pub fn node_id(&self) -> &str {
         &self.shared.node_id

@@ -308,7 +308,7 @@ async fn authenticate(
     };
     tracing::Span::current().record("member", member.get());
     match shared
-        .authenticator
+        .authenticator()
         .authenticate(Credentials::new(member, &token))
         .await
     {
