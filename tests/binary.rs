@@ -159,10 +159,31 @@ async fn an_address_in_use_is_refused_with_a_clear_error() {
     .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
-        "{stderr}"
+    assert_eq!(
+        stderr.matches(&format!("cannot listen on {addr}")).count(),
+        1,
+        "the error once: {stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_wildcard_listener_is_announced_with_addresses_clients_can_use() {
+    let mut gateway = Gateway::start(&["--listen", "0.0.0.0:0", "--stat-listen", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddr = gateway
+        .wait_for_log("websocket and push listener on ")
+        .await
+        .parse()
+        .unwrap();
+    let urls = gateway.wait_for_log("clients connect to ").await;
+    let loopback = format!("ws://127.0.0.1:{}/", addr.port());
+    assert!(urls.starts_with(&loopback), "{urls}");
+    assert!(!urls.contains("0.0.0.0"), "{urls}");
+    let mut client = Client::connect(&loopback).await;
+    client.send(r#"{"member_id":-1,"token":""}"#).await;
+    client.expect(&hello_stranger()).await;
+    drop(client);
+    let (status, _) = gateway.terminate().await;
+    assert!(status.success());
 }
 
 #[tokio::test]

@@ -18,8 +18,14 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_with_env(args, &[])
+    }
+
+    /// Starts it with these environment variables set too.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(BINARY)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -57,6 +63,17 @@ impl Gateway {
         let addr = self.wait_for_log("websocket and push listener on ").await;
         let stat = self.wait_for_log("stat listener on ").await;
         (addr.parse().unwrap(), stat.parse().unwrap())
+    }
+
+    /// Sends a signal (`"HUP"`, …) and returns at once.
+    pub async fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
     }
 
     /// SIGKILL: the process dies at once, saying goodbye to no one.

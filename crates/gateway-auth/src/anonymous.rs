@@ -10,7 +10,9 @@ pub struct AnonymousOnly;
 #[async_trait]
 impl Authenticator for AnonymousOnly {
     async fn authenticate(&self, _creds: Credentials<'_>) -> Result<Decision, AuthError> {
-        Ok(Decision::Refuse)
+        Ok(Decision::refuse_with(
+            "anonymous only (no [auth] configured)",
+        ))
     }
 
     fn describe(&self) -> String {

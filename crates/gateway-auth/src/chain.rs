@@ -36,14 +36,16 @@ impl Chain {
 impl Authenticator for Chain {
     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {
         let mut failure = None;
+        // The last refusal says why (the others are in the log only at debug level).
+        let mut refusal = Decision::Refuse;
         for link in &self.links {
             match link.authenticate(creds).await {
                 Ok(Decision::Accept(grant)) => return Ok(Decision::Accept(grant)),
-                Ok(_) => {}
+                Ok(refused) => refusal = refused,
                 Err(err) => failure = Some(err),
             }
         }
-        failure.map_or(Ok(Decision::Refuse), Err)
+        failure.map_or(Ok(refusal), Err)
     }
 
     fn describe(&self) -> String {
@@ -89,7 +91,7 @@ mod tests {
         let refusing = Chain::new().then(AnonymousOnly).then(AnonymousOnly);
         assert_eq!(
             refusing.authenticate(creds(7, "x")).await.unwrap(),
-            Decision::Refuse
+            Decision::refuse_with("anonymous only (no [auth] configured)")
         );
         let failing = Chain::new().then(AnonymousOnly).then(Down);
         assert!(matches!(

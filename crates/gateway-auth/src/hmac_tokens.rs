@@ -100,45 +100,58 @@ impl HmacTokens {
         mint_hmac_token(&self.secrets[0], member, expires)
     }
 
-    fn verify(&self, creds: Credentials<'_>) -> bool {
+    /// `Ok` if the token proves the member, else why not (for the log).
+    fn verify(&self, creds: Credentials<'_>) -> Result<(), &'static str> {
         let token = creds.token;
         if token.len() > MAX_TOKEN_BYTES {
-            return false;
+            return Err("token too long");
         }
+        let malformed = "malformed token (expected v1.<member>.<expires>.<signature>)";
         let Some((payload, encoded)) = token.rsplit_once('.') else {
-            return false;
+            return Err(malformed);
         };
         let mut fields = payload.split('.');
         let (Some(VERSION), Some(member), Some(expires), None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
-            return false;
+            return Err(malformed);
         };
         // Exactly the canonical decimal forms: "+5" or "05" would be other byte strings with
         // the same meaning, and the signature is over bytes.
         let (Ok(member), Ok(expires)) = (member.parse::<i64>(), expires.parse::<u64>()) else {
-            return false;
+            return Err(malformed);
         };
-        if payload != format!("{VERSION}.{member}.{expires}") || member != creds.member.get() {
-            return false;
+        if payload != format!("{VERSION}.{member}.{expires}") {
+            return Err(malformed);
+        }
+        if member != creds.member.get() {
+            return Err("token minted for another member");
         }
         if self.clock.unix_seconds() > expires.saturating_add(self.leeway_s) {
-            return false;
+            return Err("token expired");
         }
         let Ok(tag) = URL_SAFE_NO_PAD.decode(encoded) else {
-            return false;
+            return Err(malformed);
         };
         // Every secret is tried (no early exit), each comparison in constant time.
-        self.secrets.iter().fold(false, |ok, secret| {
+        let signed = self.secrets.iter().fold(false, |ok, secret| {
             signature(secret, payload).verify_slice(&tag).is_ok() | ok
-        })
+        });
+        if signed {
+            Ok(())
+        } else {
+            Err("bad signature (not signed with any configured secret)")
+        }
     }
 }
 
 #[async_trait]
 impl Authenticator for HmacTokens {
     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {
-        Ok(Decision::accept_if(self.verify(creds)))
+        Ok(match self.verify(creds) {
+            Ok(()) => Decision::accept(),
+            Err(reason) => Decision::refuse_with(reason),
+        })
     }
 
     fn describe(&self) -> String {
@@ -226,9 +239,19 @@ mod tests {
             format!("{payload}.{}", String::from_utf8(bytes).unwrap())
         };
         let padded = format!("v1.07.{}.{sig}", NOW + 60);
-        for bad in [longer, other_member, flipped, padded] {
-            assert!(!accepts(&auth, 7, &bad).await, "{bad}");
+        for bad in [&longer, &other_member, &flipped, &padded] {
+            assert!(!accepts(&auth, 7, bad).await, "{bad}");
         }
+        // Each refusal says why, for the gateway's log (never the token itself).
+        let why = |token: &str| auth.verify(Credentials::new(member(7), token)).unwrap_err();
+        assert_eq!(
+            why(&flipped),
+            "bad signature (not signed with any configured secret)"
+        );
+        assert_eq!(why(&other_member), "token minted for another member");
+        assert!(why(&padded).starts_with("malformed token"));
+        let expired = tokens(&[CURRENT], &FixedClock::at(NOW - 3600)).mint(member(7), 60);
+        assert_eq!(why(&expired), "token expired");
     }
 
     #[tokio::test]

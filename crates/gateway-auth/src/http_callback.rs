@@ -261,7 +261,9 @@ impl HttpCallback {
             .await;
         match status {
             s if s.is_success() => Ok(Decision::accept()),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Decision::Refuse),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Decision::refuse_with(format!(
+                "the auth endpoint answered {status}"
+            ))),
             s => Err(AuthError::Backend(format!(
                 "the auth endpoint answered {s}"
             ))),

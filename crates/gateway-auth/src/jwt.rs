@@ -7,6 +7,7 @@
 //! string or a number) and must equal the auth message's `member_id`. Optionally a claim lists
 //! the private apps the member may join.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
@@ -226,51 +227,81 @@ impl JwtAuthenticator {
         })
     }
 
-    /// The decision for a token, `None` if it does not prove the member.
-    fn verify(&self, creds: Credentials<'_>) -> Option<Grant> {
+    /// The grant for a token, or why it does not prove the member (for the log).
+    fn verify(&self, creds: Credentials<'_>) -> Result<Grant, Cow<'static, str>> {
         let data =
             jsonwebtoken::decode::<Map<String, Value>>(creds.token, &self.key, &self.validation)
-                .ok()?;
+                .map_err(|err| refusal(err.kind()))?;
         let claims = data.claims;
         let now = self.clock.unix_seconds();
-        let exp = claims.get("exp").and_then(Value::as_u64)?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or("claim `exp` is not a number of seconds")?;
         if now > exp.saturating_add(self.leeway_s) {
-            return None;
+            return Err("token expired".into());
         }
-        if let Some(nbf) = claims.get("nbf")
-            && now.saturating_add(self.leeway_s) < nbf.as_u64()?
-        {
-            return None;
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf
+                .as_u64()
+                .ok_or("claim `nbf` is not a number of seconds")?;
+            if now.saturating_add(self.leeway_s) < nbf {
+                return Err("token not valid yet (nbf)".into());
+            }
         }
-        let member = match claims.get(&self.member_claim)? {
-            Value::String(s) => s.parse::<i64>().ok()?,
-            Value::Number(n) => n.as_i64()?,
-            _ => return None,
-        };
+        let member = match claims.get(&self.member_claim) {
+            Some(Value::String(s)) => s.parse::<i64>().ok(),
+            Some(Value::Number(n)) => n.as_i64(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("claim `{}` is not a member id", self.member_claim))?;
         if member != creds.member.get() {
-            return None;
+            return Err("token issued for another member".into());
         }
         match &self.apps_claim {
-            None => Some(Grant::default()),
+            None => Ok(Grant::default()),
             Some(claim) => match claims.get(claim) {
-                None => Some(Grant::only_private_apps(Vec::<String>::new())),
-                Some(Value::Array(apps)) => {
-                    let apps: Option<Vec<String>> =
-                        apps.iter().map(|a| a.as_str().map(str::to_owned)).collect();
-                    Some(Grant::only_private_apps(apps?))
-                }
-                Some(_) => None,
+                None => Ok(Grant::only_private_apps(Vec::<String>::new())),
+                Some(Value::Array(apps)) => apps
+                    .iter()
+                    .map(|a| a.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<String>>>()
+                    .map(Grant::only_private_apps)
+                    .ok_or_else(|| format!("claim `{claim}` is not a list of strings").into()),
+                Some(_) => Err(format!("claim `{claim}` is not a list of strings").into()),
             },
         }
+    }
+}
+
+/// Why `jsonwebtoken` refused a token, in words an operator can act on.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> Cow<'static, str> {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::InvalidSignature => "bad signature".into(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "algorithm not allowed (the configured one is pinned)".into()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("missing claim `{claim}`").into(),
+        ErrorKind::InvalidIssuer => "claim `iss` is not an accepted issuer".into(),
+        ErrorKind::InvalidAudience => "claim `aud` is not an accepted audience".into(),
+        ErrorKind::ExpiredSignature => "token expired".into(),
+        ErrorKind::ImmatureSignature => "token not valid yet (nbf)".into(),
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "malformed token".into(),
+        other => format!("invalid token ({other:?})").into(),
     }
 }
 
 #[async_trait]
 impl Authenticator for JwtAuthenticator {
     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {
-        Ok(self
-            .verify(creds)
-            .map_or(Decision::Refuse, Decision::Accept))
+        Ok(match self.verify(creds) {
+            Ok(grant) => Decision::Accept(grant),
+            Err(reason) => Decision::RefuseWith(reason),
+        })
     }
 
     fn describe(&self) -> String {
@@ -321,6 +352,13 @@ mod tests {
 
     fn decide(auth: &JwtAuthenticator, member: i64, token: &str) -> Option<Grant> {
         auth.verify(Credentials::new(MemberId::new(member).unwrap(), token))
+            .ok()
+    }
+
+    fn reason(auth: &JwtAuthenticator, member: i64, token: &str) -> String {
+        auth.verify(Credentials::new(MemberId::new(member).unwrap(), token))
+            .expect_err("refused")
+            .into_owned()
     }
 
     #[test]
@@ -449,9 +487,19 @@ mod tests {
         let bad_aud = json!({"sub":"7","exp":NOW+60,"iss":"https://id.example","aud":"other"});
         let none = json!({"sub":"7","exp":NOW+60});
         assert!(decide(&auth, 7, &sign_hs(Algorithm::HS256, &good)).is_some());
-        for claims in [bad_iss, bad_aud, none] {
-            assert_eq!(decide(&auth, 7, &sign_hs(Algorithm::HS256, &claims)), None);
+        for claims in [&bad_iss, &bad_aud, &none] {
+            assert_eq!(decide(&auth, 7, &sign_hs(Algorithm::HS256, claims)), None);
         }
+        // Each refusal says why, for the gateway's log.
+        let why = |claims: &Value| reason(&auth, 7, &sign_hs(Algorithm::HS256, claims));
+        assert_eq!(why(&bad_iss), "claim `iss` is not an accepted issuer");
+        assert_eq!(why(&bad_aud), "claim `aud` is not an accepted audience");
+        assert!(why(&none).starts_with("missing claim `"), "{}", why(&none));
+        assert_eq!(
+            reason(&auth, 8, &sign_hs(Algorithm::HS256, &good)),
+            "token issued for another member"
+        );
+        assert_eq!(reason(&auth, 7, "abc"), "malformed token");
     }
 
     #[test]

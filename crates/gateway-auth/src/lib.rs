@@ -29,6 +29,7 @@
 //! }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -88,6 +89,10 @@ pub enum Decision {
     Accept(Grant),
     /// The token does not prove the member: the connection continues as anonymous.
     Refuse,
+    /// [`Decision::Refuse`], with the reason the gateway logs (at info, rate-limited) so an
+    /// operator can tell an expired token from a wrong key. The reason is for the log only (the
+    /// client still gets the plain 401 reply) and must never contain the token or a secret.
+    RefuseWith(Cow<'static, str>),
 }
 
 impl Decision {
@@ -102,6 +107,20 @@ impl Decision {
             Decision::accept()
         } else {
             Decision::Refuse
+        }
+    }
+
+    /// Refuses the member, saying why (for the log; see [`Decision::RefuseWith`]).
+    pub fn refuse_with(reason: impl Into<Cow<'static, str>>) -> Decision {
+        Decision::RefuseWith(reason.into())
+    }
+
+    /// Why the member was refused, for the log; `None` when accepted.
+    pub fn refusal_reason(&self) -> Option<&str> {
+        match self {
+            Decision::Accept(_) => None,
+            Decision::Refuse => Some("refused by the authenticator"),
+            Decision::RefuseWith(reason) => Some(reason),
         }
     }
 }

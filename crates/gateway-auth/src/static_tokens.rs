@@ -40,13 +40,18 @@ impl StaticTokens {
         self.digests.is_empty()
     }
 
-    fn verify(&self, creds: Credentials<'_>) -> bool {
+    /// `Ok` if the token is the member's, else why not (for the log).
+    fn verify(&self, creds: Credentials<'_>) -> Result<(), &'static str> {
         let presented = digest(creds.token);
         // An unknown member still costs one comparison, against a digest nobody can match
         // by accident, so membership of the table does not show in the timing either.
         let expected = self.digests.get(&creds.member).copied().unwrap_or([0; 32]);
         let equal: bool = presented.ct_eq(&expected).into();
-        equal && self.digests.contains_key(&creds.member)
+        match (self.digests.contains_key(&creds.member), equal) {
+            (true, true) => Ok(()),
+            (true, false) => Err("wrong token"),
+            (false, _) => Err("member not in [auth.tokens]"),
+        }
     }
 }
 
@@ -61,7 +66,10 @@ impl fmt::Debug for StaticTokens {
 #[async_trait]
 impl Authenticator for StaticTokens {
     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Decision, AuthError> {
-        Ok(Decision::accept_if(self.verify(creds)))
+        Ok(match self.verify(creds) {
+            Ok(()) => Decision::accept(),
+            Err(reason) => Decision::refuse_with(reason),
+        })
     }
 
     fn describe(&self) -> String {
@@ -97,18 +105,25 @@ mod tests {
     #[tokio::test]
     async fn refuses_wrong_token_other_members_token_unknown_member_and_empty_token() {
         let auth = table();
-        assert_eq!(decide(&auth, 123456, "654320").await, Decision::Refuse);
-        assert_eq!(decide(&auth, 123456, "6543210").await, Decision::Refuse);
-        assert_eq!(decide(&auth, 123456, "777secret").await, Decision::Refuse);
-        assert_eq!(decide(&auth, 42, "654321").await, Decision::Refuse);
-        assert_eq!(decide(&auth, 123456, "").await, Decision::Refuse);
+        let wrong = Decision::refuse_with("wrong token");
+        assert_eq!(decide(&auth, 123456, "654320").await, wrong);
+        assert_eq!(decide(&auth, 123456, "6543210").await, wrong);
+        assert_eq!(decide(&auth, 123456, "777secret").await, wrong);
+        assert_eq!(decide(&auth, 123456, "").await, wrong);
+        assert_eq!(
+            decide(&auth, 42, "654321").await,
+            Decision::refuse_with("member not in [auth.tokens]")
+        );
     }
 
     #[tokio::test]
     async fn an_unknown_member_with_the_zero_digest_preimage_is_still_refused() {
         // Even if some token hashed to the placeholder digest, the member must be in the table.
         let auth = StaticTokens::new(Vec::<(MemberId, &str)>::new());
-        assert_eq!(decide(&auth, 1, "").await, Decision::Refuse);
+        assert_eq!(
+            decide(&auth, 1, "").await,
+            Decision::refuse_with("member not in [auth.tokens]")
+        );
     }
 
     #[test]

@@ -262,7 +262,7 @@ pub(crate) async fn serve_connection<I: Io>(
     let socket = ws::websocket(io, pipelined, &shared).await;
     let conn = shared.next_conn_id();
     debug!(%conn, %peer, "websocket upgrade");
-    ws::serve(socket, conn, shared, slot).await;
+    ws::serve(socket, conn, peer, shared, slot).await;
 }
 
 /// Serves HTTP/1.1 on one connection until it ends or, on shutdown, until its request in

@@ -1,15 +1,18 @@
-//! The `ws-gateway` binary: flags, configuration file, logging, signals.
+//! The `ws-gateway` binary: flags, the layered configuration, logging, signals (SIGINT and
+//! SIGTERM stop it, SIGHUP reloads the configuration).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Layers, Loaded, MemoryConfig, needs_restart};
 use crate::logging::LogFormat;
 use crate::server::Gateway;
+use crate::shared::{LiveSettings, Reloader};
 
 /// A WebSocket push gateway: clients subscribe to apps, backends push with `POST /push`.
 #[derive(Debug, Parser)]
@@ -18,22 +21,23 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// TOML configuration file (see the README for every key).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "WS_GATEWAY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// WebSocket and push listener [default: 0.0.0.0:5000]; overrides `listen` in the file.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
-    /// Stat listener [default: 127.0.0.1:6000]; overrides `stat_listen` in the file.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub stat_listen: Option<SocketAddr>,
+    /// WebSocket and push listener [default: 0.0.0.0:5000]; overrides `listen`.
+    #[arg(long, value_name = "ADDR:PORT", global = true)]
+    pub listen: Option<String>,
+    /// Stat listener [default: 127.0.0.1:6000]; overrides `stat_listen`.
+    #[arg(long, value_name = "ADDR:PORT", global = true)]
+    pub stat_listen: Option<String>,
     /// Log lines as human-readable text or as one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WS_GATEWAY_LOG_FORMAT")]
     pub log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Mints an HMAC token (`[auth] kind = "hmac"`) for tests and demos; prints it on stdout.
+    /// Signs with the first secret of the configuration (`--config`).
     Token {
         /// The member the token authenticates.
         #[arg(long)]
@@ -41,44 +45,41 @@ pub enum Command {
         /// How long the token is valid: `90s`, `15m`, `1h`, `7d`.
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
-        /// The gateway's configuration file (its first secret signs the token).
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
     },
+    /// Validates the configuration (file, `WS_GATEWAY_*` variables, flags) and prints every
+    /// key's effective value, secrets redacted, with where it came from. Exit code 0 when
+    /// valid, 2 (and the error on stderr) when not.
+    CheckConfig,
 }
 
 /// Runs the binary: parses `std::env::args`, serves until SIGINT/SIGTERM.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Token {
-        member,
-        ttl,
-        config,
-    }) = args.command
-    {
-        return mint_token(member, ttl.into(), &config);
+    let mut layers = Layers::default()
+        .listen(args.listen.clone())
+        .stat_listen(args.stat_listen.clone())
+        .process_env();
+    if let Some(path) = &args.config {
+        layers = layers.file(path);
+    }
+    match args.command {
+        Some(Command::Token { member, ttl }) => {
+            return mint_token(member, ttl.into(), args.config.is_some(), &layers);
+        }
+        Some(Command::CheckConfig) => return check_config(&layers),
+        None => {}
     }
     crate::logging::init(args.log_format);
     crate::admission::raise_open_file_limit();
 
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(err) => {
-                // Also on stderr without the log formatting, for a terminal user.
-                eprintln!("error: {err}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let loaded = match layers.load() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            // Logging is set up, but a terminal user reads this better without its format.
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
     };
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    if let Some(stat_listen) = args.stat_listen {
-        config.server.stat_listen = stat_listen;
-    }
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,27 +90,43 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(layers, loaded))
 }
 
-fn mint_token(member: i64, ttl: std::time::Duration, path: &std::path::Path) -> ExitCode {
+fn check_config(layers: &Layers) -> ExitCode {
+    match layers.load() {
+        Ok(loaded) => {
+            println!(
+                "# ws-gateway {}: the configuration is valid. Every key, its effective value \
+                 (secrets redacted) and where it came from:",
+                env!("CARGO_PKG_VERSION")
+            );
+            print!("{}", loaded.render());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn mint_token(member: i64, ttl: std::time::Duration, has_file: bool, layers: &Layers) -> ExitCode {
     let Some(member) = gateway_core::MemberId::new(member) else {
         eprintln!("error: --member must be a member id, an integer > 0");
         return ExitCode::from(2);
     };
-    match Config::load(path) {
-        Ok(Config {
-            auth: AuthConfig::Hmac(tokens),
-            ..
-        }) => {
+    if !has_file {
+        eprintln!("error: `ws-gateway token` needs --config FILE (or WS_GATEWAY_CONFIG)");
+        return ExitCode::from(2);
+    }
+    match layers.load().map(|loaded| loaded.config.auth) {
+        Ok(AuthConfig::Hmac(tokens)) => {
             println!("{}", tokens.mint(member, ttl.as_secs()));
             ExitCode::SUCCESS
         }
         Ok(_) => {
-            eprintln!(
-                "error: config file `{}`: key `auth.kind`: `ws-gateway token` needs kind = \"hmac\"",
-                path.display()
-            );
+            eprintln!("error: key `auth.kind`: `ws-gateway token` needs kind = \"hmac\"");
             ExitCode::from(2)
         }
         Err(err) => {
@@ -119,15 +136,20 @@ fn mint_token(member: i64, ttl: std::time::Duration, path: &std::path::Path) -> 
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(layers: Layers, loaded: Loaded) -> ExitCode {
+    // Listened for before anything else, so that a SIGHUP never finds its default action
+    // (ending the process) once the gateway runs.
+    #[cfg(unix)]
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(err) => {
+            error!(%err, "cannot listen for SIGHUP: no reloads");
+            None
+        }
+    };
+    let config = loaded.config.clone();
     let authenticator = config.auth.build();
-    match &config.auth {
-        AuthConfig::Anonymous => warn!(
-            "auth: anonymous only: no [auth] configured, so every member is refused (401) and \
-             continues as anonymous; private apps are unreachable"
-        ),
-        _ => info!("auth: {}", authenticator.describe()),
-    }
+    log_auth(&config.auth, &*authenticator);
     let mut private: Vec<&str> = config
         .server
         .hub
@@ -139,7 +161,61 @@ async fn serve(config: Config) -> ExitCode {
     info!("private apps: {private:?}");
     // The kind's Debug hides passwords in URLs.
     info!(prefix = %config.server.broker.settings.prefix, "broker: {:?}", config.server.broker.kind);
-    let access = &config.server.access;
+    log_access(&config.server.access);
+    let scheme = if config.server.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+
+    let gateway = match Gateway::bind(config.server, authenticator).await {
+        Ok(gateway) => gateway,
+        Err(err) => {
+            // Once: the log goes to stderr.
+            error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!("websocket and push listener on {}", gateway.local_addr());
+    info!(
+        "clients connect to {}",
+        client_urls(scheme, gateway.local_addr()).join(" or ")
+    );
+    info!("stat listener on {}", gateway.stat_addr());
+    info!("node id in the cluster: {}", gateway.node_id());
+    let (memory, memory_settings) = watch::channel(config.memory);
+    crate::memory::grow_heap_in_larger_steps();
+    tokio::spawn(crate::memory::return_freed_memory(
+        gateway.counters(),
+        memory_settings,
+    ));
+    #[cfg(unix)]
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup(
+            hangups,
+            layers,
+            loaded,
+            gateway.reloader(),
+            memory,
+        ));
+    }
+    #[cfg(not(unix))]
+    let _ = (layers, loaded, memory);
+    gateway.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+fn log_auth(auth: &AuthConfig, authenticator: &dyn gateway_auth::Authenticator) {
+    match auth {
+        AuthConfig::Anonymous => warn!(
+            "auth: anonymous only: no [auth] configured, so every member is refused (401) and \
+             continues as anonymous; private apps are unreachable"
+        ),
+        _ => info!("auth: {}", authenticator.describe()),
+    }
+}
+
+fn log_access(access: &crate::config::Access) {
     if access.push_api_keys.is_empty() {
         let networks: Vec<String> = access
             .push_allow_from
@@ -158,28 +234,83 @@ async fn serve(config: Config) -> ExitCode {
     if let Some(origins) = &access.allowed_origins {
         info!("websocket origins allowed: {origins:?}");
     }
-    let scheme = if config.server.tls.is_some() {
-        "wss"
-    } else {
-        "ws"
-    };
+}
 
-    let gateway = match Gateway::bind(config.server, authenticator).await {
-        Ok(gateway) => gateway,
-        Err(err) => {
-            error!("{err}");
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
+/// URLs a client can use: a wildcard listener (`0.0.0.0`, `::`) is reached through loopback
+/// or any of the machine's interface addresses, never through the wildcard itself.
+fn client_urls(scheme: &str, addr: SocketAddr) -> Vec<String> {
+    let url = |addr: SocketAddr| format!("{scheme}://{addr}/");
+    if !addr.ip().is_unspecified() {
+        return vec![url(addr)];
+    }
+    // `::` also takes IPv4 on Linux (dual stack); `0.0.0.0` only IPv4.
+    let v4_only = addr.is_ipv4();
+    let loopback = if v4_only {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv6Addr::LOCALHOST.into()
     };
-    info!("websocket and push listener on {}", gateway.local_addr());
-    info!("clients connect to {scheme}://{}/", gateway.local_addr());
-    info!("stat listener on {}", gateway.stat_addr());
-    info!("node id in the cluster: {}", gateway.node_id());
-    memory::grow_heap_in_larger_steps();
-    tokio::spawn(memory::return_freed_memory(gateway.counters()));
-    gateway.run(shutdown_signal()).await;
-    ExitCode::SUCCESS
+    let mut urls = vec![url(SocketAddr::new(loopback, addr.port()))];
+    let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
+    urls.extend(
+        interfaces
+            .iter()
+            .map(if_addrs::Interface::ip)
+            .filter(|ip| !ip.is_loopback() && (ip.is_ipv4() || !v4_only))
+            .map(|ip| url(SocketAddr::new(ip, addr.port()))),
+    );
+    urls
+}
+
+/// On each SIGHUP, loads the configuration again (the file, the environment, the flags) and
+/// puts in force what can change without dropping a connection; a key that needs a restart
+/// is named at `warn`, and a configuration that does not load leaves the running one alone.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    layers: Layers,
+    started: Loaded,
+    reloader: Reloader,
+    memory: watch::Sender<MemoryConfig>,
+) {
+    let mut current = started.clone();
+    while hangups.recv().await.is_some() {
+        info!("SIGHUP received: reloading the configuration");
+        let load = tokio::task::spawn_blocking({
+            let layers = layers.clone();
+            move || layers.load()
+        });
+        let loaded = match load.await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(err)) => {
+                error!("reload failed, the running configuration stays in force: {err}");
+                continue;
+            }
+            Err(err) => {
+                error!("reload failed, the running configuration stays in force: {err}");
+                continue;
+            }
+        };
+        for key in started.changed_keys(&loaded) {
+            if needs_restart(&key) {
+                warn!("reload: `{key}` changed, but it needs a restart to take effect");
+            }
+        }
+        let applied: Vec<String> = current
+            .changed_keys(&loaded)
+            .into_iter()
+            .filter(|key| !needs_restart(key))
+            .collect();
+        let config = &loaded.config;
+        let authenticator = config.auth.build();
+        log_auth(&config.auth, &*authenticator);
+        if let Some(warning) = reloader.apply(LiveSettings::new(&config.server, authenticator)) {
+            warn!("reload: {warning}");
+        }
+        memory.send_replace(config.memory);
+        info!("configuration reloaded; keys changed and applied: {applied:?}");
+        current = loaded;
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -208,62 +339,4 @@ async fn shutdown_signal() {
         () = ctrl_c => info!("SIGINT received"),
         () = terminate => info!("SIGTERM received"),
     }
-}
-
-/// Giving memory back to the operating system after connections leave.
-mod memory {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::Counters;
-
-    /// glibc's allocator keeps the memory of freed connections (tens of MB after 10k leave);
-    /// `malloc_trim` hands the free pages back. Trimming briefly holds the allocator's locks,
-    /// so it runs only after the number of sockets (connections and handshakes, so a flood of
-    /// half-open peers counts too) fell well below its recent peak.
-    pub(super) async fn return_freed_memory(counters: Arc<Counters>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let peak = counters.take_peak();
-            let now = counters.open_sockets();
-            if peak - now >= 256 && now < peak - peak / 4 {
-                trim();
-            }
-        }
-    }
-
-    /// glibc grows a worker thread's heap a few pages at a time, one `mprotect` each: about
-    /// one system call per new connection under a connection burst. Growing by 1 MiB steps
-    /// touches no more memory (untouched pages are not resident).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)] // one FFI call into glibc, below
-    pub(super) fn grow_heap_in_larger_steps() {
-        const M_TOP_PAD: std::ffi::c_int = -2;
-        unsafe extern "C" {
-            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-        }
-        // SAFETY: mallopt takes two integers and only changes the allocator's tuning.
-        unsafe {
-            mallopt(M_TOP_PAD, 1 << 20);
-        }
-    }
-
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    pub(super) fn grow_heap_in_larger_steps() {}
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)] // one FFI call into glibc, below
-    fn trim() {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: malloc_trim takes no pointers and is thread-safe; 0 keeps no padding.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    fn trim() {}
 }

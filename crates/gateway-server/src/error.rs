@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-/// A configuration file that cannot be used. The message names the file, the key and what is
-/// wrong; the binary prints it and exits non-zero.
+/// A configuration that cannot be used. The message names where the value came from (the
+/// file, an environment variable, a flag), the key and what is wrong; the binary prints it and
+/// exits with 2.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -13,17 +14,18 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The file is not valid TOML (`key` is `None`), or a key is unknown or of the wrong type.
-    #[error("config file `{}`: {}{message}", path.display(), key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    /// The file is not valid TOML (`key` is `None`; the message has the line and column), or
+    /// a key is unknown or of the wrong type. `origin` names the file, variable or flag.
+    #[error("{origin}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
     Syntax {
-        path: PathBuf,
+        origin: String,
         key: Option<String>,
         message: String,
     },
     /// A key has a value of the right type that is not acceptable.
-    #[error("config file `{}`: key `{key}`: {reason}", path.display())]
+    #[error("{origin}: key `{key}`: {reason}")]
     Invalid {
-        path: PathBuf,
+        origin: String,
         key: String,
         reason: String,
     },

@@ -36,7 +36,9 @@ mod counters;
 mod error;
 mod http;
 mod io;
+mod log_limit;
 pub mod logging;
+mod memory;
 mod metrics;
 mod node;
 mod server;
@@ -45,10 +47,11 @@ pub mod tls;
 mod ws;
 
 pub use config::{
-    Access, AuthConfig, BrokerConfig, BrokerKind, CacheSettings, Config, Limits, NatsCredentials,
-    ServerConfig, Timeouts,
+    Access, AuthConfig, BrokerConfig, BrokerKind, CacheSettings, Config, Layers, Limits, Loaded,
+    MemoryConfig, NatsCredentials, ServerConfig, Timeouts,
 };
 pub use counters::Counters;
 pub use error::{ConfigError, ServerError};
 pub use node::Node;
 pub use server::Gateway;
+pub use shared::{LiveSettings, Reloader};

@@ -101,6 +101,12 @@ impl Gateway {
         &self.shared.node
     }
 
+    /// A handle that replaces the settings a reload may change (the authenticator, who may
+    /// push, the allowed origins, the push body's bounds) while the gateway runs.
+    pub fn reloader(&self) -> crate::shared::Reloader {
+        crate::shared::Reloader::new(self.shared.clone())
+    }
+
     /// This node's name in the cluster view (`broker.node_id`, or host name and port).
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
@@ -193,7 +199,9 @@ mod tests {
     /// Each connection's task is allocated once, at the size of its largest state: reading
     /// the first head (the head buffer lives in the task) or serving the WebSocket. That is
     /// most of the ~3.4 KB of RSS an idle connection costs (BENCHMARKS.md), so growing it is
-    /// a decision to make on purpose, with `bench/ab.sh`, not by accident.
+    /// a decision to make on purpose, with `bench/ab.sh`, not by accident. (Issue 11 grew it
+    /// from 1,824 to 1,928 bytes on purpose: the connection's `conn` span and its peer's
+    /// address, so that every refusal line names who was refused.)
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -215,6 +223,6 @@ mod tests {
         };
         let task = accept::serve_connection(stream, addr, shared, Listener::Main, admitted);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1856, "a connection's task grew to {size} bytes");
+        assert!(size <= 1936, "a connection's task grew to {size} bytes");
     }
 }

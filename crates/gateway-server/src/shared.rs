@@ -1,10 +1,13 @@
 //! What every connection task shares: the configuration, the node, the authenticator, the
 //! admission bounds and counters, and the shutdown signal. Built once, by
-//! [`Gateway`](crate::Gateway), from the configuration.
+//! [`Gateway`](crate::Gateway), from the configuration; the part a reload may change
+//! ([`LiveSettings`]) sits behind an `ArcSwap`, so reading it takes no lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use gateway_auth::Authenticator;
 use gateway_broker::local::LocalBroker;
 use gateway_broker::nats::{NatsAuth, NatsBroker};
@@ -17,17 +20,79 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{self, Handshakes, PerAddress, PushBodies};
-use crate::config::{BrokerKind, ServerConfig};
+use crate::config::{Access, BrokerKind, ServerConfig};
 use crate::counters::Counters;
 use crate::node::{HeldLimits, Node};
 
+/// The settings a reload (SIGHUP) may replace while every connection stays up: each is read
+/// afresh by each new connection or push, and none is held by a running connection.
+#[derive(Clone)]
+pub struct LiveSettings {
+    /// Who is a member (HMAC secrets, JWT keys, static tokens, the HTTP callback). A
+    /// connection keeps the authenticator it was authenticated with.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// `push_api_keys`, `push_allow_from`, `allowed_origins`.
+    pub access: Access,
+    /// `limits.max_push_body_bytes`; at most the running `limits.max_buffered_push_bytes`.
+    pub max_push_body_bytes: usize,
+    /// `timeouts.push_body_ms`.
+    pub push_body_timeout: Duration,
+}
+
+impl LiveSettings {
+    /// The live part of `config`, with `authenticator`.
+    pub fn new(config: &ServerConfig, authenticator: Arc<dyn Authenticator>) -> LiveSettings {
+        LiveSettings {
+            authenticator,
+            access: config.access.clone(),
+            max_push_body_bytes: config.limits.max_push_body_bytes,
+            push_body_timeout: config.timeouts.push_body,
+        }
+    }
+}
+
+impl std::fmt::Debug for LiveSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSettings")
+            .field("authenticator", &self.authenticator.describe())
+            .field("access", &self.access)
+            .field("max_push_body_bytes", &self.max_push_body_bytes)
+            .field("push_body_timeout", &self.push_body_timeout)
+            .finish()
+    }
+}
+
+/// [`LiveSettings`] as the connections read them.
+pub(crate) struct Live {
+    pub(crate) settings: LiveSettings,
+    /// SHA-256 of each push API key, compared in constant time.
+    pub(crate) push_key_digests: Vec<[u8; 32]>,
+}
+
+impl Live {
+    fn new(settings: LiveSettings) -> Live {
+        let push_key_digests = settings
+            .access
+            .push_api_keys
+            .iter()
+            .map(|key| Sha256::digest(key.as_bytes()).into())
+            .collect();
+        Live {
+            settings,
+            push_key_digests,
+        }
+    }
+}
+
 /// What every connection task shares.
 pub(crate) struct Shared {
+    /// The configuration the gateway started with. Its `access`, `max_push_body_bytes` and
+    /// `push_body` timeout are the start's: read them through [`Shared::live`].
     pub(crate) config: ServerConfig,
     pub(crate) node: Arc<Node>,
     /// This node's name in the cluster (`broker.node_id`, or host name and port).
     pub(crate) node_id: String,
-    pub(crate) authenticator: Arc<dyn Authenticator>,
+    live: ArcSwap<Live>,
     /// Cancelled once, when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
     /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
@@ -49,8 +114,6 @@ pub(crate) struct Shared {
     pub(crate) stat_handshakes: Arc<Handshakes>,
     /// Sockets per address on the main listener, when `limits.max_connections_per_ip` is set.
     pub(crate) per_address: Option<Arc<PerAddress>>,
-    /// SHA-256 of each push API key, compared in constant time.
-    pub(crate) push_key_digests: Vec<[u8; 32]>,
     next_conn: AtomicU64,
 }
 
@@ -86,12 +149,7 @@ impl Shared {
         )?;
         let limits = &config.limits;
         let evict_after = config.timeouts.evict_after;
-        let push_key_digests = config
-            .access
-            .push_api_keys
-            .iter()
-            .map(|key| Sha256::digest(key.as_bytes()).into())
-            .collect();
+        let live = ArcSwap::from_pointee(Live::new(LiveSettings::new(&config, authenticator)));
         Ok(Shared {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             push_slots: Semaphore::new(limits.max_inflight_pushes),
@@ -99,11 +157,10 @@ impl Shared {
             main_handshakes: Handshakes::new(limits.max_handshakes, evict_after, counters.clone()),
             stat_handshakes: Handshakes::new(limits.max_handshakes, evict_after, counters.clone()),
             per_address: PerAddress::new(limits.max_connections_per_ip),
-            push_key_digests,
+            live,
             config,
             node,
             node_id,
-            authenticator,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             stat_stop: CancellationToken::new(),
@@ -115,6 +172,60 @@ impl Shared {
 
     pub(crate) fn next_conn_id(&self) -> ConnId {
         ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The live settings now; a lock-free read. Do not hold the guard across an `.await`.
+    pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// The authenticator now; a connection keeps the one it was given.
+    pub(crate) fn authenticator(&self) -> Arc<dyn Authenticator> {
+        self.live.load().settings.authenticator.clone()
+    }
+}
+
+/// Replaces the [`LiveSettings`] of a running gateway (what the binary does on SIGHUP).
+/// From [`Gateway::reloader`](crate::Gateway::reloader).
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    pub(crate) fn new(shared: Arc<Shared>) -> Reloader {
+        Reloader { shared }
+    }
+
+    /// The settings in force.
+    pub fn current(&self) -> LiveSettings {
+        self.shared.live().settings.clone()
+    }
+
+    /// Puts `settings` in force for every connection and push that starts from now on.
+    /// A `max_push_body_bytes` above the running `limits.max_buffered_push_bytes` (which
+    /// needs a restart) could never be read whole: the one in force is kept, and the returned
+    /// warning says so.
+    pub fn apply(&self, mut settings: LiveSettings) -> Option<String> {
+        let buffered = self.shared.config.limits.max_buffered_push_bytes;
+        let mut warning = None;
+        if settings.max_push_body_bytes > buffered {
+            let kept = self.shared.live().settings.max_push_body_bytes;
+            warning = Some(format!(
+                "limits.max_push_body_bytes = {} is above the running \
+                 limits.max_buffered_push_bytes = {buffered}: keeping {kept} until a restart",
+                settings.max_push_body_bytes
+            ));
+            settings.max_push_body_bytes = kept;
+        }
+        self.shared.live.store(Arc::new(Live::new(settings)));
+        warning
     }
 }
 

@@ -18,6 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use super::Resolver;
+use super::file::Millis;
 use crate::error::ConfigError;
 
 /// How members are authenticated, ready to build.
@@ -141,7 +142,7 @@ pub(super) struct JwtAuth {
 #[serde(deny_unknown_fields)]
 pub(super) struct HttpAuth {
     url: Option<String>,
-    timeout_ms: Option<u64>,
+    timeout_ms: Option<Millis>,
     max_concurrency: Option<usize>,
     cache_ttl_s: Option<u64>,
     cache_max_entries: Option<usize>,
@@ -269,7 +270,7 @@ pub(super) fn resolve(file: FileAuth, r: &Resolver<'_>) -> Result<AuthConfig, Co
                 }
                 (Some(secret), None) => JwtKey::Secret(secret.into_bytes()),
                 (None, Some(file)) => {
-                    let path = r.relative(&file);
+                    let path = r.relative("auth.public_key_file", &file);
                     let pem = std::fs::read(&path).map_err(|err| {
                         r.invalid(
                             "auth.public_key_file",
@@ -333,7 +334,7 @@ pub(super) fn resolve(file: FileAuth, r: &Resolver<'_>) -> Result<AuthConfig, Co
                 callback.headers.push((header, value));
             }
             if let Some(file) = ca_file {
-                let path = r.relative(&file);
+                let path = r.relative("auth.ca_file", &file);
                 callback.ca_certs = CertificateDer::pem_file_iter(&path)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                     .map_err(|err| {

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gateway_broker::{BrokerSettings, redact_url};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Resolver;
+use super::file::Millis;
 use crate::error::ConfigError;
 
 /// Which broker, resolved and checked. Its `Debug` hides passwords in URLs.
@@ -112,23 +113,48 @@ impl Default for BrokerConfig {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileBroker {
     kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     urls: Option<Vec<String>>,
     prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<String>,
-    publish_timeout_ms: Option<u64>,
-    reconnect_min_ms: Option<u64>,
-    reconnect_max_ms: Option<u64>,
-    report_interval_ms: Option<u64>,
-    subscribe_timeout_ms: Option<u64>,
+    publish_timeout_ms: Option<Millis>,
+    reconnect_min_ms: Option<Millis>,
+    reconnect_max_ms: Option<Millis>,
+    report_interval_ms: Option<Millis>,
+    subscribe_timeout_ms: Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     credentials_file: Option<PathBuf>,
+}
+
+impl FileBroker {
+    /// The keys with a default (the local broker's), for the lowest configuration layer.
+    pub(super) fn defaults(config: &BrokerConfig) -> FileBroker {
+        let ms = |duration| Some(Millis(duration));
+        let settings = &config.settings;
+        FileBroker {
+            kind: Some("local".to_owned()),
+            prefix: Some(settings.prefix.clone()),
+            publish_timeout_ms: ms(settings.publish_timeout),
+            reconnect_min_ms: ms(settings.reconnect_min),
+            reconnect_max_ms: ms(settings.reconnect_max),
+            report_interval_ms: ms(config.report_interval),
+            subscribe_timeout_ms: ms(config.subscribe_timeout),
+            ..FileBroker::default()
+        }
+    }
 }
 
 pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig, ConfigError> {
@@ -211,7 +237,9 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
                     token: file.token,
                     user: file.user,
                     password: file.password,
-                    credentials_file: file.credentials_file.map(|p| r.relative(&p)),
+                    credentials_file: file
+                        .credentials_file
+                        .map(|p| r.relative("broker.credentials_file", &p)),
                 },
             }
         }

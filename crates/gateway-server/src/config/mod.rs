@@ -1,25 +1,39 @@
-//! The gateway's configuration: the TOML file, its defaults, and what the flags override.
+//! The gateway's configuration, in layers: the defaults, the TOML file (`--config`), the
+//! environment variables `WS_GATEWAY_*`, the flags, each overriding the one before
+//! (`layers`, with `figment`); then validated (`resolve`) into what the server runs with.
 //!
 //! Every key is optional; a missing key takes the default documented in the README. Unknown
 //! keys are refused, so a typo is an error at start-up rather than a silently ignored setting.
+//!
+//! - `file`: the shape every layer is written in, and the defaults in that shape;
+//! - `layers`: the layering, and where each value came from;
+//! - `resolve`: validation, with errors naming the key and its source;
+//! - `effective`: the effective configuration as `check-config` prints it (secrets
+//!   redacted), and which keys a reload can apply;
+//! - `auth`, `broker`: the `[auth]` and `[broker]` tables.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_core::{AppName, HubConfig};
+use gateway_core::HubConfig;
 use ipnet::IpNet;
-use serde::Deserialize;
 
 use crate::error::ConfigError;
 
 mod auth;
 mod broker;
+mod effective;
+mod file;
+mod layers;
+mod resolve;
 
 pub use auth::{AuthConfig, CacheSettings};
 pub use broker::{BrokerConfig, BrokerKind, NatsCredentials};
+pub use effective::{Entry, needs_restart};
+pub use layers::{Layers, Loaded, Origin};
+pub(crate) use resolve::Resolver;
 
 /// The default WebSocket and push listener (the seed's).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
@@ -232,401 +246,54 @@ impl Default for ServerConfig {
     }
 }
 
-/// A configuration file, loaded and validated.
+/// When the binary hands freed memory back to the operating system (`[memory]`; the policy
+/// is explained in the binary's `memory` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Trim at all. Default `true` (glibc builds only; elsewhere it does nothing).
+    pub trim: bool,
+    /// How often the open sockets are compared with their recent peak. Default 5 s.
+    pub trim_interval: Duration,
+    /// Trim only once this many sockets (and at least a quarter of the peak) have closed
+    /// since the peak. Default 256.
+    pub trim_min_drop: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            trim: true,
+            trim_interval: Duration::from_secs(5),
+            trim_min_drop: 256,
+        }
+    }
+}
+
+/// A configuration, loaded and validated.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
-}
-
-// --- the file's shape -------------------------------------------------------------------------
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    stat_listen: Option<String>,
-    private_apps: Option<Vec<String>>,
-    #[serde(default)]
-    timeouts: FileTimeouts,
-    #[serde(default)]
-    limits: FileLimits,
-    push_api_keys: Option<Vec<String>>,
-    push_allow_from: Option<Vec<String>>,
-    allowed_origins: Option<Vec<String>>,
-    tls: Option<FileTls>,
-    stat_tls: Option<FileTls>,
-    auth: Option<toml::Table>,
-    broker: Option<broker::FileBroker>,
-    demo_page: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTls {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileTimeouts {
-    auth_ms: Option<u64>,
-    close_ms: Option<u64>,
-    shutdown_ms: Option<u64>,
-    ping_interval_ms: Option<u64>,
-    idle_ms: Option<u64>,
-    head_ms: Option<u64>,
-    push_body_ms: Option<u64>,
-    evict_after_ms: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_message_bytes: Option<usize>,
-    max_push_body_bytes: Option<usize>,
-    max_app_name_bytes: Option<usize>,
-    max_subscriptions: Option<usize>,
-    outbox_messages: Option<usize>,
-    outbox_bytes: Option<usize>,
-    max_connections: Option<usize>,
-    max_messages_per_s: Option<u32>,
-    message_burst: Option<u32>,
-    max_inflight_pushes: Option<usize>,
-    accept_backlog: Option<u32>,
-    max_auth_message_bytes: Option<usize>,
-    max_handshakes: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    max_buffered_push_bytes: Option<usize>,
-    fd_reserve: Option<usize>,
-    metrics_top_apps: Option<usize>,
+    pub memory: MemoryConfig,
 }
 
 impl Config {
-    /// Reads and validates a TOML configuration file.
+    /// Reads and validates a TOML configuration file alone (no environment, no flags; the
+    /// binary uses [`Layers`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text, path)
+        Layers::default()
+            .file(path)
+            .load()
+            .map(|loaded| loaded.config)
     }
 
-    /// Validates TOML text; `path` only names the source in errors.
+    /// Validates TOML text alone; `path` names the source in errors and is the directory that
+    /// relative paths start from.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let syntax = |err: toml::de::Error, key: Option<String>| ConfigError::Syntax {
-            path: path.to_owned(),
-            key,
-            message: format!("{}{}", err.message().trim_end(), position(text, err.span())),
-        };
-        let deserializer = toml::Deserializer::parse(text).map_err(|err| syntax(err, None))?;
-        let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let key = err.path().to_string();
-            syntax(err.into_inner(), (key != ".").then_some(key))
-        })?;
-        Resolver { path }.resolve(file)
-    }
-}
-
-/// " (line L, column C)" for a byte span of `text`.
-fn position(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else {
-        return String::new();
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!(" (line {line}, column {column})")
-}
-
-pub(crate) struct Resolver<'a> {
-    path: &'a Path,
-}
-
-impl Resolver<'_> {
-    /// A path from the file, relative to the file's own directory.
-    pub(crate) fn relative(&self, path: &Path) -> PathBuf {
-        match self.path.parent() {
-            Some(dir) if path.is_relative() => dir.join(path),
-            _ => path.to_owned(),
-        }
-    }
-
-    pub(crate) fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: PathBuf::from(self.path),
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-
-    fn address(
-        &self,
-        key: &str,
-        value: Option<String>,
-        default: SocketAddr,
-    ) -> Result<SocketAddr, ConfigError> {
-        match value {
-            None => Ok(default),
-            Some(text) => text.parse().map_err(|_| {
-                self.invalid(
-                    key,
-                    format!("`{text}` is not an address like 127.0.0.1:5000"),
-                )
-            }),
-        }
-    }
-
-    pub(crate) fn positive<T: Copy + PartialEq + From<u8>>(
-        &self,
-        key: &str,
-        value: Option<T>,
-        default: T,
-    ) -> Result<T, ConfigError> {
-        match value {
-            Some(v) if v == T::from(0) => Err(self.invalid(key, "must be greater than 0")),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        }
-    }
-
-    pub(crate) fn millis(
-        &self,
-        key: &str,
-        value: Option<u64>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match value {
-            Some(0) => Err(self.invalid(key, "must be greater than 0")),
-            Some(ms) => Ok(Duration::from_millis(ms)),
-            None => Ok(default),
-        }
-    }
-
-    fn resolve(&self, file: FileConfig) -> Result<Config, ConfigError> {
-        let defaults = ServerConfig::default();
-        let listen = self.address("listen", file.listen, defaults.listen)?;
-        let stat_listen = self.address("stat_listen", file.stat_listen, defaults.stat_listen)?;
-
-        let (t, dt) = (file.timeouts, defaults.timeouts);
-        let timeouts = Timeouts {
-            auth: self.millis("timeouts.auth_ms", t.auth_ms, dt.auth)?,
-            close: self.millis("timeouts.close_ms", t.close_ms, dt.close)?,
-            shutdown: self.millis("timeouts.shutdown_ms", t.shutdown_ms, dt.shutdown)?,
-            ping_interval: self.millis(
-                "timeouts.ping_interval_ms",
-                t.ping_interval_ms,
-                dt.ping_interval,
-            )?,
-            idle: self.millis("timeouts.idle_ms", t.idle_ms, dt.idle)?,
-            head: self.millis("timeouts.head_ms", t.head_ms, dt.head)?,
-            push_body: self.millis("timeouts.push_body_ms", t.push_body_ms, dt.push_body)?,
-            evict_after: self.millis(
-                "timeouts.evict_after_ms",
-                t.evict_after_ms,
-                dt.evict_after,
-            )?,
-        };
-        if timeouts.idle <= timeouts.ping_interval {
-            return Err(self.invalid(
-                "timeouts.idle_ms",
-                "must be longer than timeouts.ping_interval_ms, or a healthy idle client is closed before its pong can arrive",
-            ));
-        }
-
-        let (l, dl) = (file.limits, defaults.limits);
-        let limits = Limits {
-            max_message_bytes: self.positive(
-                "limits.max_message_bytes",
-                l.max_message_bytes,
-                dl.max_message_bytes,
-            )?,
-            max_push_body_bytes: self.positive(
-                "limits.max_push_body_bytes",
-                l.max_push_body_bytes,
-                dl.max_push_body_bytes,
-            )?,
-            outbox_messages: self.positive(
-                "limits.outbox_messages",
-                l.outbox_messages,
-                dl.outbox_messages,
-            )?,
-            outbox_bytes: self.positive("limits.outbox_bytes", l.outbox_bytes, dl.outbox_bytes)?,
-            max_connections: self.positive(
-                "limits.max_connections",
-                l.max_connections,
-                dl.max_connections,
-            )?,
-            max_messages_per_s: self.positive(
-                "limits.max_messages_per_s",
-                l.max_messages_per_s,
-                dl.max_messages_per_s,
-            )?,
-            message_burst: self.positive(
-                "limits.message_burst",
-                l.message_burst,
-                dl.message_burst,
-            )?,
-            max_inflight_pushes: self.positive(
-                "limits.max_inflight_pushes",
-                l.max_inflight_pushes,
-                dl.max_inflight_pushes,
-            )?,
-            accept_backlog: self.positive(
-                "limits.accept_backlog",
-                l.accept_backlog,
-                dl.accept_backlog,
-            )?,
-            max_auth_message_bytes: self.positive(
-                "limits.max_auth_message_bytes",
-                l.max_auth_message_bytes,
-                dl.max_auth_message_bytes,
-            )?,
-            max_handshakes: self.positive(
-                "limits.max_handshakes",
-                l.max_handshakes,
-                dl.max_handshakes,
-            )?,
-            // 0 is meaningful here: no limit.
-            max_connections_per_ip: l
-                .max_connections_per_ip
-                .unwrap_or(dl.max_connections_per_ip),
-            max_buffered_push_bytes: self.positive(
-                "limits.max_buffered_push_bytes",
-                l.max_buffered_push_bytes,
-                dl.max_buffered_push_bytes,
-            )?,
-            fd_reserve: l.fd_reserve.unwrap_or(dl.fd_reserve),
-            // 0 is meaningful: every app's subscribers under one series.
-            metrics_top_apps: l.metrics_top_apps.unwrap_or(dl.metrics_top_apps),
-        };
-        if limits.max_buffered_push_bytes < limits.max_push_body_bytes {
-            return Err(self.invalid(
-                "limits.max_buffered_push_bytes",
-                "must be at least limits.max_push_body_bytes, or the largest push could never be read",
-            ));
-        }
-        let max_app_name_len = self.positive(
-            "limits.max_app_name_bytes",
-            l.max_app_name_bytes,
-            defaults.hub.max_app_name_len,
-        )?;
-        let max_subscriptions = self.positive(
-            "limits.max_subscriptions",
-            l.max_subscriptions,
-            defaults.hub.max_subscriptions,
-        )?;
-
-        let private_apps = match file.private_apps {
-            None => defaults.hub.private_apps,
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    AppName::parse(name, max_app_name_len)
-                        .map_err(|err| self.invalid("private_apps", format!("`{name}`: {err}")))
-                })
-                .collect::<Result<HashSet<_>, _>>()?,
-        };
-
-        let access = self.access(
-            file.push_api_keys,
-            file.push_allow_from,
-            file.allowed_origins,
-        )?;
-        let tls = self.tls("tls", file.tls)?;
-        let stat_tls = self.tls("stat_tls", file.stat_tls)?;
-
-        let broker = match file.broker {
-            None => BrokerConfig::default(),
-            Some(table) => broker::resolve(table, self)?,
-        };
-
-        let auth = match file.auth {
-            None => AuthConfig::Anonymous,
-            Some(auth) => auth::resolve(auth::read_file_auth(auth, self)?, self)?,
-        };
-
-        Ok(Config {
-            server: ServerConfig {
-                listen,
-                stat_listen,
-                hub: HubConfig {
-                    private_apps,
-                    max_app_name_len,
-                    max_subscriptions,
-                },
-                timeouts,
-                limits,
-                access,
-                tls,
-                stat_tls,
-                broker,
-                demo_page: file.demo_page.unwrap_or(defaults.demo_page),
-            },
-            auth,
-        })
-    }
-
-    fn access(
-        &self,
-        keys: Option<Vec<String>>,
-        allow_from: Option<Vec<String>>,
-        origins: Option<Vec<String>>,
-    ) -> Result<Access, ConfigError> {
-        let defaults = Access::default();
-        let push_api_keys = keys.unwrap_or_default();
-        if let Some(i) = push_api_keys.iter().position(|k| k.len() < 16) {
-            return Err(self.invalid(
-                "push_api_keys",
-                format!("key #{} is shorter than 16 characters", i + 1),
-            ));
-        }
-        let push_allow_from = match allow_from {
-            None => defaults.push_allow_from,
-            Some(networks) => networks
-                .iter()
-                .map(|net| {
-                    net.parse::<IpNet>()
-                        .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            self.invalid(
-                                "push_allow_from",
-                                format!("`{net}` is not a network like 10.0.0.0/8 or an address"),
-                            )
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        if let Some(origins) = &origins
-            && origins.is_empty()
-        {
-            return Err(self.invalid(
-                "allowed_origins",
-                "is empty, which would refuse every browser; remove the key to allow all",
-            ));
-        }
-        Ok(Access {
-            push_api_keys,
-            push_allow_from,
-            allowed_origins: origins,
-        })
-    }
-
-    fn tls(
-        &self,
-        key: &str,
-        file: Option<FileTls>,
-    ) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
-        let Some(file) = file else {
-            return Ok(None);
-        };
-        crate::tls::load(
-            &self.relative(&file.cert_file),
-            &self.relative(&file.key_file),
-        )
-        .map(Some)
-        .map_err(|reason| self.invalid(key, reason))
+        Layers::default()
+            .file(path)
+            .load_text(Some(text))
+            .map(|loaded| loaded.config)
     }
 }
 

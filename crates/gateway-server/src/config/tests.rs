@@ -1,6 +1,7 @@
 //! The configuration file's parsing, defaults and errors.
 
 use super::*;
+use gateway_core::AppName;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("gw.toml"))
@@ -459,4 +460,46 @@ fn the_broker_table_is_read_and_checked() {
     assert!(shown.contains("u:<redacted>@b"), "{shown}");
     let message = error("[broker]\nkind = \"redis\"\nurl = \"http://:hunter2@x/\"");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn durations_take_milliseconds_or_a_unit() {
+    let config = parse(
+        "[timeouts]\nauth_ms = \"2s\"\nclose_ms = 250\nidle_ms = \"1m\"\nshutdown_ms = \"1500ms\"\n\
+         [memory]\ntrim = false\ntrim_interval_ms = \"1h\"\ntrim_min_drop = 10\n",
+    )
+    .unwrap();
+    let t = config.server.timeouts;
+    assert_eq!(t.auth, Duration::from_secs(2));
+    assert_eq!(t.close, Duration::from_millis(250));
+    assert_eq!(t.idle, Duration::from_secs(60));
+    assert_eq!(t.shutdown, Duration::from_millis(1500));
+    assert_eq!(
+        config.memory,
+        MemoryConfig {
+            trim: false,
+            trim_interval: Duration::from_secs(3600),
+            trim_min_drop: 10,
+        }
+    );
+    let message = error("[timeouts]\nauth_ms = \"soon\"");
+    assert!(
+        message.contains("key `timeouts.auth_ms`: `soon` is not a duration"),
+        "{message}"
+    );
+    assert!(message.contains("line 2"), "{message}");
+}
+
+#[test]
+fn a_host_name_resolves_and_listeners_may_not_share_a_port() {
+    let config = parse("listen = \"localhost:5000\"").unwrap();
+    assert!(config.server.listen.ip().is_loopback());
+    assert_eq!(config.server.listen.port(), 5000);
+    let message = error("listen = \"0.0.0.0:6000\"");
+    assert!(
+        message.contains(
+            "key `stat_listen`: 127.0.0.1:6000 and listen (0.0.0.0:6000) would share port 6000"
+        ),
+        "{message}"
+    );
 }

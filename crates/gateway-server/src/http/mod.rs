@@ -24,8 +24,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use tracing::info;
+
 use crate::admission::AddressSlot;
 use crate::counters::PushRefusal;
+use crate::log_limit::REFUSALS;
 use crate::shared::Shared;
 
 pub(crate) type Body = Full<Bytes>;
@@ -80,8 +83,9 @@ impl Refusal {
         }
     }
 
-    fn response(self) -> Response<Body> {
-        let (status, text) = match &self {
+    /// The status and the one-line text this refusal is answered with.
+    fn status_and_text(&self) -> (StatusCode, String) {
+        match self {
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
             Refusal::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -139,7 +143,19 @@ impl Refusal {
             ),
             Refusal::BadBody(why) => (StatusCode::BAD_REQUEST, format!("cannot read body: {why}")),
             Refusal::BadPush(why) => (StatusCode::BAD_REQUEST, format!("bad push message: {why}")),
-        };
+        }
+    }
+
+    /// Logs the refusal at `info` with its reason (rate-limited: see [`crate::log_limit`]).
+    fn log(&self, peer: SocketAddr, method: &Method) {
+        if let Some(suppressed) = REFUSALS.admit() {
+            let (status, text) = self.status_and_text();
+            info!(%peer, %method, status = status.as_u16(), suppressed, "request refused: {text}");
+        }
+    }
+
+    fn response(self) -> Response<Body> {
+        let (status, text) = self.status_and_text();
         // Only an accepted pusher keeps its connection for the next request: anyone else's
         // connection is closed after the answer, so that refused peers cannot hold sockets.
         let keep_alive = matches!(
@@ -199,6 +215,7 @@ pub(crate) async fn main_service(
     peer: SocketAddr,
     address: Option<Arc<AddressSlot>>,
 ) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
     let result = if upgrade::wants_websocket(req.headers()) {
         upgrade::upgrade(req, shared, peer, address)
     } else if req.uri().path() == "/push" {
@@ -220,7 +237,10 @@ pub(crate) async fn main_service(
     } else {
         Err(Refusal::NotFound)
     };
-    Ok(result.unwrap_or_else(Refusal::response))
+    Ok(result.unwrap_or_else(|refusal| {
+        refusal.log(peer, &method);
+        refusal.response()
+    }))
 }
 
 /// The stat listener: `GET /stat` (streamed a page at a time, [`admin`]), `/metrics`,

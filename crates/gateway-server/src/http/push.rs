@@ -20,10 +20,11 @@ use crate::shared::Shared;
 /// Whether this request may push: with keys configured, it must present one; without, it
 /// must come from an allowed network.
 fn push_allowed(req: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Result<(), Refusal> {
-    if shared.push_key_digests.is_empty() {
+    let live = shared.live();
+    if live.push_key_digests.is_empty() {
         let ip = peer.ip().to_canonical();
-        return if shared
-            .config
+        return if live
+            .settings
             .access
             .push_allow_from
             .iter()
@@ -47,7 +48,7 @@ fn push_allowed(req: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> R
     };
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Compare with every key, each in constant time, without stopping at a match.
-    let matched = shared
+    let matched = live
         .push_key_digests
         .iter()
         .fold(Choice::from(0), |any, key| any | key.ct_eq(&digest));
@@ -69,7 +70,7 @@ pub(super) async fn push(
         shared.counters.push_refused();
         return Err(Refusal::ShuttingDown);
     }
-    let max = shared.config.limits.max_push_body_bytes;
+    let max = shared.live().settings.max_push_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -136,8 +137,13 @@ async fn receive_body(
     mut body: Incoming,
     shared: &Shared,
 ) -> Result<(Bytes, Option<BodyCharge>), Refusal> {
-    let max = shared.config.limits.max_push_body_bytes;
-    let limit = shared.config.timeouts.push_body;
+    let (max, limit) = {
+        let live = shared.live();
+        (
+            live.settings.max_push_body_bytes,
+            live.settings.push_body_timeout,
+        )
+    };
     let deadline = tokio::time::Instant::now() + limit;
     let timed_out = |_| Refusal::PushBodyTimeout(limit);
     let first = tokio::select! {

@@ -45,9 +45,10 @@ pub(super) fn check_upgrade(
     let Some(key) = head.value("sec-websocket-key") else {
         return Err(Refusal::BadUpgrade("Sec-WebSocket-Key is missing"));
     };
-    if let (Some(allowed), Some(origin)) =
-        (&shared.config.access.allowed_origins, head.value("origin"))
-    {
+    if let (Some(allowed), Some(origin)) = (
+        &shared.live().settings.access.allowed_origins,
+        head.value("origin"),
+    ) {
         let origin = std::str::from_utf8(origin).unwrap_or("");
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
             debug!(%peer, origin, "upgrade refused: origin not allowed");
@@ -83,7 +84,7 @@ pub(super) fn upgrade(
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let socket = ws::websocket(TokioIo::new(upgraded), None, &shared).await;
-                ws::serve(socket, conn, shared, slot).await;
+                ws::serve(socket, conn, peer, shared, slot).await;
             }
             Err(err) => debug!(%conn, %err, "upgrade failed"),
         }

@@ -3,12 +3,15 @@
 //! outbox, a missing or late auth message), which reach the connection through its outbox as
 //! [`CloseReason::Requested`].
 
+use std::net::SocketAddr;
+
 use gateway_core::{CloseCode, ConnId};
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, info};
 
 use super::frame_meter::Exceeded;
 use crate::counters::Counters;
+use crate::log_limit::REFUSALS;
 
 /// Why the connection loop ended.
 pub(crate) enum End {
@@ -65,19 +68,22 @@ impl CloseReason {
     }
 
     /// Counts the close under its code ([`Counters::closes`]) and logs it: at `info`, with
-    /// the running count, the closes that tell an operator about the clients or the load;
-    /// the others at `debug`.
-    pub(crate) fn record(self, conn: ConnId, counters: &Counters) {
+    /// the running count and rate-limited ([`crate::log_limit`]), the closes that tell an
+    /// operator about the clients or the load; the others at `debug`.
+    pub(crate) fn record(self, conn: ConnId, peer: SocketAddr, counters: &Counters) {
         let code = self.code();
         let total = counters.closed(code);
         match code {
             CloseCode::SlowConsumer
             | CloseCode::IdleTimeout
             | CloseCode::TooManyMessages
+            | CloseCode::MessageTooBig
             | CloseCode::TryAgainLater => {
-                info!(%conn, code = code.code(), reason = code.reason(), total, "closing connection");
+                if let Some(suppressed) = REFUSALS.admit() {
+                    info!(%conn, %peer, code = code.code(), reason = code.reason(), total, suppressed, "closing connection");
+                }
             }
-            _ => debug!(%conn, code = code.code(), "closing connection"),
+            _ => debug!(%conn, %peer, code = code.code(), "closing connection"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the per-connection clocks and counters: the auth deadline, heartbeats; the limits on what
 //! the client sends are kept under tungstenite, by a [`FrameMeter`] on the socket.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::stream::FusedStream;
@@ -17,14 +18,15 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::close::{CloseReason, End, socket_error};
 use super::frame_meter::{FrameMeter, Metered};
 use super::liveness::{Heartbeat, Tick};
 use crate::counters::AuthResult;
 use crate::io::Io;
-use crate::node::outbox::Outbox;
+use crate::log_limit::REFUSALS;
+use crate::node::outbox::{Batch, Outbox};
 use crate::shared::Shared;
 
 /// Each connection's read buffer, allocated up front: client messages are auth and subscribe
@@ -73,11 +75,29 @@ pub(crate) async fn websocket<I: Io>(
     }
 }
 
-/// Serves one upgraded connection until it ends. `_slot` is this connection's place under
+/// Serves one upgraded connection until it ends, inside a `conn` span (its id, the peer's
+/// address and, once authenticated, its member id). `slot` is this connection's place under
 /// `limits.max_connections`, released when the task ends.
-pub(crate) async fn serve<I: Io>(
+///
+/// The span is at `debug` level: at the default `info` it is disabled and costs nothing per
+/// connection (an enabled span keeps ~300 B per connection in the log subscriber), and the
+/// `info` lines a connection writes (refusals, closes) name the connection themselves.
+pub(crate) fn serve<I: Io>(
+    socket: WebSocketStream<Metered<I>>,
+    conn: ConnId,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> {
+    // Not an `async fn`: a wrapping state machine would hold the socket twice in its layout.
+    let span = tracing::debug_span!("conn", id = %conn, %peer, member = tracing::field::Empty);
+    serve_in_span(socket, conn, peer, shared, slot).instrument(span)
+}
+
+async fn serve_in_span<I: Io>(
     mut socket: WebSocketStream<Metered<I>>,
     conn: ConnId,
+    peer: SocketAddr,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -86,12 +106,12 @@ pub(crate) async fn serve<I: Io>(
     shared.node.attach(conn, outbox.clone());
     shared.counters.connection_opened();
 
-    let end = run(&mut socket, conn, &shared, &outbox).await;
+    let end = run(&mut socket, conn, &peer, &shared, &outbox).await;
     // Leave the hub first: no push is queued to a connection that is closing.
     shared.node.detach(conn);
     match end {
         End::Close(reason) => {
-            reason.record(conn, &shared.counters);
+            reason.record(conn, peer, &shared.counters);
             // Replies already queued (say, to the requests before a flood) still go out first,
             // unless the client is not reading at all.
             if reason.flushes_queue() {
@@ -119,11 +139,12 @@ pub(crate) async fn serve<I: Io>(
 async fn run(
     socket: &mut WebSocketStream<impl Io>,
     conn: ConnId,
+    peer: &SocketAddr,
     shared: &Shared,
     outbox: &Outbox,
 ) -> End {
     let outcome = tokio::select! {
-        outcome = authenticate(socket, conn, shared) => match outcome {
+        outcome = authenticate(socket, conn, peer, shared) => match outcome {
             Ok(outcome) => outcome,
             Err(end) => return end,
         },
@@ -145,11 +166,17 @@ async fn run(
     tokio::pin!(timer);
     let mut last_read = Instant::now();
     loop {
-        let mut batch = outbox.take();
-        let wrote = !batch.frames.is_empty();
-        shared.counters.frames_taken(batch.frames.len());
+        // Taken apart: the frames move into the write, and only what is needed after it is
+        // kept across the await (the task's size).
+        let Batch {
+            frames,
+            close,
+            oldest_push,
+        } = outbox.take();
+        let wrote = !frames.is_empty();
+        shared.counters.frames_taken(frames.len());
         if wrote {
-            let write = write_all(socket, std::mem::take(&mut batch.frames));
+            let write = write_all(socket, frames);
             tokio::pin!(write);
             loop {
                 tokio::select! {
@@ -157,7 +184,7 @@ async fn run(
                         if result.is_err() {
                             return End::Gone;
                         }
-                        if let Some(since) = batch.oldest_push {
+                        if let Some(since) = oldest_push {
                             shared.counters.push_written(since);
                         }
                         break;
@@ -178,7 +205,7 @@ async fn run(
                 }
             }
         }
-        if let Some(code) = batch.close {
+        if let Some(code) = close {
             return End::Close(CloseReason::Requested(code));
         }
         if wrote {
@@ -274,38 +301,42 @@ fn receive(
 async fn authenticate(
     socket: &mut WebSocketStream<impl Io>,
     conn: ConnId,
+    peer: &SocketAddr,
     shared: &Shared,
 ) -> Result<AuthOutcome, End> {
-    let (outcome, result) = decide(socket, conn, shared).await?;
-    shared.counters.authenticated(result);
-    Ok(outcome)
-}
-
-async fn decide(
-    socket: &mut WebSocketStream<impl Io>,
-    conn: ConnId,
-    shared: &Shared,
-) -> Result<(AuthOutcome, AuthResult), End> {
+    // Counted where decided, rather than returned with the outcome: the connection's task
+    // stays the size it was.
+    let counted = |result| shared.counters.authenticated(result);
     let deadline = shared.config.timeouts.auth;
     let payload = match tokio::time::timeout(deadline, first_message(socket, conn)).await {
         Ok(Ok(payload)) => payload,
         Ok(Err(end)) => return Err(end),
         Err(_elapsed) => {
-            debug!(%conn, "no auth message before the deadline");
-            return Ok((AuthOutcome::TimedOut, AuthResult::Timeout));
+            if let Some(suppressed) = REFUSALS.admit() {
+                info!(%conn, %peer, suppressed, "no auth message within timeouts.auth_ms");
+            }
+            counted(AuthResult::Timeout);
+            return Ok(AuthOutcome::TimedOut);
         }
     };
     let (member, token) = match AuthRequest::parse(&payload) {
-        Ok(AuthRequest::Anonymous) => return Ok((AuthOutcome::Anonymous, AuthResult::Anonymous)),
+        Ok(AuthRequest::Anonymous) => {
+            counted(AuthResult::Anonymous);
+            return Ok(AuthOutcome::Anonymous);
+        }
         Ok(AuthRequest::Member { member, token }) => (member, token),
         Err(err) => {
-            debug!(%conn, %err, "bad auth message");
-            return Ok((AuthOutcome::Missing, AuthResult::BadMessage));
+            if let Some(suppressed) = REFUSALS.admit() {
+                info!(%conn, %peer, suppressed, "bad auth message: {err}");
+            }
+            counted(AuthResult::BadMessage);
+            return Ok(AuthOutcome::Missing);
         }
     };
+    tracing::Span::current().record("member", member.get());
     let asked = Instant::now();
     let decision = shared
-        .authenticator
+        .authenticator()
         .authenticate(Credentials::new(member, &token))
         .await;
     shared.counters.auth_decided_in(asked.elapsed());
@@ -313,16 +344,23 @@ async fn decide(
         Ok(Decision::Accept(grant)) => {
             debug!(%conn, %member, "member authenticated");
             let access = private_access(grant, shared.config.hub.max_app_name_len);
-            Ok((AuthOutcome::Accepted { member, access }, AuthResult::Member))
+            counted(AuthResult::Member);
+            Ok(AuthOutcome::Accepted { member, access })
         }
-        Ok(_refused) => {
-            debug!(%conn, %member, "member refused");
-            Ok((AuthOutcome::Refused, AuthResult::Refused))
+        Ok(refused) => {
+            // The reason, never the token.
+            if let Some(suppressed) = REFUSALS.admit() {
+                let reason = refused.refusal_reason().unwrap_or("refused");
+                info!(%conn, %peer, %member, suppressed, "member refused: {reason}");
+            }
+            counted(AuthResult::Refused);
+            Ok(AuthOutcome::Refused)
         }
         Err(err) => {
             let total = shared.counters.auth_backend_error();
             warn!(%conn, %member, %err, auth_backend_errors = total, "auth backend error; treating the member as refused");
-            Ok((AuthOutcome::Refused, AuthResult::BackendError))
+            counted(AuthResult::BackendError);
+            Ok(AuthOutcome::Refused)
         }
     }
 }
