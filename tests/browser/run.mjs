@@ -144,6 +144,18 @@ test("demo page: the copied curl command is a working push for the chosen app an
   const { stdout } = await promisify(execFile)("bash", ["-c", command], { timeout: WAIT_MS });
   assert.match(stdout, /^HTTP\/1\.1 202 Accepted/);
   await logRow(page, "push", `{"via":"curl's copy"}`);
+
+  // For gateways with push keys the command carries the Bearer header.
+  await page.getByLabel(/^Push key/).fill("a-long-random-push-key");
+  await page.locator("#curl", { hasText: "-H 'Authorization: Bearer a-long-random-push-key'" }).waitFor();
+  await page.getByLabel(/^Push key/).fill("");
+
+  // The same page on a phone: one column, nothing cut off sideways.
+  await page.setViewportSize({ width: 390, height: 844 });
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth));
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(SCREENSHOTS, "demo-narrow.png") });
+  await page.setViewportSize({ width: 1280, height: 860 });
 });
 
 dashboardTests(state);
