@@ -37,6 +37,7 @@ mod error;
 mod http;
 mod io;
 pub mod logging;
+mod metrics;
 mod node;
 mod server;
 mod shared;

@@ -125,6 +125,11 @@ impl Gateway {
             shared.clone(),
             Listener::Stat,
         ));
+        let sampler = tokio::spawn(crate::metrics::series::run_sampler(
+            shared.counters.clone(),
+            shared.shutdown.clone(),
+        ));
+        shared.counters.set_listening(true);
         let broker = &shared.config.broker;
         let reporter = tokio::spawn(node::run_reporter(
             shared.node.clone(),
@@ -142,6 +147,7 @@ impl Gateway {
         let _ = main.await;
         let _ = stat.await;
         let _ = reporter.await;
+        let _ = sampler.await;
         shared.tracker.close();
         let deadline = shared.config.timeouts.shutdown;
         if tokio::time::timeout(deadline, shared.tracker.wait())

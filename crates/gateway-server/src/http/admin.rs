@@ -63,6 +63,18 @@ pub(crate) async fn cluster_response(shared: &Shared) -> Result<Response<super::
     Ok(super::text_response(StatusCode::OK, text))
 }
 
+/// `GET /readyz`: 200 `ready` when the listeners are up, the broker (if any) is connected and
+/// the server is not shutting down; else 503 with each reason on a line of its own.
+pub(crate) fn readiness(shared: &Shared) -> Response<super::Body> {
+    let reasons = crate::metrics::not_ready(shared);
+    if reasons.is_empty() {
+        return super::text_response(StatusCode::OK, "ready\n");
+    }
+    let mut text = reasons.join("\n");
+    text.push('\n');
+    super::text_response(StatusCode::SERVICE_UNAVAILABLE, text)
+}
+
 /// The counts of `/stat`, read from the hub a page at a time as hyper polls for them.
 pub(crate) struct StatBody {
     shared: Arc<Shared>,

@@ -9,6 +9,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod handshake;
+mod overview;
 mod pages;
 mod push;
 mod upgrade;
@@ -24,6 +25,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::admission::AddressSlot;
+use crate::counters::PushRefusal;
 use crate::shared::Shared;
 
 pub(crate) type Body = Full<Bytes>;
@@ -62,6 +64,22 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The reason `/metrics` gives a refused push.
+    fn push_reason(&self) -> PushRefusal {
+        match self {
+            Refusal::PushKeyRequired => PushRefusal::Unauthorized,
+            Refusal::PushNotAllowedFrom => PushRefusal::Forbidden,
+            Refusal::MethodNotAllowed(_) => PushRefusal::MethodNotAllowed,
+            Refusal::PushBodyEvicted | Refusal::PushBodyTimeout(_) => PushRefusal::BodyTimeout,
+            Refusal::BodyTooLarge(_) => PushRefusal::TooLarge,
+            Refusal::PushOverloaded | Refusal::PushBodiesOverBudget => PushRefusal::Overloaded,
+            Refusal::ShuttingDown => PushRefusal::ShuttingDown,
+            Refusal::BrokerUnavailable(_) => PushRefusal::BrokerUnavailable,
+            Refusal::PushOutcomeUnknown(_) => PushRefusal::OutcomeUnknown,
+            _ => PushRefusal::BadRequest,
+        }
+    }
+
     fn response(self) -> Response<Body> {
         let (status, text) = match &self {
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
@@ -184,11 +202,15 @@ pub(crate) async fn main_service(
     let result = if upgrade::wants_websocket(req.headers()) {
         upgrade::upgrade(req, shared, peer, address)
     } else if req.uri().path() == "/push" {
-        if req.method() == Method::POST {
+        let result = if req.method() == Method::POST {
             push::push(req, &shared, peer).await
         } else {
             Err(Refusal::MethodNotAllowed("POST"))
+        };
+        if let Err(refusal) = &result {
+            shared.counters.push_answered_with(refusal.push_reason());
         }
+        result
     } else if req.uri().path() == "/" && shared.config.demo_page {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             Ok(pages::demo())
@@ -201,14 +223,20 @@ pub(crate) async fn main_service(
     Ok(result.unwrap_or_else(Refusal::response))
 }
 
-/// The stat listener: `GET /stat`, streamed a page at a time ([`admin`]).
+/// The stat listener: `GET /stat` (streamed a page at a time, [`admin`]), `/metrics`,
+/// `/healthz`, `/readyz`, `/api/overview` and the dashboard at `/`.
 pub(crate) async fn stat_service(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<admin::ServiceBody>, Infallible> {
     use http_body_util::Either;
-    let response = match (req.uri().path(), req.method()) {
-        ("/stat", &Method::GET) => match query_value(req.uri().query(), "scope") {
+    let path = req.uri().path();
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    let response = match path {
+        _ if !read && STAT_PATHS.contains(&path) => Refusal::MethodNotAllowed("GET")
+            .response()
+            .map(Either::Left),
+        "/stat" => match query_value(req.uri().query(), "scope") {
             None | Some("node") => admin::response(shared).map(Either::Right),
             Some("cluster") => admin::cluster_response(&shared)
                 .await
@@ -220,14 +248,24 @@ pub(crate) async fn stat_service(
             .response()
             .map(Either::Left),
         },
-        ("/", &Method::GET | &Method::HEAD) => pages::dashboard().map(Either::Left),
-        ("/stat", _) => Refusal::MethodNotAllowed("GET")
-            .response()
-            .map(Either::Left),
+        "/healthz" => text_response(StatusCode::OK, "ok\n").map(Either::Left),
+        "/readyz" => admin::readiness(&shared).map(Either::Left),
+        "/api/overview" => overview::overview(&shared).await.map(Either::Left),
+        "/" => pages::dashboard().map(Either::Left),
         _ => Refusal::NotFound.response().map(Either::Left),
     };
     Ok(response)
 }
+
+/// The stat listener's paths; each answers `GET` (and `HEAD`) only.
+const STAT_PATHS: [&str; 6] = [
+    "/stat",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/api/overview",
+    "/",
+];
 
 /// The value of `key` in a query string (`a=1&scope=cluster`), as written (no decoding: the
 /// values this server reads are plain words).

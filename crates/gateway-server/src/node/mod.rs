@@ -55,6 +55,10 @@ struct Inner {
     next_seq: u64,
     held: Held,
     held_limits: HeldLimits,
+    /// Frames queued to outboxes since start (a plain count: it is only touched under the
+    /// lock); `/metrics` subtracts the frames the connections took to get the outboxes' depth.
+    queued_frames: u64,
+    counters: Arc<Counters>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +130,8 @@ impl Node {
                 next_seq: 0,
                 held: Held::default(),
                 held_limits,
+                queued_frames: 0,
+                counters: counters.clone(),
             }),
             broker: OnceLock::new(),
             counters,
@@ -205,7 +211,10 @@ impl Node {
             return Ok(());
         };
         match self.broker().publish(&topic, publication).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.counters.push_accepted();
+                Ok(())
+            }
             Err(err) => {
                 let total = self.counters.broker_publish_failed();
                 if self.log_gate.allow() {
@@ -235,6 +244,11 @@ impl Node {
     /// One page of `GET /stat` (see [`Hub::stat_page`]), under the lock for O(limit) work.
     pub fn stat_page(&self, after: Option<&AppName>, limit: usize) -> StatPage {
         self.lock().hub.stat_page(after, limit)
+    }
+
+    /// Frames queued to outboxes since start (see [`Counters::frames_waiting`]).
+    pub(crate) fn queued_frames(&self) -> u64 {
+        self.lock().queued_frames
     }
 
     /// The number of authenticated connections.
@@ -362,10 +376,12 @@ impl Inner {
             {
                 self.hub.handle(Input::OutboxFull { conn });
             }
-        } else if let Some(outbox) = self.outboxes.get(&conn)
-            && outbox.push(message).is_err()
-        {
-            self.hub.handle(Input::OutboxFull { conn });
+        } else if let Some(outbox) = self.outboxes.get(&conn) {
+            if outbox.push(message).is_ok() {
+                self.queued_frames += 1;
+            } else {
+                self.hub.handle(Input::OutboxFull { conn });
+            }
         }
     }
 
@@ -384,10 +400,12 @@ impl Inner {
         let pending = &self.pending;
         let released = self.held.release(topic, |t| pending.contains_key(t));
         for (conn, message) in released {
-            if let Some(outbox) = self.outboxes.get(&conn)
-                && outbox.push(message).is_err()
-            {
-                self.hub.handle(Input::OutboxFull { conn });
+            if let Some(outbox) = self.outboxes.get(&conn) {
+                if outbox.push(message).is_ok() {
+                    self.queued_frames += 1;
+                } else {
+                    self.hub.handle(Input::OutboxFull { conn });
+                }
             }
         }
     }
@@ -413,20 +431,30 @@ impl Inner {
                 }
                 Action::Deliver { conns, frame } => {
                     let message = to_message(frame);
+                    // One clock read per publication, copied into each outbox: the start of
+                    // its push-to-write latency.
+                    let at = Instant::now();
+                    let mut delivered = 0;
                     if self.held.is_empty() {
                         for conn in conns {
-                            if let Some(outbox) = self.outboxes.get(&conn)
-                                && outbox.push(message.clone()).is_err()
-                            {
-                                // Queues a Close; the loop applies it after this delivery.
-                                self.hub.handle(Input::OutboxFull { conn });
+                            if let Some(outbox) = self.outboxes.get(&conn) {
+                                if outbox.push_delivery(message.clone(), at).is_ok() {
+                                    delivered += 1;
+                                } else {
+                                    // Queues a Close; the loop applies it after this delivery.
+                                    self.hub.handle(Input::OutboxFull { conn });
+                                }
                             }
                         }
+                        self.queued_frames += delivered;
                     } else {
                         for conn in conns {
+                            let before = self.queued_frames;
                             self.send(conn, message.clone());
+                            delivered += self.queued_frames - before;
                         }
                     }
+                    self.counters.delivered(delivered);
                 }
                 Action::Close { conn, code } => {
                     self.held.forget(conn);

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use gateway_core::CloseCode;
 use tokio::sync::Notify;
@@ -24,6 +25,9 @@ struct State {
     bytes: usize,
     /// Set once: after this frame nothing more is queued and the task closes the socket.
     close: Option<CloseCode>,
+    /// When the oldest push among `frames` was at the node (a copy of the node's one clock
+    /// read per publication): the start of the push-to-write latency of the next batch.
+    oldest_push: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -41,6 +45,8 @@ pub(crate) struct Outbox {
 pub(crate) struct Batch {
     pub frames: VecDeque<Message>,
     pub close: Option<CloseCode>,
+    /// When the oldest push among `frames` was at the node, if there is one.
+    pub oldest_push: Option<Instant>,
 }
 
 impl Outbox {
@@ -52,6 +58,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                oldest_push: None,
             }),
             capacity,
             max_bytes,
@@ -68,6 +75,15 @@ impl Outbox {
     /// Queues a frame without waiting. `Err(Full)` if the queue is at one of its bounds or the
     /// connection is closing.
     pub(crate) fn push(&self, frame: Message) -> Result<(), Full> {
+        self.enqueue(frame, None)
+    }
+
+    /// Queues a push that was at the node at `at`, like [`Outbox::push`].
+    pub(crate) fn push_delivery(&self, frame: Message, at: Instant) -> Result<(), Full> {
+        self.enqueue(frame, Some(at))
+    }
+
+    fn enqueue(&self, frame: Message, pushed_at: Option<Instant>) -> Result<(), Full> {
         let len = frame.len();
         let mut state = self.lock();
         let was_empty = state.frames.is_empty();
@@ -79,6 +95,9 @@ impl Outbox {
         }
         state.bytes += len;
         state.frames.push_back(frame);
+        if state.oldest_push.is_none() {
+            state.oldest_push = pushed_at;
+        }
         drop(state);
         if was_empty {
             self.wake.notify_one();
@@ -104,6 +123,7 @@ impl Outbox {
         Batch {
             frames: std::mem::take(&mut state.frames),
             close: state.close,
+            oldest_push: state.oldest_push.take(),
         }
     }
 
@@ -165,6 +185,19 @@ mod tests {
         outbox.close(CloseCode::SlowConsumer);
         outbox.close(CloseCode::GoingAway);
         assert_eq!(outbox.take().close, Some(CloseCode::SlowConsumer));
+    }
+
+    #[test]
+    fn a_batch_carries_the_instant_of_its_oldest_push() {
+        let outbox = Outbox::new(8, 1024);
+        let first = Instant::now();
+        let later = first + std::time::Duration::from_millis(5);
+        outbox.push(text("reply")).unwrap();
+        outbox.push_delivery(text("a"), first).unwrap();
+        outbox.push_delivery(text("b"), later).unwrap();
+        assert_eq!(outbox.take().oldest_push, Some(first));
+        outbox.push(text("reply")).unwrap();
+        assert_eq!(outbox.take().oldest_push, None, "taken with its batch");
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::close::{CloseReason, End, socket_error};
 use super::frame_meter::{FrameMeter, Metered};
 use super::liveness::{Heartbeat, Tick};
+use crate::counters::AuthResult;
 use crate::io::Io;
 use crate::node::outbox::Outbox;
 use crate::shared::Shared;
@@ -95,6 +96,7 @@ pub(crate) async fn serve<I: Io>(
             // unless the client is not reading at all.
             if reason.flushes_queue() {
                 let queued = outbox.take().frames;
+                shared.counters.frames_taken(queued.len());
                 if !queued.is_empty() {
                     let grace = shared.config.timeouts.close;
                     let _ = tokio::time::timeout(grace, write_all(&mut socket, queued)).await;
@@ -105,6 +107,8 @@ pub(crate) async fn serve<I: Io>(
         End::ClientClosed => finish_close(&mut socket, &shared).await,
         End::Gone => {}
     }
+    // Whatever the outbox still holds goes with the connection: it is no longer waiting.
+    shared.counters.frames_taken(outbox.take().frames.len());
     shared.counters.connection_closed();
     debug!(%conn, "connection ended");
 }
@@ -140,6 +144,7 @@ async fn run(
     loop {
         let mut batch = outbox.take();
         let wrote = !batch.frames.is_empty();
+        shared.counters.frames_taken(batch.frames.len());
         if wrote {
             let write = write_all(socket, std::mem::take(&mut batch.frames));
             tokio::pin!(write);
@@ -148,6 +153,9 @@ async fn run(
                     result = &mut write => {
                         if result.is_err() {
                             return End::Gone;
+                        }
+                        if let Some(since) = batch.oldest_push {
+                            shared.counters.push_written(since);
                         }
                         break;
                     }
@@ -160,7 +168,7 @@ async fn run(
                     }
                     // A write that makes no progress until the idle timeout: a dead peer.
                     () = &mut timer => {
-                        if let Some(end) = on_timer(&mut heartbeat, outbox, timer.as_mut()) {
+                        if let Some(end) = on_timer(&mut heartbeat, outbox, shared, timer.as_mut()) {
                             return end;
                         }
                     }
@@ -189,7 +197,7 @@ async fn run(
             biased;
             () = outbox.wait() => {}
             () = &mut timer => {
-                if let Some(end) = on_timer(&mut heartbeat, outbox, timer.as_mut()) {
+                if let Some(end) = on_timer(&mut heartbeat, outbox, shared, timer.as_mut()) {
                     return end;
                 }
             }
@@ -213,12 +221,15 @@ async fn run(
 fn on_timer(
     heartbeat: &mut Heartbeat,
     outbox: &Outbox,
+    shared: &Shared,
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Option<End> {
     match heartbeat.on_deadline(Instant::now()) {
         // A full outbox already means the client is about to be closed.
         Some(Tick::Ping) => {
-            let _ = outbox.push(Message::Ping(Bytes::new()));
+            if outbox.push(Message::Ping(Bytes::new())).is_ok() {
+                shared.counters.frame_self_queued();
+            }
         }
         Some(Tick::Dead) => return Some(End::Close(CloseReason::IdleTimeout)),
         None => {}
@@ -257,49 +268,60 @@ fn receive(
     None
 }
 
-/// Waits for the auth message (within the deadline) and asks the authenticator.
+/// Waits for the auth message (within the deadline) and asks the authenticator; counts the
+/// outcome.
 async fn authenticate(
     socket: &mut WebSocketStream<impl Io>,
     conn: ConnId,
     shared: &Shared,
 ) -> Result<AuthOutcome, End> {
+    let (outcome, result) = decide(socket, conn, shared).await?;
+    shared.counters.authenticated(result);
+    Ok(outcome)
+}
+
+async fn decide(
+    socket: &mut WebSocketStream<impl Io>,
+    conn: ConnId,
+    shared: &Shared,
+) -> Result<(AuthOutcome, AuthResult), End> {
     let deadline = shared.config.timeouts.auth;
     let payload = match tokio::time::timeout(deadline, first_message(socket, conn)).await {
         Ok(Ok(payload)) => payload,
         Ok(Err(end)) => return Err(end),
         Err(_elapsed) => {
             debug!(%conn, "no auth message before the deadline");
-            return Ok(AuthOutcome::TimedOut);
+            return Ok((AuthOutcome::TimedOut, AuthResult::Timeout));
         }
     };
     let (member, token) = match AuthRequest::parse(&payload) {
-        Ok(AuthRequest::Anonymous) => return Ok(AuthOutcome::Anonymous),
+        Ok(AuthRequest::Anonymous) => return Ok((AuthOutcome::Anonymous, AuthResult::Anonymous)),
         Ok(AuthRequest::Member { member, token }) => (member, token),
         Err(err) => {
             debug!(%conn, %err, "bad auth message");
-            return Ok(AuthOutcome::Missing);
+            return Ok((AuthOutcome::Missing, AuthResult::BadMessage));
         }
     };
-    match shared
+    let asked = Instant::now();
+    let decision = shared
         .authenticator
         .authenticate(Credentials::new(member, &token))
-        .await
-    {
+        .await;
+    shared.counters.auth_decided_in(asked.elapsed());
+    match decision {
         Ok(Decision::Accept(grant)) => {
             debug!(%conn, %member, "member authenticated");
-            Ok(AuthOutcome::Accepted {
-                member,
-                access: private_access(grant, shared.config.hub.max_app_name_len),
-            })
+            let access = private_access(grant, shared.config.hub.max_app_name_len);
+            Ok((AuthOutcome::Accepted { member, access }, AuthResult::Member))
         }
         Ok(_refused) => {
             debug!(%conn, %member, "member refused");
-            Ok(AuthOutcome::Refused)
+            Ok((AuthOutcome::Refused, AuthResult::Refused))
         }
         Err(err) => {
             let total = shared.counters.auth_backend_error();
             warn!(%conn, %member, %err, auth_backend_errors = total, "auth backend error; treating the member as refused");
-            Ok(AuthOutcome::Refused)
+            Ok((AuthOutcome::Refused, AuthResult::BackendError))
         }
     }
 }
