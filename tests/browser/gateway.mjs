@@ -81,7 +81,7 @@ export class Gateway {
     return response.status;
   }
 
-  async stat(path) {
+  async fetchStat(path) {
     const response = await fetch(`http://${this.stat}${path}`, { signal: AbortSignal.timeout(5_000) });
     return { status: response.status, body: await response.text() };
   }
