@@ -89,8 +89,12 @@ export function dashboardTests(state) {
   test("dashboard: a cluster that is not ready, with many apps and closes (stub /api/overview)", async () => {
     const server = await stubServer(clusterOverview());
     try {
+      // It starts unreachable (503), then comes up: the page keeps asking and goes live.
+      server.down = true;
       const page = await state.context.newPage();
       await page.goto(`http://127.0.0.1:${server.address().port}/`);
+      await page.locator('#conn-state[data-state="disconnected"]').waitFor();
+      server.down = false;
       await page.locator('#conn-state[data-state="live"]').waitFor();
       await page.locator('#ready[data-state="not-ready"]').waitFor();
       assert.equal(await page.locator("#not-ready li").first().textContent(), "broker disconnected: connection refused");
@@ -114,6 +118,8 @@ function stubServer(overview) {
   const server = createServer((req, res) => {
     if (req.url === "/") {
       res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" }).end(html);
+    } else if (req.url === "/api/overview" && server.down) {
+      res.writeHead(503, { "Retry-After": "1" }).end("shutting down");
     } else if (req.url === "/api/overview") {
       res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify(overview));
     } else {
