@@ -1,5 +1,7 @@
 //! `GET /api/overview` on the stat listener: the dashboard's one JSON document.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic where it happens
+
 mod common;
 
 use common::{TestServer, http, retry_until};
@@ -99,4 +101,83 @@ async fn the_overview_lists_at_most_twenty_apps_by_count() {
     assert_eq!(top[0], json!({"app": "app29", "connections": 3}));
     assert_eq!(top[1], json!({"app": "app00", "connections": 2}));
     assert_eq!(top[19], json!({"app": "app18", "connections": 2}));
+}
+
+/// `/stat` as JSON (`?format=json` or `Accept: application/json`); the plain answer is
+/// unchanged.
+#[tokio::test]
+async fn stat_as_json_has_the_counts_per_app_and_the_totals() {
+    let server = TestServer::start().await;
+    let mut a = server.anonymous().await;
+    a.subscribe("match").await;
+    // A name that needs escaping in JSON.
+    a.send(r#"{"app":"say \"hi\""}"#).await;
+    assert!(a.recv().await.contains(r#"\"code\":200"#));
+    let mut b = server.anonymous().await;
+    b.subscribe("match").await;
+    let node_id = overview(&server).await["node_id"].clone();
+
+    let (status, headers, body) = http(server.stat_addr, "GET", "/stat?format=json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["uptime_s"].is_u64());
+    assert_eq!(
+        doc,
+        json!({"node_id": node_id, "version": env!("CARGO_PKG_VERSION"), "uptime_s": doc["uptime_s"],
+               "connections": 2, "apps": {"match": 2, "say \"hi\"": 1}, "subscriptions": 3})
+    );
+    let (_, headers, by_accept) = common::http_with(
+        server.stat_addr,
+        "GET",
+        "/stat",
+        &[("accept", "text/html, application/json;q=0.9")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(headers["content-type"], "application/json");
+    let by_accept: Value = serde_json::from_str(&by_accept).unwrap();
+    assert_eq!(by_accept["apps"], doc["apps"]);
+    let (_, _, cluster) = http(
+        server.stat_addr,
+        "GET",
+        "/stat?scope=cluster&format=json",
+        "",
+    )
+    .await;
+    let cluster: Value = serde_json::from_str(&cluster).unwrap();
+    assert_eq!(cluster["apps"], doc["apps"]);
+    assert_eq!(cluster["subscriptions"], 3);
+    assert_eq!(server.stat().await, "match 2\nsay \"hi\" 1\n");
+    let (status, _, body) = http(server.stat_addr, "GET", "/stat?format=xml", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body, "format must be \"text\" or \"json\", not \"xml\"\n");
+}
+
+/// Many pages of apps stream as one valid JSON document.
+#[tokio::test]
+async fn stat_as_json_streams_many_pages_as_one_document() {
+    const APPS: usize = 2_000;
+    let mut config = gateway_server::ServerConfig::default();
+    config.hub.max_subscriptions = APPS;
+    config.limits.max_messages_per_s = 1_000_000;
+    config.limits.message_burst = 1_000_000;
+    config.limits.outbox_messages = APPS + 1;
+    let server = TestServer::with_config(config).await;
+    let mut crowd = server.anonymous().await;
+    for i in 0..APPS {
+        crowd.send(&format!(r#"{{"app":"app{i:05}"}}"#)).await;
+    }
+    for i in 0..APPS {
+        crowd
+            .expect(&common::subscribed(&format!("app{i:05}")))
+            .await;
+    }
+    let (_, headers, body) = http(server.stat_addr, "GET", "/stat?format=json", "").await;
+    assert_eq!(headers["transfer-encoding"], "chunked", "streamed in pages");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let apps = doc["apps"].as_object().unwrap();
+    assert_eq!(apps.len(), APPS);
+    assert_eq!(apps["app01999"], 1);
+    assert_eq!(doc["subscriptions"], APPS);
 }

@@ -56,6 +56,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
         Listener::Main => shared.main_handshakes.clone(),
         Listener::Stat => shared.stat_handshakes.clone(),
     };
+    let stop = stop_of(&shared, which);
     // Whether accepted sockets come with TCP_NODELAY already (inherited from a listener made
     // by `listen`), learned from the first one with a single getsockopt.
     let mut inherits_nodelay: Option<bool> = None;
@@ -65,7 +66,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
         // kernel's backlog.
         tokio::select! {
             () = handshakes.room() => {}
-            () = shared.shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -75,7 +76,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
                     continue;
                 }
             },
-            () = shared.shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         };
         exhaustion.on_accept();
         let address = match (&shared.per_address, which) {
@@ -102,7 +103,11 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
             address,
         };
         let shared = shared.clone();
-        let tracker = shared.tracker.clone();
+        let tracker = match which {
+            Listener::Main => shared.tracker.clone(),
+            Listener::Stat => shared.stat_tracker.clone(),
+        };
+        let stop = stop.clone();
         // Two separate tasks, so that a plain connection's task has no room for TLS state.
         let Some(tls) = tls.clone() else {
             tracker.spawn(serve_connection(stream, peer, shared, which, admitted));
@@ -124,9 +129,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, whic
                 () = admitted.ticket.evicted.cancelled() => {
                     debug!(%peer, "closed in its TLS handshake to make room (limits.max_handshakes)");
                 }
-                () = shared.shutdown.cancelled() => {}
+                () = stop.cancelled() => {}
             }
         });
+    }
+}
+
+/// When a listener stops: the main one when shutdown starts, the stat one last, so that it
+/// answers (`/readyz`: 503) while the others close.
+fn stop_of(shared: &Shared, which: Listener) -> CancellationToken {
+    match which {
+        Listener::Main => shared.shutdown.clone(),
+        Listener::Stat => shared.stat_stop.clone(),
     }
 }
 
@@ -263,7 +277,7 @@ async fn serve_http(
     address: Option<Arc<AddressSlot>>,
 ) {
     let io = TokioIo::new(io);
-    let shutdown = shared.shutdown.clone();
+    let shutdown = stop_of(&shared, which);
     let builder = http_builder(&shared);
     let result = match which {
         Listener::Main => {

@@ -7,7 +7,7 @@
 //! [`Counters::batch_written`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gateway_core::CloseCode;
 
@@ -112,7 +112,6 @@ impl PushRefusal {
 pub struct Counters {
     /// When the counters (the gateway) started, for uptime.
     started: Instant,
-    started_unix: Duration,
     /// The dashboard's recent history, filled by the sampler task.
     pub(crate) series: Series,
     /// Set once the accept loops run.
@@ -156,15 +155,16 @@ pub struct Counters {
     broker_unreadable: AtomicU64,
     /// Indexed like [`CloseCode::ALL`].
     closes: [AtomicU64; CloseCode::ALL.len()],
+    /// Connections the client closed with a close frame.
+    client_closes: AtomicU64,
+    /// Connections that ended without a close frame (reset, EOF, a failed write).
+    lost_connections: AtomicU64,
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Counters {
             started: Instant::now(),
-            started_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
             series: Series::default(),
             listening: AtomicBool::new(false),
             connections_opened: AtomicU64::new(0),
@@ -192,6 +192,8 @@ impl Default for Counters {
             broker_disconnects: AtomicU64::new(0),
             broker_unreadable: AtomicU64::new(0),
             closes: Default::default(),
+            client_closes: AtomicU64::new(0),
+            lost_connections: AtomicU64::new(0),
         }
     }
 }
@@ -217,11 +219,6 @@ impl Counters {
     /// Time since start.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
-    }
-
-    /// When the gateway started, since the Unix epoch.
-    pub(crate) fn started_unix(&self) -> Duration {
-        self.started_unix
     }
 
     /// Whether the listeners accept connections (`/readyz`).
@@ -392,6 +389,24 @@ impl Counters {
 
     pub(crate) fn push_refused(&self) -> u64 {
         self.pushes_refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections the client closed with a close frame.
+    pub(crate) fn client_closes(&self) -> u64 {
+        self.client_closes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn client_closed(&self) {
+        self.client_closes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections that ended without a close frame either way.
+    pub(crate) fn lost_connections(&self) -> u64 {
+        self.lost_connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_lost(&self) {
+        self.lost_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a close; returns the new total for that code.

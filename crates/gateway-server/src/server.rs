@@ -145,12 +145,11 @@ impl Gateway {
         shared.shutdown.cancel();
         shared.node.shut_down(CloseReason::ShuttingDown.code());
         let _ = main.await;
-        let _ = stat.await;
         let _ = reporter.await;
         let _ = sampler.await;
         shared.tracker.close();
-        let deadline = shared.config.timeouts.shutdown;
-        if tokio::time::timeout(deadline, shared.tracker.wait())
+        let deadline = tokio::time::Instant::now() + shared.config.timeouts.shutdown;
+        if tokio::time::timeout_at(deadline, shared.tracker.wait())
             .await
             .is_err()
         {
@@ -159,6 +158,12 @@ impl Gateway {
                 "shutdown deadline passed with connections still open"
             );
         }
+        // The stat listener last: until now it answered /readyz (503, shutting down).
+        shared.counters.set_listening(false);
+        shared.stat_stop.cancel();
+        let _ = stat.await;
+        shared.stat_tracker.close();
+        let _ = tokio::time::timeout_at(deadline, shared.stat_tracker.wait()).await;
         info!("stopped");
     }
 }

@@ -32,6 +32,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
+    /// The stat listener's own end and tasks: it keeps answering (`/readyz` says 503) while
+    /// the other connections close, and stops last.
+    pub(crate) stat_stop: CancellationToken,
+    pub(crate) stat_tracker: TaskTracker,
     pub(crate) counters: Arc<Counters>,
     /// One permit per WebSocket connection (`limits.max_connections`).
     pub(crate) connection_slots: Arc<Semaphore>,
@@ -102,6 +106,8 @@ impl Shared {
             authenticator,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            stat_stop: CancellationToken::new(),
+            stat_tracker: TaskTracker::new(),
             counters,
             next_conn: AtomicU64::new(1),
         })

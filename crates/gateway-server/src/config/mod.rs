@@ -185,6 +185,10 @@ pub struct Limits {
     /// `/stat` and the auth backend: `max_connections` and `max_handshakes` are lowered at
     /// start (with a warning) to leave this many under the open-file limit. Default 128.
     pub fd_reserve: usize,
+    /// Apps labelled one by one in `/metrics` (`ws_gateway_subscriptions{app}`), those with
+    /// the most subscribers; the others are added up under `app=""`, so that the number of
+    /// series stays bounded whatever the number of apps. Default 50.
+    pub metrics_top_apps: usize,
 }
 
 impl Default for Limits {
@@ -204,6 +208,7 @@ impl Default for Limits {
             max_connections_per_ip: 0,
             max_buffered_push_bytes: 64 * 1024 * 1024,
             fd_reserve: 128,
+            metrics_top_apps: 50,
         }
     }
 }
@@ -295,6 +300,7 @@ struct FileLimits {
     max_connections_per_ip: Option<usize>,
     max_buffered_push_bytes: Option<usize>,
     fd_reserve: Option<usize>,
+    metrics_top_apps: Option<usize>,
 }
 
 impl Config {
@@ -492,6 +498,8 @@ impl Resolver<'_> {
                 dl.max_buffered_push_bytes,
             )?,
             fd_reserve: l.fd_reserve.unwrap_or(dl.fd_reserve),
+            // 0 is meaningful: every app's subscribers under one series.
+            metrics_top_apps: l.metrics_top_apps.unwrap_or(dl.metrics_top_apps),
         };
         if limits.max_buffered_push_bytes < limits.max_push_body_bytes {
             return Err(self.invalid(

@@ -87,6 +87,7 @@ max_handshakes = 12
 max_connections_per_ip = 13
 max_buffered_push_bytes = 14000
 fd_reserve = 15
+metrics_top_apps = 16
 [auth]
 kind = "anonymous"
 "#,
@@ -126,6 +127,7 @@ kind = "anonymous"
             max_connections_per_ip: 13,
             max_buffered_push_bytes: 14000,
             fd_reserve: 15,
+            metrics_top_apps: 16,
         }
     );
     assert_eq!(s.access.push_api_keys, ["0123456789abcdef"]);

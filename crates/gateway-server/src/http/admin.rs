@@ -1,4 +1,6 @@
-//! The admin pages, served on the stat listener: `GET /stat`, streamed a page at a time.
+//! The admin pages, served on the stat listener: `GET /stat`, streamed a page at a time (as
+//! the seed's text, or as JSON with `?format=json` or `Accept: application/json`), and
+//! `GET /readyz`.
 //!
 //! With a million apps the answer is ~150 MB. Built under the node's lock in one piece,
 //! it stalled every push and subscription for about a second and held the whole text in
@@ -31,35 +33,102 @@ use crate::shared::Shared;
 /// The stat listener's bodies: a refusal, or the counts.
 pub(crate) type ServiceBody = http_body_util::Either<super::Body, StatBody>;
 
-/// The answer to `GET /stat`: 200, `text/plain; charset=utf-8`, the counts as a [`StatBody`].
-pub(crate) fn response(shared: Arc<Shared>) -> Response<StatBody> {
-    let mut response = Response::new(StatBody::new(shared));
+/// How `/stat` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The seed's: `"<app> <count>\n"` per app.
+    Text,
+    /// `{"node_id":…,"version":…,"uptime_s":…,"connections":…,"apps":{"<app>":<count>,…},
+    /// "subscriptions":<sum of the counts>}`.
+    Json,
+}
+
+/// The answer to `GET /stat`: 200, the counts as a [`StatBody`] in `format`.
+pub(crate) fn response(shared: Arc<Shared>, format: Format) -> Response<StatBody> {
+    let mut response = Response::new(StatBody::new(shared, format));
     *response.status_mut() = StatusCode::OK;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let content_type = match format {
+        Format::Text => "text/plain; charset=utf-8",
+        Format::Json => "application/json",
+    };
     response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The JSON document's head, up to the opening of `apps`.
+fn json_head(shared: &Shared) -> String {
+    let head = serde_json::json!({
+        "node_id": shared.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": shared.counters.uptime().as_secs(),
+        "connections": shared.counters.open_connections(),
+    })
+    .to_string();
+    // `{…}` → `{…,"apps":{`: the apps follow a page at a time.
+    format!("{},\"apps\":{{", &head[..head.len() - 1])
+}
+
+/// Appends `"app":count` pairs, a comma before each but the document's first.
+fn json_apps<'a>(
+    out: &mut String,
+    apps: impl IntoIterator<Item = (&'a str, u64)>,
+    sum: &mut u64,
+    first: &mut bool,
+) {
+    for (app, count) in apps {
+        if !std::mem::take(first) {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::from(app).to_string());
+        out.push(':');
+        out.push_str(&count.to_string());
+        *sum += count;
+    }
+}
+
+fn json_tail(out: &mut String, sum: u64) {
+    out.push_str(&format!("}},\"subscriptions\":{sum}}}"));
 }
 
 /// The answer to `GET /stat?scope=cluster`: the seed's format, with the counts of every live
 /// node merged (public apps add up, a private app counts distinct members). One node alone
 /// (the local broker) answers with its own counts.
-pub(crate) async fn cluster_response(shared: &Shared) -> Result<Response<super::Body>, Refusal> {
-    let text = if shared.node.broker().kind() == "local" {
-        shared.node.stat().to_string()
+pub(crate) async fn cluster_response(
+    shared: &Shared,
+    format: Format,
+) -> Result<Response<super::Body>, Refusal> {
+    let counts: Vec<(String, u64)> = if shared.node.broker().kind() == "local" {
+        let stat = shared.node.stat();
+        stat.apps
+            .into_iter()
+            .map(|(app, count)| (app.to_string(), count as u64))
+            .collect()
     } else {
-        let counts = shared
+        shared
             .node
             .cluster_stat()
             .await
-            .map_err(|err| Refusal::ClusterUnavailable(err.to_string()))?;
-        let mut text = String::new();
-        for (app, count) in counts {
-            text.push_str(&format!("{app} {count}\n"));
-        }
-        text
+            .map_err(|err| Refusal::ClusterUnavailable(err.to_string()))?
     };
+    if format == Format::Json {
+        let mut text = json_head(shared);
+        let (mut sum, mut first) = (0, true);
+        let apps = counts.iter().map(|(app, count)| (app.as_str(), *count));
+        json_apps(&mut text, apps, &mut sum, &mut first);
+        json_tail(&mut text, sum);
+        let mut response = super::text_response(StatusCode::OK, text);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(response);
+    }
+    let mut text = String::new();
+    for (app, count) in counts {
+        text.push_str(&format!("{app} {count}\n"));
+    }
     Ok(super::text_response(StatusCode::OK, text))
 }
 
@@ -78,6 +147,12 @@ pub(crate) fn readiness(shared: &Shared) -> Response<super::Body> {
 /// The counts of `/stat`, read from the hub a page at a time as hyper polls for them.
 pub(crate) struct StatBody {
     shared: Arc<Shared>,
+    format: Format,
+    /// JSON: whether the head is written, the counts so far (the document's
+    /// `subscriptions`), and whether no app has been written yet (no comma before the next).
+    head_written: bool,
+    sum: u64,
+    none_yet: bool,
     /// The first page, read when the response was made, so that a small answer's length is
     /// known up front; `None` once sent.
     first: Option<Bytes>,
@@ -97,25 +172,49 @@ impl std::fmt::Debug for StatBody {
 }
 
 impl StatBody {
-    fn new(shared: Arc<Shared>) -> StatBody {
+    fn new(shared: Arc<Shared>, format: Format) -> StatBody {
         let page = next_page(&shared.node, None);
         let resume_after = page.resume_after().cloned();
-        StatBody {
+        let mut body = StatBody {
             shared,
-            first: Some(render(&page)),
+            format,
+            head_written: false,
+            sum: 0,
+            none_yet: true,
+            first: None,
             resume_after,
             yield_first: false,
+        };
+        body.first = Some(body.render(&page));
+        body
+    }
+
+    /// Renders outside the lock: only the page's refcounted names were taken under it. The
+    /// JSON document's head comes with the first page, its tail with the last.
+    fn render(&mut self, page: &StatPage) -> Bytes {
+        match self.format {
+            Format::Text => Bytes::from(page.to_string()),
+            Format::Json => {
+                let mut out = String::new();
+                if !std::mem::replace(&mut self.head_written, true) {
+                    out = json_head(&self.shared);
+                }
+                let apps = page
+                    .apps
+                    .iter()
+                    .map(|(app, count)| (app.as_str(), *count as u64));
+                json_apps(&mut out, apps, &mut self.sum, &mut self.none_yet);
+                if page.resume_after().is_none() {
+                    json_tail(&mut out, self.sum);
+                }
+                Bytes::from(out)
+            }
         }
     }
 }
 
 fn next_page(node: &Node, after: Option<&AppName>) -> StatPage {
     node.stat_page(after, Node::STAT_PAGE_APPS)
-}
-
-/// Renders outside the lock: only the page's refcounted names were taken under it.
-fn render(page: &StatPage) -> Bytes {
-    Bytes::from(page.to_string())
 }
 
 impl Body for StatBody {
@@ -144,8 +243,10 @@ impl Body for StatBody {
             let page = next_page(&this.shared.node, Some(&after));
             this.resume_after = page.resume_after().cloned();
             this.yield_first = true;
-            if !page.apps.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(render(&page)))));
+            // An empty last page still carries the JSON document's tail.
+            let data = this.render(&page);
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
         }
         Poll::Ready(None)

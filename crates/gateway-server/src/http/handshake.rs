@@ -130,7 +130,8 @@ pub(crate) async fn first_request<I: Io>(
         biased;
         ending = tokio::time::timeout_at(deadline, read) => ending.unwrap_or(Ending::TimedOut),
         () = ticket.evicted.cancelled() => Ending::Evicted,
-        () = shared.shutdown.cancelled() => Ending::ShuttingDown,
+        // The stat listener (no upgrades) stops last, after the others closed.
+        () = if upgrades { &shared.shutdown } else { &shared.stat_stop }.cancelled() => Ending::ShuttingDown,
     };
     let read: &[u8] = if spilled.is_empty() {
         &head[..len]

@@ -236,18 +236,30 @@ pub(crate) async fn stat_service(
         _ if !read && STAT_PATHS.contains(&path) => Refusal::MethodNotAllowed("GET")
             .response()
             .map(Either::Left),
-        "/stat" => match query_value(req.uri().query(), "scope") {
-            None | Some("node") => admin::response(shared).map(Either::Right),
-            Some("cluster") => admin::cluster_response(&shared)
+        "/stat" => match (stat_format(&req), query_value(req.uri().query(), "scope")) {
+            (Err(refusal), _) => refusal.response().map(Either::Left),
+            (Ok(format), None | Some("node")) => admin::response(shared, format).map(Either::Right),
+            (Ok(format), Some("cluster")) => admin::cluster_response(&shared, format)
                 .await
                 .unwrap_or_else(Refusal::response)
                 .map(Either::Left),
-            Some(other) => Refusal::BadQuery(format!(
+            (Ok(_), Some(other)) => Refusal::BadQuery(format!(
                 "scope must be \"node\" or \"cluster\", not {other:?}"
             ))
             .response()
             .map(Either::Left),
         },
+        "/metrics" => {
+            let mut response = text_response(
+                StatusCode::OK,
+                crate::metrics::exposition::render(&shared).await,
+            );
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::exposition::CONTENT_TYPE),
+            );
+            response.map(Either::Left)
+        }
         "/healthz" => text_response(StatusCode::OK, "ok\n").map(Either::Left),
         "/readyz" => admin::readiness(&shared).map(Either::Left),
         "/api/overview" => overview::overview(&shared).await.map(Either::Left),
@@ -255,6 +267,34 @@ pub(crate) async fn stat_service(
         _ => Refusal::NotFound.response().map(Either::Left),
     };
     Ok(response)
+}
+
+/// `/stat`'s format: `?format=json|text`, else JSON when `Accept` names `application/json`,
+/// else the seed's text.
+fn stat_format(req: &Request<Incoming>) -> Result<admin::Format, Refusal> {
+    match query_value(req.uri().query(), "format") {
+        Some("json") => Ok(admin::Format::Json),
+        Some("text") => Ok(admin::Format::Text),
+        Some(other) => Err(Refusal::BadQuery(format!(
+            "format must be \"text\" or \"json\", not {other:?}"
+        ))),
+        None if req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|media| {
+                media
+                    .split(';')
+                    .next()
+                    .is_some_and(|m| m.trim() == "application/json")
+            }) =>
+        {
+            Ok(admin::Format::Json)
+        }
+        None => Ok(admin::Format::Text),
+    }
 }
 
 /// The stat listener's paths; each answers `GET` (and `HEAD`) only.

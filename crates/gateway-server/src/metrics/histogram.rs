@@ -2,7 +2,8 @@
 //!
 //! prometheus-client's `Histogram::observe` takes a lock; an observation here is one bucket
 //! search over a handful of bounds and two relaxed `fetch_add`s, with no lock and no
-//! allocation. The buckets are kept apart (not cumulative) and cumulated when scraped.
+//! allocation. The buckets are kept apart (not cumulative), as prometheus-client's encoder
+//! takes them: it cumulates them as it writes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,8 +35,8 @@ pub(crate) struct AtomicHistogram<const N: usize> {
 pub(crate) struct Snapshot {
     pub sum_s: f64,
     pub count: u64,
-    /// Cumulative, `(upper bound in seconds, observations at or below it)`, ending with
-    /// `+Inf`.
+    /// `(upper bound in seconds, observations in this bucket)`, not cumulative, ending with
+    /// the `+Inf` bucket, whose bound is `f64::MAX` (how the encoder knows it).
     pub buckets: Vec<(f64, u64)>,
 }
 
@@ -59,17 +60,19 @@ impl<const N: usize> AtomicHistogram<N> {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// The buckets cumulated; the count is the `+Inf` bucket. Read bucket by bucket, so an
-    /// observation made meanwhile may be in the sum and not in the buckets, or the reverse.
+    /// Read bucket by bucket, so an observation made meanwhile may be in the sum and not in
+    /// the buckets, or the reverse; the count is the buckets' total, so they always agree.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let mut total = 0;
         let mut buckets = Vec::with_capacity(N + 1);
         for (bound, bucket) in self.bounds_s.iter().zip(&self.buckets) {
-            total += bucket.load(Ordering::Relaxed);
-            buckets.push((*bound, total));
+            let count = bucket.load(Ordering::Relaxed);
+            total += count;
+            buckets.push((*bound, count));
         }
-        total += self.over.load(Ordering::Relaxed);
-        buckets.push((f64::INFINITY, total));
+        let over = self.over.load(Ordering::Relaxed);
+        total += over;
+        buckets.push((f64::MAX, over));
         Snapshot {
             sum_s: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
             count: total,
@@ -89,10 +92,7 @@ mod tests {
         histogram.observe(Duration::from_millis(5));
         histogram.observe(Duration::from_secs(2));
         let snapshot = histogram.snapshot();
-        assert_eq!(
-            snapshot.buckets,
-            [(0.001, 1), (0.01, 2), (f64::INFINITY, 3)]
-        );
+        assert_eq!(snapshot.buckets, [(0.001, 1), (0.01, 1), (f64::MAX, 1)]);
         assert_eq!(snapshot.count, 3);
         assert!((snapshot.sum_s - 2.006).abs() < 1e-9);
     }

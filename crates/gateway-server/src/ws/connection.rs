@@ -104,8 +104,11 @@ pub(crate) async fn serve<I: Io>(
             }
             close(&mut socket, reason.code(), &shared).await;
         }
-        End::ClientClosed => finish_close(&mut socket, &shared).await,
-        End::Gone => {}
+        End::ClientClosed => {
+            shared.counters.client_closed();
+            finish_close(&mut socket, &shared).await;
+        }
+        End::Gone => shared.counters.connection_lost(),
     }
     // Whatever the outbox still holds goes with the connection: it is no longer waiting.
     shared.counters.frames_taken(outbox.take().frames.len());
@@ -226,13 +229,11 @@ fn on_timer(
 ) -> Option<End> {
     match heartbeat.on_deadline(Instant::now()) {
         // A full outbox already means the client is about to be closed.
-        Some(Tick::Ping) => {
-            if outbox.push(Message::Ping(Bytes::new())).is_ok() {
-                shared.counters.frame_self_queued();
-            }
+        Some(Tick::Ping) if outbox.push(Message::Ping(Bytes::new())).is_ok() => {
+            shared.counters.frame_self_queued();
         }
+        Some(Tick::Ping) | None => {}
         Some(Tick::Dead) => return Some(End::Close(CloseReason::IdleTimeout)),
-        None => {}
     }
     timer.reset(heartbeat.deadline());
     None
