@@ -81,6 +81,7 @@ export function dashboardTests(state) {
     await state.gateway.stop();
     await page.locator('#conn-state[data-state="disconnected"]').waitFor();
     assert.equal(await page.locator("#ready").textContent(), "health unknown");
+    assert.equal(await page.locator("#health").textContent(), "unknown");
     // The last numbers stay on screen, dimmed.
     assert.ok(await tileValue(page, "tile-push-rate") >= 0);
     await page.screenshot({ path: join(SCREENSHOTS, "dashboard-disconnected.png"), fullPage: true });
