@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -288,7 +289,7 @@ async fn serve_http(
             until_shutdown(conn, &shutdown).await
         }
         Listener::Stat => {
-            let service = service_fn(move |req| http::stat_service(req, shared.clone()));
+            let service = TowerToHyperService::new(http::stat_stack(shared));
             let conn = builder.serve_connection(io, service);
             until_shutdown(conn, &shutdown).await
         }

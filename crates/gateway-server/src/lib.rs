@@ -3,8 +3,10 @@
 //!
 //! - the main listener: WebSocket upgrades (any path) and `POST /push`; a connection's first
 //!   request is read by hand, so that an upgrade needs neither hyper nor a second task;
-//! - the stat listener: `GET /stat`, streamed a page at a time;
-//! - [`config`]: the TOML file and its defaults; [`cli`]: the `ws-gateway` binary.
+//! - the stat listener, a tower stack (`http::stat_stack`): `GET /stat` (plain or JSON, streamed
+//!   a page at a time), `/metrics`, `/healthz`, `/readyz`, `/api/overview` and the dashboard;
+//! - [`config`]: the layered configuration (defaults, TOML file, `WS_GATEWAY_*`, flags) and
+//!   what SIGHUP reloads; [`cli`]: the `ws-gateway` binary; [`logging`]: text or JSON lines.
 //!
 //! Each WebSocket connection is one task that owns its socket; pushes reach it through a
 //! bounded outbox that is filled without waiting, so one slow client never delays another.
@@ -17,11 +19,14 @@
 //!
 //! The modules, top to bottom: each imports only modules below it, and any of them may use
 //! `shared` (what every connection task holds, the node among it) and the leaves `io`,
-//! `config`, `counters`, `admission` and `error`:
+//! `config`, `counters`, `admission`, `log_limit` (rate-limited refusal lines), `memory` (the
+//! memory-release policy) and `error`:
 //! - `server`: [`Gateway`], which binds the listeners, runs them and shuts down;
 //! - `accept`: the accept loops, and each connection from its accept to a WebSocket or hyper;
 //! - `http`: refusals and routing; `http::handshake`, the hand-read first request;
-//!   `http::upgrade`, `http::push`, and `http::admin` (`/stat`);
+//!   `http::upgrade`, `http::push`, `http::admin` (`/stat`), `http::overview`, `http::pages`
+//!   (the embedded dashboard and demo client) and `http::stat_stack`;
+//! - `metrics`: the Prometheus exposition, read from the counters at scrape time;
 //! - `ws`: a WebSocket connection's task, the frame meter, heartbeats, and `ws::close`, the
 //!   reasons a connection ends and their close codes;
 //! - `node`: [`Node`], the hub, the connections' outboxes (`node::outbox`, which the

@@ -104,6 +104,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// One permit per WebSocket connection (`limits.max_connections`).
     pub(crate) connection_slots: Arc<Semaphore>,
+    /// One permit per stat-listener request being answered (`limits.max_stat_requests`),
+    /// shared by the listener's connections (`http::stat_stack`).
+    pub(crate) stat_requests: Arc<Semaphore>,
     /// One permit per push being dispatched (`limits.max_inflight_pushes`); taken once the
     /// body has arrived, so that slow senders cannot hold it.
     pub(crate) push_slots: Semaphore,
@@ -152,6 +155,7 @@ impl Shared {
         let live = ArcSwap::from_pointee(Live::new(LiveSettings::new(&config, authenticator)));
         Ok(Shared {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            stat_requests: Arc::new(Semaphore::new(limits.max_stat_requests)),
             push_slots: Semaphore::new(limits.max_inflight_pushes),
             push_bodies: PushBodies::new(limits.max_buffered_push_bytes, evict_after),
             main_handshakes: Handshakes::new(limits.max_handshakes, evict_after, counters.clone()),

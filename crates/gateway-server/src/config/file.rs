@@ -62,6 +62,7 @@ pub(super) struct FileTimeouts {
     pub(super) head_ms: Option<Millis>,
     pub(super) push_body_ms: Option<Millis>,
     pub(super) evict_after_ms: Option<Millis>,
+    pub(super) stat_request_ms: Option<Millis>,
 }
 
 #[derive(Deserialize, Serialize, Default)]
@@ -84,6 +85,7 @@ pub(super) struct FileLimits {
     pub(super) max_buffered_push_bytes: Option<usize>,
     pub(super) fd_reserve: Option<usize>,
     pub(super) metrics_top_apps: Option<usize>,
+    pub(super) max_stat_requests: Option<usize>,
 }
 
 #[derive(Deserialize, Serialize, Default)]
@@ -175,6 +177,7 @@ pub(super) fn defaults() -> FileConfig {
             head_ms: ms(t.head),
             push_body_ms: ms(t.push_body),
             evict_after_ms: ms(t.evict_after),
+            stat_request_ms: ms(t.stat_request),
         },
         limits: FileLimits {
             max_message_bytes: Some(l.max_message_bytes),
@@ -194,6 +197,7 @@ pub(super) fn defaults() -> FileConfig {
             max_buffered_push_bytes: Some(l.max_buffered_push_bytes),
             fd_reserve: Some(l.fd_reserve),
             metrics_top_apps: Some(l.metrics_top_apps),
+            max_stat_requests: Some(l.max_stat_requests),
         },
         push_api_keys: Some(Vec::new()),
         push_allow_from: Some(

@@ -129,6 +129,10 @@ pub struct Timeouts {
     /// `limits.max_handshakes` or `limits.max_buffered_push_bytes` is reached): long enough for
     /// a real client's round trips, short enough that slow peers give way. Default 500 ms.
     pub evict_after: Duration,
+    /// How long a stat-listener request may take to produce its answer's head (the cluster
+    /// view waits for the broker); past it the answer is `503`. A long `/stat` body that has
+    /// started streaming is not cut. Default 10 s.
+    pub stat_request: Duration,
 }
 
 impl Default for Timeouts {
@@ -142,6 +146,7 @@ impl Default for Timeouts {
             head: Duration::from_secs(10),
             push_body: Duration::from_secs(10),
             evict_after: Duration::from_millis(500),
+            stat_request: Duration::from_secs(10),
         }
     }
 }
@@ -203,6 +208,10 @@ pub struct Limits {
     /// the most subscribers; the others are added up under `app=""`, so that the number of
     /// series stays bounded whatever the number of apps. Default 50.
     pub metrics_top_apps: usize,
+    /// Requests the stat listener answers at once (`/metrics`, `/stat`, `/readyz`, the
+    /// dashboard...); one more is answered `503` with `Retry-After` at once, so a runaway
+    /// scraper cannot pile up work. Default 64.
+    pub max_stat_requests: usize,
 }
 
 impl Default for Limits {
@@ -223,6 +232,7 @@ impl Default for Limits {
             max_buffered_push_bytes: 64 * 1024 * 1024,
             fd_reserve: 128,
             metrics_top_apps: 50,
+            max_stat_requests: 64,
         }
     }
 }

@@ -154,6 +154,11 @@ impl Resolver<'_> {
                 t.evict_after_ms,
                 dt.evict_after,
             )?,
+            stat_request: self.millis(
+                "timeouts.stat_request_ms",
+                t.stat_request_ms,
+                dt.stat_request,
+            )?,
         };
         if timeouts.idle <= timeouts.ping_interval {
             return Err(self.invalid(
@@ -227,6 +232,11 @@ impl Resolver<'_> {
             fd_reserve: l.fd_reserve.unwrap_or(dl.fd_reserve),
             // 0 is meaningful: every app's subscribers under one series.
             metrics_top_apps: l.metrics_top_apps.unwrap_or(dl.metrics_top_apps),
+            max_stat_requests: self.positive(
+                "limits.max_stat_requests",
+                l.max_stat_requests,
+                dl.max_stat_requests,
+            )?,
         };
         if limits.max_buffered_push_bytes < limits.max_push_body_bytes {
             return Err(self.invalid(

@@ -71,6 +71,7 @@ idle_ms = 9000
 head_ms = 700
 push_body_ms = 800
 evict_after_ms = 900
+stat_request_ms = "3s"
 [limits]
 max_message_bytes = 1000
 max_push_body_bytes = 2000
@@ -89,6 +90,7 @@ max_connections_per_ip = 13
 max_buffered_push_bytes = 14000
 fd_reserve = 15
 metrics_top_apps = 16
+max_stat_requests = 8
 [auth]
 kind = "anonymous"
 "#,
@@ -109,6 +111,7 @@ kind = "anonymous"
             head: Duration::from_millis(700),
             push_body: Duration::from_millis(800),
             evict_after: Duration::from_millis(900),
+            stat_request: Duration::from_secs(3),
         }
     );
     assert_eq!(
@@ -129,6 +132,7 @@ kind = "anonymous"
             max_buffered_push_bytes: 14000,
             fd_reserve: 15,
             metrics_top_apps: 16,
+            max_stat_requests: 8,
         }
     );
     assert_eq!(s.access.push_api_keys, ["0123456789abcdef"]);

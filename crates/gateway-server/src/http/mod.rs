@@ -12,6 +12,8 @@ pub(crate) mod handshake;
 mod overview;
 mod pages;
 mod push;
+mod stat_stack;
+pub(crate) use stat_stack::stat_stack;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -64,6 +66,10 @@ pub(crate) enum Refusal {
     BodyTooLarge(usize),
     BadBody(String),
     BadPush(String),
+    /// The stat listener is answering `limits.max_stat_requests` requests already.
+    StatOverloaded,
+    /// A stat request's answer was not ready within `timeouts.stat_request_ms`.
+    StatTimeout(std::time::Duration),
 }
 
 impl Refusal {
@@ -126,6 +132,17 @@ impl Refusal {
                 format!("cluster view unavailable: {why}"),
             ),
             Refusal::BadQuery(why) => (StatusCode::BAD_REQUEST, why.clone()),
+            Refusal::StatOverloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many stat requests at once (limits.max_stat_requests)".to_owned(),
+            ),
+            Refusal::StatTimeout(limit) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no answer within {} ms (timeouts.stat_request_ms)",
+                    limit.as_millis()
+                ),
+            ),
             Refusal::PushOverloaded | Refusal::PushBodiesOverBudget => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded".to_owned())
             }
@@ -189,6 +206,8 @@ impl Refusal {
             | Refusal::PushOverloaded
             | Refusal::BrokerUnavailable(_)
             | Refusal::ClusterUnavailable(_)
+            | Refusal::StatOverloaded
+            | Refusal::StatTimeout(_)
             | Refusal::PushBodiesOverBudget => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
