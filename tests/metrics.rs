@@ -187,14 +187,8 @@ async fn ten_thousand_apps_make_at_most_k_plus_one_series() {
     assert_eq!(k, 50, "the documented default");
     let server = TestServer::with_config(config).await;
     let mut crowd = server.anonymous().await;
-    for i in 0..APPS {
-        crowd.send(&format!(r#"{{"app":"app{i:05}"}}"#)).await;
-    }
-    for i in 0..APPS {
-        crowd
-            .expect(&common::subscribed(&format!("app{i:05}")))
-            .await;
-    }
+    let apps: Vec<String> = (0..APPS).map(|i| format!("app{i:05}")).collect();
+    crowd.subscribe_all(&apps).await;
     // Three apps with more subscribers than the rest come first.
     let mut fans: Vec<Client> = Vec::new();
     for app in ["app00007", "app00042", "app09999"] {

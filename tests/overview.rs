@@ -165,14 +165,8 @@ async fn stat_as_json_streams_many_pages_as_one_document() {
     config.limits.outbox_messages = APPS + 1;
     let server = TestServer::with_config(config).await;
     let mut crowd = server.anonymous().await;
-    for i in 0..APPS {
-        crowd.send(&format!(r#"{{"app":"app{i:05}"}}"#)).await;
-    }
-    for i in 0..APPS {
-        crowd
-            .expect(&common::subscribed(&format!("app{i:05}")))
-            .await;
-    }
+    let apps: Vec<String> = (0..APPS).map(|i| format!("app{i:05}")).collect();
+    crowd.subscribe_all(&apps).await;
     let (_, headers, body) = http(server.stat_addr, "GET", "/stat?format=json", "").await;
     assert_eq!(headers["transfer-encoding"], "chunked", "streamed in pages");
     let doc: Value = serde_json::from_str(&body).unwrap();

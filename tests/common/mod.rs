@@ -297,6 +297,16 @@ impl Client {
         self.expect(&subscribed(app)).await;
     }
 
+    /// Subscribes to every app of `apps`, pipelined: all requests, then all replies.
+    pub async fn subscribe_all(&mut self, apps: &[String]) {
+        for app in apps {
+            self.send(&format!(r#"{{"app":"{app}"}}"#)).await;
+        }
+        for app in apps {
+            self.expect(&subscribed(app)).await;
+        }
+    }
+
     /// Asserts the server closes the connection with this code (after any text frames, which
     /// are returned).
     pub async fn expect_close(&mut self, code: u16) -> Vec<String> {
