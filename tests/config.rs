@@ -178,6 +178,32 @@ async fn check_config_refuses_a_bad_file_with_exit_code_2() {
     );
 }
 
+/// A secret given with the wrong shape is refused without being printed: serde quotes the value
+/// it refused, and the message goes to the terminal (and the journal on SIGHUP).
+#[tokio::test]
+async fn an_error_about_a_secret_never_prints_it() {
+    const SECRET: &str = "do-not-print-me-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    for (text, env) in [
+        (format!("push_api_keys = \"{SECRET}\"\n"), None),
+        (
+            format!("[auth]\nkind = \"hmac\"\nsecrets = \"{SECRET}\"\n"),
+            None,
+        ),
+        (String::new(), Some(("WS_GATEWAY_PUSH_API_KEYS", SECRET))),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        let output = run(&["check-config", "--config", file.to_str().unwrap()], &env).await;
+        assert_eq!(output.status.code(), Some(2));
+        let error = stderr(&output);
+        assert!(error.contains("expected a sequence"), "{error}");
+        assert!(error.contains("<redacted>"), "{error}");
+        assert!(!error.contains(SECRET), "{error}");
+    }
+}
+
 #[tokio::test]
 async fn environment_errors_name_the_variable() {
     let unknown = run(

@@ -78,6 +78,7 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         );
         if name_end < series.len() {
             assert!(series.ends_with('}'), "bad labels in: {line}");
+            assert_labels(&series[name_end + 1..series.len() - 1], line);
         }
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
@@ -90,6 +91,38 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         );
     }
     samples
+}
+
+/// `k="v",k2="v2"`: names of word characters, values quoted with `\\`, `\"` and `\n`
+/// escaped and nothing else after a backslash.
+fn assert_labels(labels: &str, line: &str) {
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (name, value) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad labels in: {line}"));
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad label name in: {line}"
+        );
+        let mut chars = value.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => {
+                    let escaped = chars.next().map(|(_, c)| c);
+                    assert!(
+                        matches!(escaped, Some('\\' | '"' | 'n')),
+                        "bad escape in: {line}"
+                    );
+                }
+                Some((i, '"')) => break i,
+                Some(_) => {}
+                None => panic!("unterminated label value in: {line}"),
+            }
+        };
+        rest = &value[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
 }
 
 /// The sequence of the issue: connect, an auth failure, subscribe, a push, a refused push, a
@@ -252,4 +285,25 @@ async fn node_id(server: &TestServer) -> String {
     let (_, _, body) = http(server.stat_addr, "GET", "/api/overview", "").await;
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     doc["node_id"].as_str().unwrap().to_owned()
+}
+
+/// App names are chosen by clients: quotes, backslashes and spaces in one must not break the
+/// exposition for everyone (the label value is escaped).
+#[tokio::test]
+async fn an_app_name_with_quotes_and_backslashes_is_escaped_in_its_label() {
+    let server = TestServer::start().await;
+    let mut client = server.anonymous().await;
+    let app = r#"a"b\c d"#;
+    client
+        .send(&serde_json::json!({ "app": app }).to_string())
+        .await;
+    let reply = client.recv().await;
+    assert!(reply.contains(r#"\"code\":200"#), "{reply}");
+    let scrape = Scrape::of(&server).await;
+    assert_eq!(
+        scrape.get(r#"ws_gateway_subscriptions{app="a\"b\\c d"}"#),
+        1.0,
+        "{:?}",
+        scrape.series_of("ws_gateway_subscriptions")
+    );
 }

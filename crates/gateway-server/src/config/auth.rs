@@ -168,7 +168,9 @@ pub(super) fn read_file_auth(
     ) -> Result<T, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = format!("auth.{}", err.path());
-            r.invalid(&key, err.into_inner().message().trim_end().to_owned())
+            let message = err.into_inner().message().trim_end().to_owned();
+            let message = super::effective::without_secret_values(&key, message);
+            r.invalid(&key, message)
         })
     }
     Ok(match kind.as_str() {

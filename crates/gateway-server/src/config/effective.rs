@@ -10,8 +10,9 @@ use gateway_broker::redact_url;
 use super::layers::{Loaded, Origins};
 use super::{AuthConfig, Config};
 
-/// One key of the effective configuration.
-#[derive(Debug, Clone)]
+/// One key of the effective configuration. Its `Debug` shows the value as `check-config`
+/// does, secrets redacted.
+#[derive(Clone)]
 pub struct Entry {
     /// Dotted, e.g. `limits.max_connections`.
     pub key: String,
@@ -21,6 +22,20 @@ pub struct Entry {
     /// What it means when that is not obvious from the value: what a host name resolved to,
     /// what an unset key means.
     note: Option<String>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = shown(&self.key);
+        f.debug_struct("Entry")
+            .field("key", &self.key)
+            .field(
+                "value",
+                &self.value.as_ref().map(|v| toml_text(&redacted(v, &how))),
+            )
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 /// Keys without a default whose absence means something.
@@ -107,6 +122,28 @@ fn shown(key: &str) -> Shown {
     } else {
         Shown::Plain
     }
+}
+
+/// An error message about `key` (`push_api_keys`, `auth.secrets[0]`…), with every quoted value
+/// in it replaced when the key holds a secret or a URL: serde and figment quote the value they
+/// refused (`invalid type: string "…", expected a sequence`), and such a message goes to the
+/// terminal, and to the journal on SIGHUP.
+pub(super) fn without_secret_values(key: &str, message: String) -> String {
+    let key = key.split('[').next().unwrap_or(key);
+    if matches!(shown(key), Shown::Plain) {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    // Odd parts are quoted: the value.
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        out.push_str(if i % 2 == 0 { "<redacted>" } else { part });
+    }
+    out
 }
 
 fn redacted(value: &Value, how: &Shown) -> Value {

@@ -21,8 +21,9 @@ pub const ENV_PREFIX: &str = "WS_GATEWAY_";
 /// binary (`--config`, `--log-format`).
 const ENV_NOT_KEYS: [&str; 2] = ["config", "log_format"];
 
-/// Where the layers come from. `Layers::default()` is the defaults alone.
-#[derive(Debug, Clone, Default)]
+/// Where the layers come from. `Layers::default()` is the defaults alone. Its `Debug` names
+/// the environment's keys, never their values (they may be secrets).
+#[derive(Clone, Default)]
 pub struct Layers {
     file: Option<PathBuf>,
     /// `(key, value)` pairs, keys in dotted form (`limits.max_connections`).
@@ -32,11 +33,33 @@ pub struct Layers {
 }
 
 /// A loaded configuration, and each key's value as layered (as written, before validation)
-/// with the layer it came from: what `check-config` prints and a reload compares.
-#[derive(Debug, Clone)]
+/// with the layer it came from: what `check-config` prints and a reload compares. Its `Debug`
+/// is the configuration's, which redacts secrets.
+#[derive(Clone)]
 pub struct Loaded {
     pub config: Config,
     pub(super) entries: Vec<super::Entry>,
+}
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_keys: Vec<&str> = self.env.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("Layers")
+            .field("file", &self.file)
+            .field("env_keys", &env_keys)
+            .field("listen", &self.listen)
+            .field("stat_listen", &self.stat_listen)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("config", &self.config)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
 }
 
 /// The layer a value came from.
@@ -248,10 +271,17 @@ fn one_key<'a>(key: &'a str, value: &'a str) -> std::collections::BTreeMap<&'a s
 /// The file alone: its TOML syntax, then its shape (unknown keys, wrong types), each error
 /// with its line and column. Returns its table, for the file's layer.
 fn read_file(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
-    let syntax = |err: toml::de::Error, key: Option<String>| ConfigError::Syntax {
-        origin: Origin::File(path.to_owned()).describe(None),
-        key,
-        message: format!("{}{}", err.message().trim_end(), position(text, err.span())),
+    let syntax = |err: toml::de::Error, key: Option<String>| {
+        let message = err.message().trim_end().to_owned();
+        let message = match &key {
+            Some(key) => super::effective::without_secret_values(key, message),
+            None => message,
+        };
+        ConfigError::Syntax {
+            origin: Origin::File(path.to_owned()).describe(None),
+            key,
+            message: format!("{message}{}", position(text, err.span())),
+        }
     };
     let table: toml::Table = toml::from_str(text).map_err(|err| syntax(err, None))?;
     let deserializer = toml::Deserializer::parse(text).map_err(|err| syntax(err, None))?;
@@ -332,7 +362,7 @@ fn layer_error(err: figment::Error, origins: &Origins<'_>) -> ConfigError {
             "unknown key `{field}`; expected one of: {}",
             expected.join(", ")
         ),
-        kind => kind.to_string(),
+        kind => super::effective::without_secret_values(&key, kind.to_string()),
     };
     ConfigError::Syntax {
         origin: origin.describe(origins.file()),

@@ -19,6 +19,9 @@ use super::{
 };
 use crate::error::ConfigError;
 
+/// The most apps `/metrics` labels one by one (`limits.metrics_top_apps`).
+const MAX_METRICS_TOP_APPS: usize = 10_000;
+
 pub(crate) struct Resolver<'a> {
     pub(super) origins: &'a Origins<'a>,
 }
@@ -231,7 +234,15 @@ impl Resolver<'_> {
             )?,
             fd_reserve: l.fd_reserve.unwrap_or(dl.fd_reserve),
             // 0 is meaningful: every app's subscribers under one series.
-            metrics_top_apps: l.metrics_top_apps.unwrap_or(dl.metrics_top_apps),
+            metrics_top_apps: match l.metrics_top_apps {
+                Some(k) if k > MAX_METRICS_TOP_APPS => {
+                    return Err(self.invalid(
+                        "limits.metrics_top_apps",
+                        format!("at most {MAX_METRICS_TOP_APPS}: each app labelled is a series every scrape"),
+                    ));
+                }
+                k => k.unwrap_or(dl.metrics_top_apps),
+            },
             max_stat_requests: self.positive(
                 "limits.max_stat_requests",
                 l.max_stat_requests,

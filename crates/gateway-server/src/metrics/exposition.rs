@@ -11,7 +11,9 @@ use std::sync::Arc;
 use gateway_broker::BrokerState;
 use gateway_core::CloseCode;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -122,7 +124,10 @@ impl Collector for Scrape {
             None,
             MetricType::Info,
         )?;
-        info.encode_info(&[("version", version), ("node_id", self.node_id.as_str())])?;
+        info.encode_info(&[
+            ("version", Escaped(version)),
+            ("node_id", Escaped(&self.node_id)),
+        ])?;
 
         // Connections.
         gauge(
@@ -227,7 +232,7 @@ impl Collector for Scrape {
         )?;
         for (app, count) in &self.apps.top {
             subscriptions
-                .encode_family(&[("app", app.as_str())])?
+                .encode_family(&[("app", Escaped(app.as_str()))])?
                 .encode_gauge(count)?;
         }
         if self.apps.total > self.apps.top.len() {
@@ -352,4 +357,24 @@ impl Collector for Scrape {
 fn counter_f64(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: f64) -> Result {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A label value from outside (an app name a client chose, a node id), escaped as the text
+/// format requires: prometheus-client writes `&str` values as they are, and one `"` in an app
+/// name would otherwise make the whole scrape unreadable.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
