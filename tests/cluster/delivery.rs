@@ -1,4 +1,5 @@
-//! Exactly once, to the right connections, in one order per app, across nodes.
+//! Exactly once, to the right connections, in each pusher's order (and, over Redis, in one
+//! order per app), across nodes.
 
 use crate::common::{Client, GUARD};
 use crate::{Cluster, Kind, envelope, per_broker};
@@ -6,7 +7,7 @@ use crate::{Cluster, Kind, envelope, per_broker};
 per_broker!(
     a_push_to_one_node_reaches_every_subscriber_on_every_node_exactly_once,
     a_private_push_reaches_only_its_members_connections_wherever_they_are,
-    every_node_sees_an_apps_pushes_in_one_order,
+    every_node_sees_each_pushers_pushes_in_order,
 );
 
 async fn a_push_to_one_node_reaches_every_subscriber_on_every_node_exactly_once(kind: Kind) {
@@ -68,7 +69,7 @@ async fn a_private_push_reaches_only_its_members_connections_wherever_they_are(k
         .await;
 }
 
-async fn every_node_sees_an_apps_pushes_in_one_order(kind: Kind) {
+async fn every_node_sees_each_pushers_pushes_in_order(kind: Kind) {
     const EACH: usize = 100;
     let cluster = Cluster::start(kind, 3).await;
     let mut clients = Vec::new();
@@ -102,17 +103,23 @@ async fn every_node_sees_an_apps_pushes_in_one_order(kind: Kind) {
         }
         orders.push(order);
     }
-    // Each pusher's own pushes in its order, and all three nodes agree on the interleaving.
-    for pusher in ["0-", "1-"] {
-        let own: Vec<&String> = orders[0]
-            .iter()
-            .filter(|m| m.contains(&format!("\"text\":\"{pusher}")))
-            .collect();
-        let expected: Vec<String> = (0..EACH)
-            .map(|n| envelope("race", -1, &format!("{pusher}{n}")))
-            .collect();
-        assert_eq!(own, expected.iter().collect::<Vec<_>>());
+    // Each pusher's own pushes in its order, at every node.
+    for order in &orders {
+        for pusher in ["0-", "1-"] {
+            let own: Vec<&String> = order
+                .iter()
+                .filter(|m| m.contains(&format!("\"text\":\"{pusher}")))
+                .collect();
+            let expected: Vec<String> = (0..EACH)
+                .map(|n| envelope("race", -1, &format!("{pusher}{n}")))
+                .collect();
+            assert_eq!(own, expected.iter().collect::<Vec<_>>());
+        }
     }
-    assert_eq!(orders[0], orders[1]);
-    assert_eq!(orders[0], orders[2]);
+    // Redis serialises a channel: all three nodes agree on the interleaving. NATS does not
+    // promise one interleaving of concurrent publishers (docs/protocol.md, Part 3).
+    if matches!(kind, Kind::Redis) {
+        assert_eq!(orders[0], orders[1]);
+        assert_eq!(orders[0], orders[2]);
+    }
 }

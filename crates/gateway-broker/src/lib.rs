@@ -14,9 +14,10 @@
 //!   its clients asked for.
 //! - **Exactly once.** A node delivers only what comes back from the broker, never a local
 //!   short-cut as well, and holds one subscription per topic.
-//! - **One order per topic.** All pushes of a topic pass through one broker channel (one Redis
-//!   server; one NATS server — across a NATS cluster only if every node connects to the same
-//!   server), which serialises them; every node receives them in that order.
+//! - **Order.** All pushes of a topic pass through one broker channel. Redis serialises it:
+//!   every node receives a topic's pushes in one order. NATS keeps each publishing node's
+//!   order and causal order (a push published after another was confirmed comes after it), but
+//!   not one interleaving of concurrent publishers (see [`nats`]).
 //! - **Failure is reported.** A publication the broker did not take is an error (the push API
 //!   answers 503); a reconnect or a slow-consumer drop is reported as a possible gap per topic
 //!   ([`BrokerEvent::Gap`]).

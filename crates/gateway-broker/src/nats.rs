@@ -2,14 +2,16 @@
 //! view in a JetStream key-value bucket.
 //!
 //! # What NATS guarantees, and what it does not
-//! - **Order.** A NATS server delivers the messages of one subject in the order it received
-//!   them, and it reads each connection in order: the publications of one node arrive
-//!   everywhere in the order that node published them, and every node connected to the *same*
-//!   NATS server sees one order for a topic. Across a NATS cluster (nodes connected to
-//!   different servers) the order between publishers on different servers is **not**
-//!   guaranteed: two servers may forward their publishers' messages to each other's
-//!   subscribers interleaved differently. For one order per topic cluster-wide, connect every
-//!   gateway node to the same NATS server (the others serve as fail-over: several URLs).
+//! - **Order.** A NATS server reads each connection in order and fans each message out before
+//!   it reads the next one from that connection: the publications of one node arrive
+//!   everywhere in the order that node published them. It does **not** give *concurrent*
+//!   publishers one interleaving: each connection is fanned out by its own reader, so pushes
+//!   accepted at the same moment by two nodes may reach two subscribers in different orders
+//!   (Redis, single-threaded, does give one order). What holds across nodes is causal order:
+//!   a push published after another's confirmation (the round trip behind every `202`) comes
+//!   after it everywhere, so a backend that waits for each `202` sees its pushes in its order.
+//!   That needs the nodes on one NATS server: connect every gateway node to the same server
+//!   (the others serve as fail-over: several URLs).
 //!   Every node tries the URLs in the order given, always starting with the first (async-nats
 //!   would shuffle them; this broker turns that off), so nodes with the same `url` meet on
 //!   one server. After a fail-over, though, nodes may sit on *different* servers: a node that

@@ -290,8 +290,12 @@ async fn the_server_holds_one_subscription_per_topic_until_unsubscribe() {
     server_subscriptions_become(&nats, "t2.", &[]).await;
 }
 
+/// What NATS core orders: each publisher's messages, everywhere. It does *not* give concurrent
+/// publishers one interleaving for every subscriber: the server fans each connection's
+/// messages out from that connection's own reader, so two subscribers may see p1's and p2's
+/// messages interleaved differently (seen here under load; the docs say so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_subscribers_see_concurrent_publishers_in_one_order() {
+async fn every_subscriber_sees_each_publishers_messages_once_and_in_its_order() {
     let nats = NatsServer::start();
     let topic = public("match");
     let mut subscribers = Vec::new();
@@ -330,18 +334,17 @@ async fn two_subscribers_see_concurrent_publishers_in_one_order() {
         }
         orders.push(texts);
     }
-    assert_eq!(
-        orders[0], orders[1],
-        "the two subscribers saw different orders"
-    );
-    // Everything once, each publisher's messages in the order it sent them.
-    for name in ["p1", "p2"] {
-        let own: Vec<&String> = orders[0]
-            .iter()
-            .filter(|t| t.contains(&format!("\"{name}-")))
-            .collect();
-        assert_eq!(own.len(), EACH);
-        assert!(own.windows(2).all(|w| w[0] < w[1]), "{name} out of order");
+    // Everything once, each publisher's messages in the order it sent them, at every
+    // subscriber.
+    for order in &orders {
+        for name in ["p1", "p2"] {
+            let own: Vec<&String> = order
+                .iter()
+                .filter(|t| t.contains(&format!("\"{name}-")))
+                .collect();
+            assert_eq!(own.len(), EACH);
+            assert!(own.windows(2).all(|w| w[0] < w[1]), "{name} out of order");
+        }
     }
 }
 
