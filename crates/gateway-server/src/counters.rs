@@ -148,7 +148,6 @@ pub struct Counters {
     push_body_timeouts: AtomicU64,
     auth_backend_errors: AtomicU64,
     upgrades_refused: AtomicU64,
-    pushes_refused: AtomicU64,
     broker_publish_failures: AtomicU64,
     broker_gaps: AtomicU64,
     broker_disconnects: AtomicU64,
@@ -186,7 +185,6 @@ impl Default for Counters {
             push_body_timeouts: AtomicU64::new(0),
             auth_backend_errors: AtomicU64::new(0),
             upgrades_refused: AtomicU64::new(0),
-            pushes_refused: AtomicU64::new(0),
             broker_publish_failures: AtomicU64::new(0),
             broker_gaps: AtomicU64::new(0),
             broker_disconnects: AtomicU64::new(0),
@@ -330,9 +328,10 @@ impl Counters {
         self.upgrades_refused.load(Ordering::Relaxed)
     }
 
-    /// Pushes refused with 503 (overload, the buffered-body bound, or shutdown).
+    /// Pushes refused with 503 (overload, the buffered-body bound, or shutdown): read from
+    /// the refusals by reason, which count every refused push once.
     pub fn pushes_refused(&self) -> u64 {
-        self.pushes_refused.load(Ordering::Relaxed)
+        self.push_refusals(PushRefusal::Overloaded) + self.push_refusals(PushRefusal::ShuttingDown)
     }
 
     /// Pushes answered 503 because the broker did not take them (unreachable, an error, no
@@ -385,10 +384,6 @@ impl Counters {
 
     pub(crate) fn upgrade_refused(&self) -> u64 {
         self.upgrades_refused.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    pub(crate) fn push_refused(&self) -> u64 {
-        self.pushes_refused.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Connections the client closed with a close frame.

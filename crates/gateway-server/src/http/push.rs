@@ -11,16 +11,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Body, Refusal};
 use crate::admission::BodyCharge;
-use crate::shared::Shared;
+use crate::shared::{Live, Shared};
 
 /// Whether this request may push: with keys configured, it must present one; without, it
 /// must come from an allowed network.
-fn push_allowed(req: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Result<(), Refusal> {
-    let live = shared.live();
+fn push_allowed(req: &Request<Incoming>, live: &Live, peer: SocketAddr) -> Result<(), Refusal> {
     if live.push_key_digests.is_empty() {
         let ip = peer.ip().to_canonical();
         return if live
@@ -65,12 +64,18 @@ pub(super) async fn push(
     shared: &Shared,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Refusal> {
-    push_allowed(&req, shared, peer)?;
+    // The reloadable settings, read once for the whole push (a SIGHUP may swap them).
+    let (max, body_timeout) = {
+        let live = shared.live();
+        push_allowed(&req, &live, peer)?;
+        let settings = &live.settings;
+        (settings.max_push_body_bytes, settings.push_body_timeout)
+    };
+    // Refusals are counted by reason, and logged rate-limited, where they are answered
+    // (`http::main_service`): no per-refusal line here, which a flood would multiply.
     if shared.shutdown.is_cancelled() {
-        shared.counters.push_refused();
         return Err(Refusal::ShuttingDown);
     }
-    let max = shared.live().settings.max_push_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -81,14 +86,10 @@ pub(super) async fn push(
     }
     // The body is read before a dispatch slot is taken, within its own deadline: a sender
     // that is slow or stalls holds no slot, only its own bytes (bounded in total).
-    let (body, charge) = match receive_body(req.into_body(), shared).await {
+    let (body, charge) = match receive_body(req.into_body(), shared, max, body_timeout).await {
         Ok(received) => received,
         Err(refusal) => {
             match refusal {
-                Refusal::PushBodiesOverBudget | Refusal::ShuttingDown => {
-                    let total = shared.counters.push_refused();
-                    warn!(total, "push refused: {refusal:?}");
-                }
                 Refusal::PushBodyEvicted | Refusal::PushBodyTimeout(_) => {
                     let total = shared.counters.push_body_timed_out();
                     debug!(%peer, total, "push body too slow: {refusal:?}");
@@ -100,13 +101,10 @@ pub(super) async fn push(
     };
     // A shutdown that began while the body arrived: every client is being closed.
     if shared.shutdown.is_cancelled() {
-        shared.counters.push_refused();
         return Err(Refusal::ShuttingDown);
     }
     // Held until the push is handed over: 202 means delivered to every recipient's queue.
     let Ok(_slot) = shared.push_slots.try_acquire() else {
-        let total = shared.counters.push_refused();
-        warn!(total, "push refused: limits.max_inflight_pushes reached");
         return Err(Refusal::PushOverloaded);
     };
     let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
@@ -136,14 +134,9 @@ pub(super) async fn push(
 async fn receive_body(
     mut body: Incoming,
     shared: &Shared,
+    max: usize,
+    limit: std::time::Duration,
 ) -> Result<(Bytes, Option<BodyCharge>), Refusal> {
-    let (max, limit) = {
-        let live = shared.live();
-        (
-            live.settings.max_push_body_bytes,
-            live.settings.push_body_timeout,
-        )
-    };
     let deadline = tokio::time::Instant::now() + limit;
     let timed_out = |_| Refusal::PushBodyTimeout(limit);
     let first = tokio::select! {
