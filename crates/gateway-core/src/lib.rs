@@ -32,6 +32,7 @@ mod frame;
 mod hub;
 mod ids;
 mod message;
+mod push;
 mod topic;
 
 pub use error::{InvalidAppName, MessageError};
@@ -42,4 +43,5 @@ pub use hub::{
 };
 pub use ids::{AppName, ConnId, MemberId};
 pub use message::{AuthRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest};
+pub use push::{ElementError, MembersError, PushBatch, PushError, PushLimits, PushRequest};
 pub use topic::{Timestamp, Topic};
