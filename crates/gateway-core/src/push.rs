@@ -141,7 +141,7 @@ pub enum PushError {
     #[error(transparent)]
     Members(MembersError),
     /// Element `index` (from 0) of the array is not a valid push object.
-    #[error("bad push at index {index}: {error}")]
+    #[error("push at index {index}: {error}")]
     Element { index: usize, error: ElementError },
     /// The body is an empty array.
     #[error("the array of pushes is empty")]
@@ -565,7 +565,7 @@ mod tests {
             assert_eq!(index, 3, "{body}");
             let text = PushError::Element { index, error }.to_string();
             assert!(
-                text.starts_with("bad push at index 3: ") && text.contains(why),
+                text.starts_with("push at index 3: ") && text.contains(why),
                 "{text:?} does not say {why:?}"
             );
         }
@@ -725,7 +725,7 @@ mod tests {
         assert_eq!(refusal("[]"), "the array of pushes is empty");
         assert_eq!(
             refusal(r#"[{"app":"match","member_ids":[1],"text":"x"}]"#),
-            r#"bad push at index 0: member_ids needs a private app; "match" is public"#
+            r#"push at index 0: member_ids needs a private app; "match" is public"#
         );
         assert_eq!(
             refusal(r#"{"app":"im","member_ids":[3,3],"text":"x"}"#),

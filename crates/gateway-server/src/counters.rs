@@ -123,6 +123,9 @@ pub struct Counters {
     /// How long the authenticator took to decide on a member's token.
     auth_latency: AtomicHistogram<{ AUTH_BOUNDS_S.len() }>,
     pushes_accepted: AtomicU64,
+    /// `POST /push` requests with an array or `member_ids` whose every publication the broker
+    /// took; with `pushes_accepted`, the mean batch size.
+    push_batches: AtomicU64,
     /// Indexed like [`PushRefusal::ALL`].
     push_refusals: [AtomicU64; PushRefusal::ALL.len()],
     /// Publications queued to a connection's outbox.
@@ -170,6 +173,7 @@ impl Default for Counters {
             auths: Default::default(),
             auth_latency: AtomicHistogram::new(AUTH_BOUNDS_S),
             pushes_accepted: AtomicU64::new(0),
+            push_batches: AtomicU64::new(0),
             push_refusals: Default::default(),
             deliveries: AtomicU64::new(0),
             frames_taken: AtomicU64::new(0),
@@ -440,6 +444,16 @@ impl Counters {
 
     pub(crate) fn push_accepted(&self) {
         self.pushes_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `POST /push` requests with an array or `member_ids` answered 202 (each of their
+    /// publications counts in [`Counters::pushes_accepted`] too).
+    pub fn push_batches(&self) -> u64 {
+        self.push_batches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn push_batch_accepted(&self) {
+        self.push_batches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every `POST /push` that was not answered 202, by reason.

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_core::HubConfig;
+use gateway_core::{HubConfig, PushLimits};
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
@@ -179,6 +179,12 @@ pub struct Limits {
     /// `POST /push` requests being handled at once; one more gets 503 with `Retry-After`.
     /// Default 1024.
     pub max_inflight_pushes: usize,
+    /// Publications one `POST /push` request may make: the elements of an array, each member
+    /// of a `member_ids` list counting one. One more gets 413 and nothing is published.
+    /// Default 1000.
+    pub max_push_batch: usize,
+    /// Members one `member_ids` list may name; one more gets 400. Default 1000.
+    pub max_push_members: usize,
     /// Connections the kernel queues for each listener before the gateway accepts them
     /// (capped by `net.core.somaxconn`); beyond it, connection attempts are dropped and
     /// retried by the client a second later. Default 4096.
@@ -225,6 +231,8 @@ impl Default for Limits {
             max_messages_per_s: 50,
             message_burst: 300,
             max_inflight_pushes: 1024,
+            max_push_batch: PushLimits::DEFAULT_MAX_PUBLICATIONS,
+            max_push_members: PushLimits::DEFAULT_MAX_MEMBERS,
             accept_backlog: 4096,
             max_auth_message_bytes: 16 * 1024,
             max_handshakes: 1024,

@@ -208,6 +208,16 @@ impl Resolver<'_> {
                 l.max_inflight_pushes,
                 dl.max_inflight_pushes,
             )?,
+            max_push_batch: self.positive(
+                "limits.max_push_batch",
+                l.max_push_batch,
+                dl.max_push_batch,
+            )?,
+            max_push_members: self.positive(
+                "limits.max_push_members",
+                l.max_push_members,
+                dl.max_push_members,
+            )?,
             accept_backlog: self.positive(
                 "limits.accept_backlog",
                 l.accept_backlog,

@@ -83,6 +83,8 @@ max_connections = 60
 max_messages_per_s = 7
 message_burst = 8
 max_inflight_pushes = 9
+max_push_batch = 17
+max_push_members = 18
 accept_backlog = 10
 max_auth_message_bytes = 11
 max_handshakes = 12
@@ -125,6 +127,8 @@ kind = "anonymous"
             max_messages_per_s: 7,
             message_burst: 8,
             max_inflight_pushes: 9,
+            max_push_batch: 17,
+            max_push_members: 18,
             accept_backlog: 10,
             max_auth_message_bytes: 11,
             max_handshakes: 12,

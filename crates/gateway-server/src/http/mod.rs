@@ -66,6 +66,20 @@ pub(crate) enum Refusal {
     BodyTooLarge(usize),
     BadBody(String),
     BadPush(String),
+    /// An array of pushes with an invalid element: the whole text of the answer, naming the
+    /// element's index. Nothing was published.
+    BadPushBatch(String),
+    /// An array or `member_ids` push that would make more publications than this
+    /// (`limits.max_push_batch`). Nothing was published.
+    PushBatchTooLarge(usize),
+    /// An array or `member_ids` push whose publication `accepted` (from 0) the broker did not
+    /// take: the ones before it were taken; from it on, nothing was delivered, or with
+    /// `outcome_unknown` something may have been. Answered with a JSON body.
+    PushBatchNotDelivered {
+        accepted: usize,
+        error: String,
+        outcome_unknown: bool,
+    },
     /// The stat listener is answering `limits.max_stat_requests` requests already.
     StatOverloaded,
     /// A stat request's answer was not ready within `timeouts.stat_request_ms`.
@@ -85,6 +99,16 @@ impl Refusal {
             Refusal::ShuttingDown => PushRefusal::ShuttingDown,
             Refusal::BrokerUnavailable(_) => PushRefusal::BrokerUnavailable,
             Refusal::PushOutcomeUnknown(_) => PushRefusal::OutcomeUnknown,
+            Refusal::PushBatchTooLarge(_) => PushRefusal::TooLarge,
+            Refusal::PushBatchNotDelivered {
+                outcome_unknown, ..
+            } => {
+                if *outcome_unknown {
+                    PushRefusal::OutcomeUnknown
+                } else {
+                    PushRefusal::BrokerUnavailable
+                }
+            }
             _ => PushRefusal::BadRequest,
         }
     }
@@ -160,6 +184,29 @@ impl Refusal {
             ),
             Refusal::BadBody(why) => (StatusCode::BAD_REQUEST, format!("cannot read body: {why}")),
             Refusal::BadPush(why) => (StatusCode::BAD_REQUEST, format!("bad push message: {why}")),
+            Refusal::BadPushBatch(text) => (StatusCode::BAD_REQUEST, text.clone()),
+            Refusal::PushBatchTooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("more than {max} publications in one request (limits.max_push_batch)"),
+            ),
+            Refusal::PushBatchNotDelivered {
+                accepted,
+                error,
+                outcome_unknown: false,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not delivered from publication {accepted} on: {error}"),
+            ),
+            Refusal::PushBatchNotDelivered {
+                accepted,
+                error,
+                outcome_unknown: true,
+            } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "outcome unknown from publication {accepted} on (they may have been delivered): {error}"
+                ),
+            ),
         }
     }
 
@@ -182,8 +229,18 @@ impl Refusal {
                 | Refusal::PushOutcomeUnknown(_)
                 | Refusal::BadBody(_)
                 | Refusal::BadPush(_)
+                | Refusal::BadPushBatch(_)
+                | Refusal::PushBatchTooLarge(_)
+                | Refusal::PushBatchNotDelivered { .. }
         );
-        let mut response = text_response(status, format!("{text}\n"));
+        let mut response = match &self {
+            // The pusher needs the count to know what to send again: a JSON body.
+            Refusal::PushBatchNotDelivered { accepted, .. } => json_response(
+                status,
+                serde_json::json!({"accepted": accepted, "error": text}).to_string(),
+            ),
+            _ => text_response(status, format!("{text}\n")),
+        };
         let headers = response.headers_mut();
         if !keep_alive {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -208,7 +265,11 @@ impl Refusal {
             | Refusal::ClusterUnavailable(_)
             | Refusal::StatOverloaded
             | Refusal::StatTimeout(_)
-            | Refusal::PushBodiesOverBudget => {
+            | Refusal::PushBodiesOverBudget
+            | Refusal::PushBatchNotDelivered {
+                outcome_unknown: false,
+                ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -223,6 +284,17 @@ fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A JSON answer of the push API (`{"accepted":N}` and its refusals).
+fn json_response(status: StatusCode, json: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(json)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -1,10 +1,11 @@
 //! `POST /push`: who may push, and the body, received within its bounds before the push takes
-//! a dispatch slot.
+//! a dispatch slot; then one push, or the publications of an array or a `member_ids` push in
+//! order (one dispatch slot for the whole request).
 
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use gateway_core::{Publication, PushMessage};
+use gateway_core::{Publication, PushBatch, PushError, PushLimits, PushRequest};
 use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -107,9 +108,29 @@ pub(super) async fn push(
     let Ok(_slot) = shared.push_slots.try_acquire() else {
         return Err(Refusal::PushOverloaded);
     };
-    let push = PushMessage::parse(&body, shared.config.hub.max_app_name_len)
-        .map_err(|err| Refusal::BadPush(err.to_string()))?;
-    drop(charge);
+    let limits = &shared.config.limits;
+    let push_limits = PushLimits {
+        max_publications: limits.max_push_batch,
+        max_members: limits.max_push_members,
+    };
+    let request =
+        PushRequest::parse(&body, &shared.config.hub, push_limits).map_err(refused_request)?;
+    // What is published from here on was copied out of the body.
+    drop((body, charge));
+    let push = match request {
+        PushRequest::Single(push) => push,
+        PushRequest::ToMembers(batch) => {
+            publish_batch(shared, &batch, max).await?;
+            return Ok(accepted(Bytes::new()));
+        }
+        PushRequest::Batch(batch) => {
+            let n = publish_batch(shared, &batch, max).await?;
+            return Ok(super::json_response(
+                StatusCode::ACCEPTED,
+                serde_json::json!({ "accepted": n }).to_string(),
+            ));
+        }
+    };
     // 202 only once the broker took the push; otherwise 503 and nobody received it.
     shared
         .node
@@ -122,9 +143,49 @@ pub(super) async fn push(
                 Refusal::BrokerUnavailable(err.to_string())
             }
         })?;
-    let mut accepted = Response::new(Full::new(Bytes::new()));
+    Ok(accepted(Bytes::new()))
+}
+
+fn accepted(body: Bytes) -> Response<Body> {
+    let mut accepted = Response::new(Full::new(body));
     *accepted.status_mut() = StatusCode::ACCEPTED;
-    Ok(accepted)
+    accepted
+}
+
+/// The answer to a body that is not a valid push, a valid array of pushes or a valid
+/// `member_ids` push.
+fn refused_request(err: PushError) -> Refusal {
+    match err {
+        // "bad push message" first, as every 400 of /push (Part 1) begins.
+        PushError::Element { index, error } => {
+            Refusal::BadPushBatch(format!("bad push message at index {index}: {error}"))
+        }
+        PushError::TooManyPublications { max } => Refusal::PushBatchTooLarge(max),
+        // The seed's refusal (same text as before batches existed), `member_ids` in an object,
+        // an empty array.
+        _ => Refusal::BadPush(err.to_string()),
+    }
+}
+
+/// Publishes every publication of `batch` in order (at most `max_in_flight_bytes` of them
+/// waiting for the broker at once); the number published, or the refusal that says how many
+/// were.
+async fn publish_batch(
+    shared: &Shared,
+    batch: &PushBatch,
+    max_in_flight_bytes: usize,
+) -> Result<usize, Refusal> {
+    let published = shared
+        .node
+        .publish_in_order(batch.publications(), max_in_flight_bytes)
+        .await
+        .map_err(|failure| Refusal::PushBatchNotDelivered {
+            accepted: failure.accepted,
+            error: failure.error.to_string(),
+            outcome_unknown: failure.outcome_unknown,
+        })?;
+    shared.counters.push_batch_accepted();
+    Ok(published)
 }
 
 /// Receives a push body of at most `limits.max_push_body_bytes`, within

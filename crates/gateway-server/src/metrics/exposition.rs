@@ -248,6 +248,12 @@ impl Collector for Scrape {
             "Pushes the broker took (answered 202).",
             c.pushes_accepted(),
         )?;
+        counter(
+            e,
+            "ws_gateway_push_batches",
+            "POST /push requests with an array or member_ids answered 202 (their publications count in ws_gateway_pushes_accepted).",
+            c.push_batches(),
+        )?;
         counters_by(
             e,
             "ws_gateway_pushes_refused",

@@ -13,6 +13,7 @@
 //! delivers a push it accepted by a short-cut as well, so each subscriber receives it once, and
 //! all of an app's subscribers receive its pushes in the order the broker serialised them.
 
+mod batch;
 mod held;
 pub(crate) mod outbox;
 mod report;
