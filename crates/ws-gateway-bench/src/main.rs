@@ -8,6 +8,8 @@
 //! - `fanout`: N subscribers, M pushes (at a rate or flat out); deliveries/s, server CPU per
 //!   delivery, loss, reordering, latency percentiles.
 //! - `push`: HTTP push throughput over keep-alive connections, no subscribers.
+//! - `batch`: messages/s through arrays of pushes against single pushes, alternating in one
+//!   run, delivered to real subscribers (loss and order checked).
 //! - `subs`: many subscriptions per connection: RSS per subscription, push round trips while
 //!   `/stat` is read, RSS after every client left.
 //!
@@ -17,6 +19,7 @@
 //! `--broker-pid` reports the broker server's CPU apart; `fanout --procs P` holds the
 //! subscribers in P child processes (one open file per connection: one process holds < 20k).
 
+mod batch;
 mod children;
 mod fanout;
 mod proc;
@@ -185,6 +188,13 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Messages/s through `POST /push` arrays against single pushes, side by side.
+    Batch {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: batch::BatchArgs,
+    },
     /// N connections × S subscriptions: RSS per subscription, pushes while `/stat` is read.
     Subs {
         #[command(flatten)]
@@ -229,6 +239,7 @@ async fn main() {
             connections,
             seconds,
         } => push(common, connections, seconds).await,
+        Mode::Batch { common, args } => batch::batch(common, args).await,
         Mode::Subs { common, args } => subs::subs(common, args).await,
         Mode::Subscribers(args) => children::child(args).await,
     };
