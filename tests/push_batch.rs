@@ -12,7 +12,7 @@ use common::*;
 use gateway_broker::BrokerSettings;
 use gateway_server::{BrokerConfig, BrokerKind, ServerConfig};
 use hyper::StatusCode;
-use test_servers::RedisServer;
+use test_servers::{NatsServer, RedisServer};
 
 fn envelope(app: &str, member_id: i64, text: &str) -> String {
     format!(r#"{{"app":"{app}","member_id":{member_id},"text":"{text}"}}"#)
@@ -389,13 +389,11 @@ async fn more_members_than_max_push_members_is_400() {
     m888.expect(&envelope("im", 888, "ok")).await;
 }
 
-/// Two nodes over one Redis.
-async fn redis_pair(redis: &RedisServer) -> (TestServer, TestServer) {
+/// Two nodes over one broker.
+async fn pair(kind: BrokerKind) -> (TestServer, TestServer) {
     let config = ServerConfig {
         broker: BrokerConfig {
-            kind: BrokerKind::Redis {
-                urls: vec![redis.url()],
-            },
+            kind,
             settings: BrokerSettings {
                 // Derived from each node's address: two nodes, two ids.
                 node_id: String::new(),
@@ -411,17 +409,22 @@ async fn redis_pair(redis: &RedisServer) -> (TestServer, TestServer) {
     (a, b)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_through_redis_reaches_the_other_node_in_order() {
-    let redis = RedisServer::start();
-    let (a, b) = redis_pair(&redis).await;
-    // Subscribed on B: the reply comes once B's Redis subscription is live.
+fn redis(server: &RedisServer) -> BrokerKind {
+    BrokerKind::Redis {
+        urls: vec![server.url()],
+    }
+}
+
+/// A batch pushed to node A reaches subscribers on node B whole and in order.
+async fn a_batch_reaches_the_other_node_in_order(kind: BrokerKind) {
+    let (a, b) = pair(kind).await;
+    // Subscribed on B: the reply comes once B's broker subscription is live.
     let mut on_b = b.anonymous().await;
     on_b.subscribe("match").await;
     let mut member_on_b = b.member(777, "777secret").await;
     member_on_b.subscribe("im").await;
 
-    // More than the Redis connection's command queue holds (50): later publishes wait for
+    // More than a Redis connection's command queue holds (50): later publishes wait for
     // room, and must still go out in order.
     let (status, body) = a.push(&numbered("match", "n", 500)).await;
     assert_eq!(
@@ -440,10 +443,26 @@ async fn a_batch_through_redis_reaches_the_other_node_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_through_redis_reaches_the_other_node_in_order() {
+    let server = RedisServer::start();
+    a_batch_reaches_the_other_node_in_order(redis(&server)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_through_nats_reaches_the_other_node_in_order() {
+    let server = NatsServer::start();
+    a_batch_reaches_the_other_node_in_order(BrokerKind::Nats {
+        url: server.url(),
+        credentials: Default::default(),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_while_the_broker_is_down_is_503_with_the_count_taken() {
-    let mut redis = RedisServer::start();
-    let (a, _b) = redis_pair(&redis).await;
-    redis.stop();
+    let mut server = RedisServer::start();
+    let (a, _b) = pair(redis(&server)).await;
+    server.stop();
     // The node finds out at its next check or publish; until then a push may still time out.
     let (headers, body) = retry_until("a 503 once the node knows Redis is down", || async {
         let (status, headers, body) =
