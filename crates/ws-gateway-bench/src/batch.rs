@@ -4,8 +4,12 @@
 //! which count what they get and check its order.
 //!
 //! The rate is messages over the time from the first request to the last delivery, so a
-//! server that accepts faster than it delivers is not credited for it. Each message's text is
-//! `<pusher> <seq>`: every subscriber checks that each pusher's sequence only grows.
+//! server that accepts faster than it delivers is not credited for it. Pushing is flow
+//! controlled: a request waits while it would put the slowest subscriber more than `--window`
+//! messages behind, since the gateway answers a push once it is queued (not written), and
+//! flat-out arrays would otherwise overflow the subscribers' outboxes (4100, messages lost)
+//! within a second. Each message's text is `<pusher> <seq>`: every subscriber checks that each
+//! pusher's sequence only grows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::ProgressBar;
+use tokio::sync::Notify;
 
 use crate::report::Report;
 use crate::target::Target;
@@ -38,6 +43,10 @@ pub struct BatchArgs {
     seconds: u64,
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Messages the slowest subscriber may be behind the pushes accepted; keep it plus
+    /// `--batch` under the gateway's `limits.outbox_messages` (1024), or messages are lost.
+    #[arg(long, default_value_t = 512)]
+    window: u64,
 }
 
 /// How long the subscribers may take to receive everything once pushing stopped.
@@ -52,8 +61,15 @@ struct Tally {
     last_ns: AtomicU64,
 }
 
-/// Counts and checks what arrives, until the connection ends.
-async fn tally(mut client: WsClient, target: Target, tally: Arc<Tally>, base: Instant) {
+/// Counts and checks what arrives, until the connection ends; `progress` wakes the pushers
+/// waiting for the subscribers to catch up.
+async fn tally(
+    mut client: WsClient,
+    target: Target,
+    tally: Arc<Tally>,
+    progress: Arc<Notify>,
+    base: Instant,
+) {
     let mut last_seq: Vec<Option<u64>> = Vec::new();
     while let Ok(Some(payload)) = client.next_message().await {
         let Some(text) = target.delivered_text(&payload) else {
@@ -78,6 +94,43 @@ async fn tally(mut client: WsClient, target: Target, tally: Arc<Tally>, base: In
             .last_ns
             .store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
         tally.count.fetch_add(1, Ordering::Release);
+        progress.notify_waiters();
+    }
+}
+
+/// What the pushers of one run share: messages accepted so far, and how far each subscriber
+/// has got since the run began.
+struct Flow {
+    window: u64,
+    accepted: AtomicU64,
+    tallies: Vec<Arc<Tally>>,
+    before: Vec<u64>,
+    progress: Arc<Notify>,
+}
+
+impl Flow {
+    /// Messages of this run the slowest subscriber has received.
+    fn slowest(&self) -> u64 {
+        self.tallies
+            .iter()
+            .zip(&self.before)
+            .map(|(t, b)| t.count.load(Ordering::Acquire) - b)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `size` more messages keep the slowest subscriber within the window, and
+    /// counts them as sent.
+    async fn admit(&self, size: u64) {
+        let sent = self.accepted.fetch_add(size, Ordering::AcqRel) + size;
+        loop {
+            // Created before the check: a notification in between is not missed.
+            let caught_up = self.progress.notified();
+            if self.slowest() + self.window >= sent {
+                return;
+            }
+            caught_up.await;
+        }
     }
 }
 
@@ -106,15 +159,27 @@ async fn run(
     args: &BatchArgs,
     size: usize,
     round: usize,
-    tallies: &[Arc<Tally>],
+    subscribers: &Subscribers,
     next_seq: &mut [u64],
-    base: Instant,
 ) -> Result<Run, Error> {
+    let Subscribers {
+        tallies,
+        progress,
+        base,
+    } = subscribers;
+    let base = *base;
     let servers = common.servers();
     let before_counts: Vec<u64> = tallies
         .iter()
         .map(|t| t.count.load(Ordering::Acquire))
         .collect();
+    let flow = Arc::new(Flow {
+        window: args.window,
+        accepted: AtomicU64::new(0),
+        tallies: tallies.clone(),
+        before: before_counts.clone(),
+        progress: progress.clone(),
+    });
     let reordered_before: u64 = tallies
         .iter()
         .map(|t| t.reordered.load(Ordering::Relaxed))
@@ -126,7 +191,7 @@ async fn run(
     let deadline = started + Duration::from_secs(args.seconds);
     let workers: Vec<_> = (0..args.connections)
         .map(|pusher| {
-            let common = common.clone();
+            let (common, flow) = (common.clone(), flow.clone());
             let mut seq = next_seq[pusher];
             tokio::spawn(async move {
                 let mut sender = http_connection(common.addr).await?;
@@ -134,6 +199,7 @@ async fn run(
                 let expected = format!(r#"{{"accepted":{size}}}"#);
                 while Instant::now() < deadline {
                     let body = body(&common.app, pusher, seq, size);
+                    flow.admit(size as u64).await;
                     let (status, answer) = request(&mut sender, "POST", "/push", body).await?;
                     let accepted = status == 202 && (size == 1 || answer == expected.as_bytes());
                     if !accepted {
@@ -194,6 +260,7 @@ async fn run(
         .add("round", round as u64, "")
         .add("pushes_per_request", size as u64, "")
         .add("connections", args.connections as u64, "")
+        .add("window", args.window, "msg")
         .add("subscribers", tallies.len() as u64, "")
         .add("requests", requests, "")
         .add("messages", messages, "")
@@ -220,9 +287,21 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The subscribers' tallies, and what wakes a pusher when they progress.
+struct Subscribers {
+    tallies: Vec<Arc<Tally>>,
+    progress: Arc<Notify>,
+    /// What the tallies' instants count from.
+    base: Instant,
+}
+
 pub async fn batch(common: Common, args: BatchArgs) -> Result<(), Error> {
     if common.target != Target::Gateway {
         return Err("the batch mode measures ws-gateway's array push; Nchan has none".into());
+    }
+    if args.window < args.batch as u64 {
+        // A request that cannot fit in the window would wait forever.
+        return Err("--window must be at least --batch".into());
     }
     let common = Arc::new(common);
     let addrs = common.sub_addrs();
@@ -231,14 +310,21 @@ pub async fn batch(common: Common, args: BatchArgs) -> Result<(), Error> {
     let clients = open_subscribers(opening, progress, |client| client).await?;
     check_subscribers(&common, &shares(0, args.subscribers, addrs.len())).await?;
     let base = Instant::now();
+    let progress = Arc::new(Notify::new());
     let tallies: Vec<Arc<Tally>> = clients
         .into_iter()
         .map(|client| {
             let t = Arc::new(Tally::default());
-            tokio::spawn(tally(client, common.target, t.clone(), base));
+            let reader = tally(client, common.target, t.clone(), progress.clone(), base);
+            tokio::spawn(reader);
             t
         })
         .collect();
+    let subscribers = Subscribers {
+        tallies,
+        progress,
+        base,
+    };
 
     let mut next_seq = vec![0u64; args.connections];
     let (mut singles, mut batches, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -252,7 +338,7 @@ pub async fn batch(common: Common, args: BatchArgs) -> Result<(), Error> {
         };
         let mut rates = [0.0; 2];
         for size in sizes {
-            let run = run(&common, &args, size, round, &tallies, &mut next_seq, base).await?;
+            let run = run(&common, &args, size, round, &subscribers, &mut next_seq).await?;
             lost += run.lost;
             reordered += run.reordered;
             rates[usize::from(size != 1)] = run.messages_per_s;
