@@ -459,6 +459,43 @@ async fn a_batch_through_nats_reaches_the_other_node_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_two_redis_shards_keeps_each_apps_order() {
+    let (first, second) = (RedisServer::start(), RedisServer::start());
+    let (a, b) = pair(BrokerKind::Redis {
+        urls: vec![first.url(), second.url()],
+    })
+    .await;
+    let apps: Vec<String> = (0..8).map(|i| format!("app{i}")).collect();
+    let mut on_b = b.anonymous().await;
+    on_b.subscribe_all(&apps).await;
+    // Both shards carry some of the apps, so the batch is split into two pipelines.
+    assert!(first.channels("ws-gateway.*").len() < apps.len());
+    assert!(!first.channels("ws-gateway.*").is_empty());
+    let elements: Vec<String> = (0..400)
+        .map(|i| format!(r#"{{"app":"app{}","text":"{i}"}}"#, i % 8))
+        .collect();
+    let (status, body) = a.push(&format!("[{}]", elements.join(","))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::ACCEPTED, r#"{"accepted":400}"#)
+    );
+    // Between shards there is no order; within an app, array order.
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for _ in 0..400 {
+        let frame: serde_json::Value = serde_json::from_str(&on_b.recv().await).unwrap();
+        let app = frame["app"].as_str().unwrap().to_owned();
+        let n: i64 = frame["text"].as_str().unwrap().parse().unwrap();
+        assert_eq!(n % 8, app[3..].parse::<i64>().unwrap());
+        let before = last.insert(app.clone(), n);
+        assert!(
+            before.is_none_or(|before| before < n),
+            "{app}: {n} after {before:?}"
+        );
+    }
+    on_b.expect_nothing_more().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_while_the_broker_is_down_is_503_with_the_count_taken() {
     let mut server = RedisServer::start();
     let (a, _b) = pair(redis(&server)).await;

@@ -210,6 +210,34 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// (this one included: a node delivers what comes back, never a short-cut as well).
     fn publish(&self, topic: &Topic, publication: Publication) -> Publishing;
 
+    /// Sends `publications` as [`Broker::publish`] sends one, in this order: every node
+    /// receives those of one topic in the order given (what one request's array of pushes
+    /// needs). Returns one outcome per publication, in order, or fewer when it stopped at a
+    /// failure: those past the returned outcomes were not sent.
+    ///
+    /// Issuing many [`Broker::publish`]es at once does not keep their order: on a runtime
+    /// with several threads, two of them waiting for room in a connection's queue can be let
+    /// in together and sent in either order. So the default awaits each publication before the
+    /// next, and Redis and NATS override it to pipeline them in order (one pipeline per Redis
+    /// shard; NATS messages queued one by one, then confirmed by one round trip).
+    fn publish_all(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> BoxFuture<'_, Vec<Result<Published, BrokerError>>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(publications.len());
+            for (topic, publication) in publications {
+                let outcome = self.publish(&topic, publication).await;
+                let failed = outcome.is_err();
+                outcomes.push(outcome);
+                if failed {
+                    break;
+                }
+            }
+            outcomes
+        })
+    }
+
     /// Starts receiving publications to `topic`. Must not block nor wait: the node calls it
     /// under its lock, in the order interest changed, and the broker applies changes in that
     /// order.

@@ -313,6 +313,50 @@ impl NatsBroker {
     }
 }
 
+/// Queues one message on the client's connection. Any failure means it was not queued, so
+/// nothing was sent.
+async fn queue(
+    client: &Client,
+    subject: String,
+    payload: bytes::Bytes,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(), BrokerError> {
+    // `Client::publish` fails only before it queues the message, and its queue's `send`
+    // queues nothing when the timeout gives it up.
+    match tokio::time::timeout_at(deadline, client.publish(subject, payload)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BrokerError::Unavailable(match e.kind() {
+            PublishErrorKind::Send => "the NATS client has stopped".to_owned(),
+            _ => format!("not sent: {e}"),
+        })),
+        Err(_) => Err(BrokerError::Unavailable(format!(
+            "not sent: the NATS client took no message within {timeout:?}"
+        ))),
+    }
+}
+
+/// Confirms the messages queued so far: the server has them once a round trip behind them
+/// comes back on the connection they were queued on (`epoch`: no disconnection since).
+async fn confirm(
+    client: &Client,
+    disconnections: &AtomicU64,
+    epoch: u64,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Published, BrokerError> {
+    match tokio::time::timeout_at(deadline, subscriptions::round_trip(client)).await {
+        Ok(Ok(())) if disconnections.load(Ordering::Acquire) == epoch => Ok(Published),
+        Ok(Ok(())) => Err(BrokerError::Failed(
+            "the connection to NATS was lost after the push was queued".into(),
+        )),
+        Ok(Err(e)) => Err(BrokerError::Failed(format!(
+            "no confirmation from NATS: {e}"
+        ))),
+        Err(_) => Err(BrokerError::TimedOut(timeout)),
+    }
+}
+
 impl Broker for NatsBroker {
     fn kind(&self) -> &'static str {
         "nats"
@@ -335,35 +379,49 @@ impl Broker for NatsBroker {
         Publishing::Pending(Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             let epoch = disconnections.load(Ordering::Acquire);
-            // `Client::publish` fails only before it queues the message, and its queue's
-            // `send` queues nothing when the timeout gives it up.
-            match tokio::time::timeout_at(deadline, client.publish(subject, payload)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(BrokerError::Unavailable(match e.kind() {
-                        PublishErrorKind::Send => "the NATS client has stopped".to_owned(),
-                        _ => format!("not sent: {e}"),
-                    }));
-                }
-                Err(_) => {
-                    return Err(BrokerError::Unavailable(format!(
-                        "not sent: the NATS client took no message within {timeout:?}"
-                    )));
-                }
-            }
-            // Queued: the server has it once a round trip behind it comes back, on the same
-            // connection.
-            match tokio::time::timeout_at(deadline, subscriptions::round_trip(&client)).await {
-                Ok(Ok(())) if disconnections.load(Ordering::Acquire) == epoch => Ok(Published),
-                Ok(Ok(())) => Err(BrokerError::Failed(
-                    "the connection to NATS was lost after the push was queued".into(),
-                )),
-                Ok(Err(e)) => Err(BrokerError::Failed(format!(
-                    "no confirmation from NATS: {e}"
-                ))),
-                Err(_) => Err(BrokerError::TimedOut(timeout)),
-            }
+            queue(&client, subject, payload, deadline, timeout).await?;
+            confirm(&client, &disconnections, epoch, deadline, timeout).await
         }))
+    }
+
+    /// Queues the messages one after another (each waits for room in the client's queue
+    /// before the next is queued: the server reads them in this order), then confirms them
+    /// all with one round trip. Stops at the first message that could not be queued.
+    fn publish_all(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> BoxFuture<'_, Vec<Result<Published, BrokerError>>> {
+        Box::pin(async move {
+            if !self.connected() {
+                return vec![Err(BrokerError::Unavailable(
+                    "not connected to a NATS server".into(),
+                ))];
+            }
+            let timeout = self.settings.publish_timeout;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let epoch = self.disconnections.load(Ordering::Acquire);
+            let mut queued = 0;
+            let mut refused = None;
+            for (topic, publication) in publications {
+                let subject = wire::channel(&self.settings.prefix, &topic);
+                let payload = wire::encode(&publication);
+                match queue(&self.client, subject, payload, deadline, timeout).await {
+                    Ok(()) => queued += 1,
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
+            let confirmed = if queued > 0 {
+                confirm(&self.client, &self.disconnections, epoch, deadline, timeout).await
+            } else {
+                Ok(Published)
+            };
+            let mut outcomes: Vec<_> = (0..queued).map(|_| confirmed.clone()).collect();
+            outcomes.extend(refused.map(Err));
+            outcomes
+        })
     }
 
     fn subscribe(&self, topic: &Topic, seq: u64) -> Subscription {

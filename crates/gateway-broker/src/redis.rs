@@ -298,6 +298,25 @@ fn command_error(error: &::redis::RedisError) -> BrokerError {
     BrokerError::Failed(error.to_string())
 }
 
+/// The number of subscribers that got it (zero is a success too), or why not.
+fn publish_answer(answer: Value) -> Result<Published, BrokerError> {
+    match answer {
+        Value::Int(_) => Ok(Published),
+        other => Err(BrokerError::Failed(format!(
+            "unexpected answer to PUBLISH: {other:?}"
+        ))),
+    }
+}
+
+/// A command handed to the connection failed: it may have been executed.
+fn sent_and_failed(error: &::redis::RedisError, publisher: &Publisher) -> BrokerError {
+    if is_connection_error(error) {
+        // Let the supervisor check now rather than at its next PING.
+        publisher.suspect();
+    }
+    command_error(error)
+}
+
 fn is_connection_error(error: &::redis::RedisError) -> bool {
     error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
 }
@@ -334,20 +353,88 @@ impl Broker for RedisBroker {
             let mut connection = connection;
             match tokio::time::timeout(timeout, connection.send_packed_command(&command)).await {
                 Err(_) => Err(BrokerError::TimedOut(timeout)),
-                // The number of subscribers that got it; zero is a success too.
-                Ok(Ok(Value::Int(_))) => Ok(Published),
-                Ok(Ok(other)) => Err(BrokerError::Failed(format!(
-                    "unexpected answer to PUBLISH: {other:?}"
-                ))),
-                Ok(Err(error)) => {
-                    if is_connection_error(&error) {
-                        // Let the supervisor check now rather than at its next PING.
-                        publisher.suspect();
-                    }
-                    Err(command_error(&error))
-                }
+                Ok(Ok(answer)) => publish_answer(answer),
+                Ok(Err(error)) => Err(sent_and_failed(&error, &publisher)),
             }
         }))
+    }
+
+    /// One pipeline of `PUBLISH`es per shard, in the order given (Redis runs one
+    /// connection's commands in order, and the pipeline goes to the connection's queue as one
+    /// message); the shards' pipelines are sent at once, since a topic lives on one shard.
+    /// A shard that is not connected fails its publications with `Unavailable`; a pipeline
+    /// that fails after it was handed over fails all of its publications alike.
+    fn publish_all(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> BoxFuture<'_, Vec<Result<Published, BrokerError>>> {
+        let count = publications.len();
+        // Per shard used: its index, the positions of its publications, their pipeline.
+        let mut groups: Vec<(usize, Vec<usize>, ::redis::Pipeline)> = Vec::new();
+        for (position, (topic, publication)) in publications.into_iter().enumerate() {
+            let shard = wire::shard_of(topic.app(), self.shards.len());
+            let group = match groups.iter().position(|(s, _, _)| *s == shard) {
+                Some(i) => &mut groups[i],
+                None => {
+                    groups.push((shard, Vec::new(), ::redis::pipe()));
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            group.1.push(position);
+            group
+                .2
+                .cmd("PUBLISH")
+                .arg(wire::channel(&self.settings.prefix, &topic))
+                .arg(&wire::encode(&publication)[..]);
+        }
+        let timeout = self.settings.publish_timeout;
+        let closed = self.shared.is_closed();
+        let sends: Vec<_> = groups
+            .into_iter()
+            .map(|(shard, positions, pipeline)| {
+                let shard = &self.shards[shard];
+                let connection = shard.publisher.connection().filter(|_| !closed);
+                let (publisher, addr) = (shard.publisher.clone(), shard.addr.clone());
+                async move {
+                    let Some(mut connection) = connection else {
+                        return (positions, Err(not_connected(&addr)));
+                    };
+                    let sent = connection.send_packed_commands(&pipeline, 0, positions.len());
+                    let answers = match tokio::time::timeout(timeout, sent).await {
+                        Err(_) => Err(BrokerError::TimedOut(timeout)),
+                        Ok(Ok(answers)) => Ok(answers),
+                        Ok(Err(error)) => Err(sent_and_failed(&error, &publisher)),
+                    };
+                    (positions, answers)
+                }
+            })
+            .collect();
+        Box::pin(async move {
+            let mut outcomes: Vec<Option<Result<Published, BrokerError>>> =
+                (0..count).map(|_| None).collect();
+            for (positions, answers) in futures_util::future::join_all(sends).await {
+                match answers {
+                    Ok(answers) => {
+                        for (position, answer) in positions.into_iter().zip(answers) {
+                            outcomes[position] = Some(publish_answer(answer));
+                        }
+                    }
+                    Err(error) => {
+                        for position in positions {
+                            outcomes[position] = Some(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+            outcomes
+                .into_iter()
+                .map(|outcome| {
+                    outcome.unwrap_or_else(|| {
+                        Err(BrokerError::Failed("no answer to this PUBLISH".into()))
+                    })
+                })
+                .collect()
+        })
     }
 
     fn subscribe(&self, topic: &Topic, seq: u64) -> Subscription {
