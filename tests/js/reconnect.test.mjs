@@ -41,12 +41,14 @@ test("killed and restarted on the same port: the client reconnects and resubscri
   assert.equal(code, 1006);
   assert.ok(reconnectInMs !== null && reconnectInMs <= FAST.maxDelayMs, `reconnect in ${reconnectInMs} ms`);
 
-  // Attempts fail while nothing listens; each one's delay stays within the cap.
+  // Attempts fail while nothing listens: the delays grow (50 ms doubling) up to the cap, each
+  // less a random part of up to half.
   const delays = [];
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 5; i++) {
     delays.push((await nextEvent(client, "close")).reconnectInMs);
   }
   assert.ok(delays.every((ms) => ms > 0 && ms <= FAST.maxDelayMs), `delays ${delays}`);
+  assert.ok(delays.at(-1) >= FAST.maxDelayMs * (1 - FAST.jitter), `delays ${delays}`);
 
   const reopened = nextEvent(client, "open");
   const resubscribed = subscribed(client, "match");
@@ -61,6 +63,29 @@ test("killed and restarted on the same port: the client reconnects and resubscri
   assert.equal(await gateway.push("match", -1, "after the restart"), 202);
   assert.deepEqual((await within(pushes.next(), "a push")).value, { app: "match", memberId: -1, text: "after the restart" });
   await pushes.return();
+});
+
+test("the backoff starts over once a connection has stayed up stableAfterMs", async () => {
+  const stableAfterMs = 300;
+  let { gateway, client } = await setUp({ reconnect: { ...FAST, stableAfterMs }, pingIntervalMs: 50 });
+  let lost = nextEvent(client, "close");
+  await gateway.kill();
+  await lost;
+  for (let i = 0; i < 3; i++) await nextEvent(client, "close");   // attempts 2 to 4: 400 ms at most
+
+  const reopened = nextEvent(client, "open");
+  gateway = await gateway.restart();
+  cleanup.push(() => gateway.stop());
+  await reopened;
+  const openedAt = Date.now();
+  // Pongs mark the time passing on a healthy connection, past stableAfterMs.
+  while (Date.now() - openedAt <= stableAfterMs) {
+    await nextEvent(client, "reply", (reply) => reply.message === "pong");
+  }
+  lost = nextEvent(client, "close");
+  await gateway.kill();
+  const { reconnectInMs } = await lost;
+  assert.ok(reconnectInMs <= FAST.initialDelayMs, `first delay ${reconnectInMs} ms after a stable connection`);
 });
 
 test("a subscribe asked for while disconnected is answered on the next connection", async () => {
