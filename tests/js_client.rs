@@ -87,7 +87,8 @@ fn the_javascript_client_passes_its_node_tests() {
         .args(["--test", "--test-reporter=spec"])
         .args(&files)
         .current_dir(&dir)
-        .env("WS_GATEWAY_BIN", env!("CARGO_BIN_EXE_ws-gateway"))
+        // Not a WS_GATEWAY_* name: the gateway would read it as configuration and refuse it.
+        .env("GATEWAY_BINARY", env!("CARGO_BIN_EXE_ws-gateway"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}): {INSTALL}"));
     // The runner's report (one line per test, the gateway's log on failure), shown by cargo

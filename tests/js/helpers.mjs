@@ -10,7 +10,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { Gateway } from "../browser/gateway.mjs";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-export const BINARY = process.env.WS_GATEWAY_BIN || join(ROOT, "target/debug/ws-gateway");
+export const BINARY = process.env.GATEWAY_BINARY || join(ROOT, "target/debug/ws-gateway");
 /** The longest any single step may take (the machine may be busy). */
 export const WAIT_MS = 10_000;
 
@@ -29,7 +29,7 @@ ${OTHER_MEMBER} = "seven"
 `;
 
 export async function startGateway(config = CONFIG) {
-  assert.ok(existsSync(BINARY), `no gateway binary at ${BINARY} (set WS_GATEWAY_BIN)`);
+  assert.ok(existsSync(BINARY), `no gateway binary at ${BINARY} (set GATEWAY_BINARY)`);
   assert.equal(typeof WebSocket, "function", "no global WebSocket: Node 20 needs --experimental-websocket");
   return Gateway.start(BINARY, config);
 }
