@@ -99,8 +99,10 @@ export class GatewayClient extends EventTarget {
   /** @type {typeof DEFAULTS.reconnect} */ #backoff;
   /** @type {WebSocket | null} */ #socket = null;
   /** @type {"idle" | "connecting" | "open" | "reconnecting" | "closed"} */ #state = "idle";
-  /** The apps to (re)subscribe, each with the callers waiting for its next reply. */
-  /** @type {Map<string, {waiters: Array<{resolve: Function, reject: Function}>, dropped: boolean}>} */
+  /**
+   * The apps to (re)subscribe, each with the callers waiting for its next reply.
+   * @type {Map<string, {waiters: Array<{resolve: Function, reject: Function}>, dropped: boolean}>}
+   */
   #wanted = new Map();
   /** Requests sent on this connection whose replies have not come: replies come in this order. */
   #inFlight = [];
@@ -121,7 +123,7 @@ export class GatewayClient extends EventTarget {
     super();
     this.#url = String(url);
     const { memberId } = options;
-    if (memberId !== undefined && !(Number.isSafeInteger(memberId) && memberId !== 0)) {
+    if (memberId != null && !(Number.isSafeInteger(memberId) && memberId !== 0)) {
       throw new TypeError(`memberId must be an integer > 0 (or < 0 for anonymous), not ${memberId}`);
     }
     const given = (object) => Object.fromEntries(Object.entries(object ?? {}).filter(([, v]) => v !== undefined));
