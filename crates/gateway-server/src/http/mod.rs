@@ -281,6 +281,12 @@ pub(crate) async fn main_service(
         } else {
             Err(Refusal::MethodNotAllowed("GET"))
         }
+    } else if req.uri().path() == "/ws-gateway.js" && shared.config.demo_page {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            Ok(pages::client_module())
+        } else {
+            Err(Refusal::MethodNotAllowed("GET"))
+        }
     } else {
         Err(Refusal::NotFound)
     };
