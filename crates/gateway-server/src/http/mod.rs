@@ -1,11 +1,14 @@
-//! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`) and of the
-//! stat listener (`GET /stat`), and the one place that maps refusals to HTTP responses.
+//! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`, the backend's
+//! `/disconnect` and `/presence`, the demo page) and of the stat listener (`GET /stat`, …), and
+//! the one place that maps refusals to HTTP responses.
 //!
 //! - [`handshake`]: a connection's first request, read by hand (the upgrade's fast path);
 //! - [`upgrade`]: judging an upgrade request, and upgrades that come to hyper;
 //! - [`push`]: `POST /push`, its body read within bounds before it takes a dispatch slot;
+//! - [`control`]: `POST /disconnect` and `GET /presence`, asked of every node;
 //! - [`admin`]: the stat listener's pages (`GET /stat`);
-//! - [`pages`]: the embedded dashboard and demo client (`GET /`).
+//! - [`pages`]: the embedded dashboard, the demo client (`GET /`) and the JavaScript client
+//!   module it is built on (`GET /ws-gateway.js`).
 
 pub(crate) mod admin;
 mod control;
