@@ -150,23 +150,24 @@ impl Incoming {
         let Value::String(text) = envelope.remove("text")? else {
             return None;
         };
-        if app == GATEWAY_APP && member_id == -1 {
-            if let Some(reply) = parse_reply(&text) {
-                let by_server = (reply.code == 410)
-                    .then(|| {
-                        reply
-                            .message
-                            .strip_prefix("unsubscribe ")?
-                            .strip_suffix(" by server")
-                    })
-                    .flatten();
-                return Some(match by_server {
-                    Some(app) => Incoming::UnsubscribedByServer {
-                        app: app.to_owned(),
-                    },
-                    None => Incoming::Reply(reply),
-                });
-            }
+        if app == GATEWAY_APP
+            && member_id == -1
+            && let Some(reply) = parse_reply(&text)
+        {
+            let by_server = (reply.code == 410)
+                .then(|| {
+                    reply
+                        .message
+                        .strip_prefix("unsubscribe ")?
+                        .strip_suffix(" by server")
+                })
+                .flatten();
+            return Some(match by_server {
+                Some(app) => Incoming::UnsubscribedByServer {
+                    app: app.to_owned(),
+                },
+                None => Incoming::Reply(reply),
+            });
         }
         // A backend may push to an app named "gateway"; only a reply-shaped text is a reply.
         Some(Incoming::Push(Push {
