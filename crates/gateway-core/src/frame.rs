@@ -102,15 +102,34 @@ pub enum Reply {
     /// 429 `too many subscriptions`: the connection already holds the configured maximum of
     /// subscriptions (an extension: a client within the limit never sees it).
     TooManySubscriptions,
+    /// 200 `unsubscribe <app> success`: the connection no longer receives the app's pushes.
+    Unsubscribed(AppName),
+    /// 404 `unsubscribe <app> not subscribed`: nothing to unsubscribe; nothing changes.
+    NotSubscribed(AppName),
+    /// 200 `pong`: the answer to `{"action":"ping"}`, a liveness check for clients (browsers)
+    /// that cannot send WebSocket pings.
+    Pong,
+    /// 400 `unknown action`: a message with an `action` this gateway does not know; nothing
+    /// changes.
+    UnknownAction,
+    /// 410 `unsubscribe <app> by server`: sent unasked when a backend removed this connection
+    /// from the app (`POST /disconnect` with an `app`); the client should not resubscribe.
+    UnsubscribedByServer(AppName),
 }
 
 impl Reply {
     pub fn code(&self) -> u16 {
         match self {
-            Reply::HelloStranger | Reply::HelloMember(_) | Reply::Subscribed(_) => 200,
-            Reply::MissingAuth | Reply::BadSubscribe => 400,
+            Reply::HelloStranger
+            | Reply::HelloMember(_)
+            | Reply::Subscribed(_)
+            | Reply::Unsubscribed(_)
+            | Reply::Pong => 200,
+            Reply::MissingAuth | Reply::BadSubscribe | Reply::UnknownAction => 400,
             Reply::Unauthorized => 401,
             Reply::SubscribeForbidden(_) => 403,
+            Reply::NotSubscribed(_) => 404,
+            Reply::UnsubscribedByServer(_) => 410,
             Reply::TooManySubscriptions => 429,
         }
     }
@@ -125,6 +144,11 @@ impl Reply {
             Reply::BadSubscribe => "bad subscribe message".to_owned(),
             Reply::SubscribeForbidden(app) => format!("subscribe {app} forbidden"),
             Reply::TooManySubscriptions => "too many subscriptions".to_owned(),
+            Reply::Unsubscribed(app) => format!("unsubscribe {app} success"),
+            Reply::NotSubscribed(app) => format!("unsubscribe {app} not subscribed"),
+            Reply::Pong => "pong".to_owned(),
+            Reply::UnknownAction => "unknown action".to_owned(),
+            Reply::UnsubscribedByServer(app) => format!("unsubscribe {app} by server"),
         }
     }
 
@@ -176,11 +200,14 @@ pub enum CloseCode {
     /// 1013: the gateway could not serve the connection now (its broker did not confirm a
     /// subscription in time); reconnecting, perhaps to another node, may work.
     TryAgainLater,
+    /// 4403: a backend closed this member's connections (`POST /disconnect`: logout, ban,
+    /// password change); reconnecting unchanged is pointless.
+    Disconnected,
 }
 
 impl CloseCode {
     /// Every close code, for documentation and tests.
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 12] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -192,6 +219,7 @@ impl CloseCode {
         CloseCode::AuthTimeout,
         CloseCode::TooManyMessages,
         CloseCode::TryAgainLater,
+        CloseCode::Disconnected,
     ];
 
     pub fn code(self) -> u16 {
@@ -207,6 +235,7 @@ impl CloseCode {
             CloseCode::AuthTimeout => 4408,
             CloseCode::TooManyMessages => 4429,
             CloseCode::TryAgainLater => 1013,
+            CloseCode::Disconnected => 4403,
         }
     }
 
@@ -224,6 +253,7 @@ impl CloseCode {
             CloseCode::AuthTimeout => "auth timeout",
             CloseCode::TooManyMessages => "too many messages",
             CloseCode::TryAgainLater => "try again later: subscription not confirmed",
+            CloseCode::Disconnected => "disconnected by the server",
         }
     }
 }
@@ -270,6 +300,26 @@ mod tests {
             (
                 Reply::TooManySubscriptions,
                 r#"{"app":"gateway","member_id":-1,"text":"{\"code\":429,\"message\":\"too many subscriptions\"}"}"#,
+            ),
+            (
+                Reply::Unsubscribed(app("match")),
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"unsubscribe match success\"}"}"#,
+            ),
+            (
+                Reply::NotSubscribed(app("match")),
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":404,\"message\":\"unsubscribe match not subscribed\"}"}"#,
+            ),
+            (
+                Reply::Pong,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"pong\"}"}"#,
+            ),
+            (
+                Reply::UnknownAction,
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":400,\"message\":\"unknown action\"}"}"#,
+            ),
+            (
+                Reply::UnsubscribedByServer(app("im")),
+                r#"{"app":"gateway","member_id":-1,"text":"{\"code\":410,\"message\":\"unsubscribe im by server\"}"}"#,
             ),
         ];
         for (reply, expected) in cases {

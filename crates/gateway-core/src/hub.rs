@@ -15,15 +15,15 @@
 //! so a hub that held a million subscriptions is small again once they are gone.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque, btree_map};
-use std::fmt;
 use std::hash::Hash;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::frame::{CloseCode, Frame, Reply};
 use crate::ids::{AppName, ConnId, MemberId};
-use crate::message::{Publication, SubscribeRequest};
+use crate::message::{ClientRequest, Publication};
 use crate::topic::{Timestamp, Topic};
+use crate::views::{AppSubscribers, MemberPresence, MembersPage, Stat, StatPage, SubscribersPage};
 
 /// Configuration of the hub's policy. Every value has a documented default.
 #[derive(Debug, Clone)]
@@ -239,6 +239,9 @@ pub struct Hub {
     /// emptied app gives its memory back at once (a B-tree frees its nodes as they empty).
     /// An app is here exactly while it has a subscriber.
     apps: BTreeMap<AppName, Subscribers>,
+    /// Each member's connections, for `POST /disconnect` and presence: a connection of a
+    /// member is found without scanning them all. Anonymous connections are not here.
+    members: HashMap<MemberId, Vec<ConnId>>,
     actions: VecDeque<Action>,
     now: Timestamp,
 }
@@ -249,6 +252,7 @@ impl Hub {
             config,
             connections: HashMap::new(),
             apps: BTreeMap::new(),
+            members: HashMap::new(),
             actions: VecDeque::new(),
             now: Timestamp::default(),
         }
@@ -394,6 +398,85 @@ impl Hub {
         SubscribersPage { apps: page, more }
     }
 
+    /// Closes every connection of `member` with [`CloseCode::Disconnected`] (4403) or, given
+    /// an `app`, only unsubscribes those subscribed to it and tells each
+    /// ([`Reply::UnsubscribedByServer`]): what a backend's `POST /disconnect` asks for.
+    /// Returns how many connections it closed or unsubscribed; their actions are queued.
+    pub fn disconnect_member(&mut self, member: MemberId, app: Option<&AppName>) -> usize {
+        let conns = self.members.get(&member).cloned().unwrap_or_default();
+        let mut affected = 0;
+        for conn in conns {
+            match app {
+                None => {
+                    if self.remove_connection(conn) {
+                        self.actions.push_back(Action::Close {
+                            conn,
+                            code: CloseCode::Disconnected,
+                        });
+                        affected += 1;
+                    }
+                }
+                Some(app) => {
+                    if self.leave(conn, app) {
+                        self.reply(conn, Reply::UnsubscribedByServer(app.clone()));
+                        affected += 1;
+                    }
+                }
+            }
+        }
+        affected
+    }
+
+    /// The members with a connection subscribed to `app`, in increasing order, starting after
+    /// `after`: at most `limit` (at least 1) of them, and whether more follow. Anonymous
+    /// connections are not listed.
+    ///
+    /// Costs O(n log n) in the app's subscribers: they are not kept sorted (that would cost
+    /// every subscription memory and time, for a query that is rare), so a driver bounds how
+    /// often it asks rather than how much each answer costs.
+    pub fn app_members(&self, app: &AppName, after: Option<MemberId>, limit: usize) -> MembersPage {
+        let after = after.map_or(0, MemberId::get);
+        let mut members: Vec<MemberId> = match self.apps.get(app) {
+            None => Vec::new(),
+            Some(Subscribers::Private(members)) => members
+                .keys()
+                .copied()
+                .filter(|m| m.get() > after)
+                .collect(),
+            Some(Subscribers::Public(conns)) => conns
+                .iter()
+                .filter_map(|conn| match self.connections.get(conn)?.identity {
+                    Identity::Member(member) if member.get() > after => Some(member),
+                    _ => None,
+                })
+                .collect(),
+        };
+        // A member with two connections to a public app was collected twice.
+        members.sort_unstable();
+        members.dedup();
+        let limit = limit.max(1);
+        let more = members.len() > limit;
+        members.truncate(limit);
+        MembersPage { members, more }
+    }
+
+    /// Whether `member` has a registered connection here, how many, and the apps they are
+    /// subscribed to (sorted, each once); `None` when the member has none.
+    pub fn member_presence(&self, member: MemberId) -> Option<MemberPresence> {
+        let conns = self.members.get(&member)?;
+        let mut apps: Vec<AppName> = conns
+            .iter()
+            .filter_map(|conn| self.connections.get(conn))
+            .flat_map(|connection| connection.apps.iter().cloned())
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        Some(MemberPresence {
+            connections: conns.len(),
+            apps,
+        })
+    }
+
     fn reply(&mut self, conn: ConnId, reply: Reply) {
         self.actions.push_back(Action::Reply {
             conn,
@@ -435,17 +518,36 @@ impl Hub {
                 apps: Vec::new(),
             },
         );
+        if let Identity::Member(member) = identity {
+            self.members.entry(member).or_default().push(conn);
+        }
         self.reply(conn, reply);
     }
 
     fn message(&mut self, conn: ConnId, payload: &[u8]) {
-        let Some(connection) = self.connections.get_mut(&conn) else {
+        if !self.connections.contains_key(&conn) {
             // Not registered (yet, or any more): a message racing a close. Nothing to answer.
             return;
-        };
-        let app = match SubscribeRequest::parse(payload, self.config.max_app_name_len) {
-            Ok(request) => request.app,
-            Err(_) => return self.reply(conn, Reply::BadSubscribe),
+        }
+        match ClientRequest::parse(payload, self.config.max_app_name_len) {
+            Ok(ClientRequest::Subscribe(app)) => self.subscribe(conn, app),
+            Ok(ClientRequest::Unsubscribe(app)) => {
+                let reply = if self.leave(conn, &app) {
+                    Reply::Unsubscribed(app)
+                } else {
+                    Reply::NotSubscribed(app)
+                };
+                self.reply(conn, reply);
+            }
+            Ok(ClientRequest::Ping) => self.reply(conn, Reply::Pong),
+            Ok(_) => self.reply(conn, Reply::UnknownAction),
+            Err(_) => self.reply(conn, Reply::BadSubscribe),
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, app: AppName) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
         };
         let private = self.config.private_apps.contains(&app);
         if connection.apps.len() >= self.config.max_subscriptions && !connection.apps.contains(&app)
@@ -540,127 +642,67 @@ impl Hub {
             return false;
         };
         shrink_if_sparse(&mut self.connections);
-        for app in connection.apps {
-            let Some(subscribers) = self.apps.get_mut(&app) else {
-                continue;
-            };
-            match (&mut *subscribers, connection.identity) {
-                (Subscribers::Public(conns), _) => {
-                    conns.remove(&conn);
-                    shrink_set_if_sparse(conns);
-                }
-                (Subscribers::Private(members), Identity::Member(member)) => {
-                    if let Some(conns) = members.get_mut(&member) {
-                        conns.retain(|c| *c != conn);
-                        if conns.is_empty() {
-                            members.remove(&member);
-                            shrink_if_sparse(members);
-                            self.actions.push_back(Action::InterestLost(Topic::Member {
-                                app: app.clone(),
-                                member,
-                            }));
-                        }
-                    }
-                }
-                (Subscribers::Private(_), Identity::Anonymous) => {}
+        if let Identity::Member(member) = connection.identity
+            && let Some(conns) = self.members.get_mut(&member)
+        {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.members.remove(&member);
+                shrink_if_sparse(&mut self.members);
             }
-            if subscribers.count() == 0 {
-                if let Subscribers::Public(_) = subscribers {
-                    self.actions
-                        .push_back(Action::InterestLost(Topic::App(app.clone())));
-                }
-                self.apps.remove(&app);
-            }
+        }
+        for app in &connection.apps {
+            self.remove_subscriber(conn, connection.identity, app);
         }
         true
     }
-}
 
-/// The answer of `GET /stat`: `"<app> <count>\n"` per app, sorted by app name.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Stat {
-    pub apps: Vec<(AppName, usize)>,
-}
-
-impl Stat {
-    /// The count for `app`, `0` if it is not listed.
-    pub fn count(&self, app: &str) -> usize {
-        self.apps
-            .iter()
-            .find(|(name, _)| name.as_str() == app)
-            .map_or(0, |(_, count)| *count)
+    /// Unsubscribes `conn` from `app`. Returns whether it was subscribed.
+    fn leave(&mut self, conn: ConnId, app: &AppName) -> bool {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return false;
+        };
+        let Some(at) = connection.apps.iter().position(|a| a == app) else {
+            return false;
+        };
+        connection.apps.swap_remove(at);
+        let identity = connection.identity;
+        self.remove_subscriber(conn, identity, app);
+        true
     }
-}
 
-impl fmt::Display for Stat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_counts(f, &self.apps)
-    }
-}
-
-/// One page of `GET /stat`, from [`Hub::stat_page`]. Displays as its lines of the answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StatPage {
-    /// Sorted by app name, none with a zero count.
-    pub apps: Vec<(AppName, usize)>,
-    /// Whether more apps sorted after this page's last one when it was read.
-    pub more: bool,
-}
-
-impl StatPage {
-    /// Where the next page starts (`after` of the next [`Hub::stat_page`] call); `None` when
-    /// this was the last page.
-    pub fn resume_after(&self) -> Option<&AppName> {
-        if self.more {
-            self.apps.last().map(|(app, _)| app)
-        } else {
-            None
+    /// Takes `conn` out of `app`'s subscribers (not out of its own list of apps), and the app
+    /// or the member's topic out of the interests when it was the last.
+    fn remove_subscriber(&mut self, conn: ConnId, identity: Identity, app: &AppName) {
+        let Some(subscribers) = self.apps.get_mut(app) else {
+            return;
+        };
+        match (&mut *subscribers, identity) {
+            (Subscribers::Public(conns), _) => {
+                conns.remove(&conn);
+                shrink_set_if_sparse(conns);
+            }
+            (Subscribers::Private(members), Identity::Member(member)) => {
+                if let Some(conns) = members.get_mut(&member) {
+                    conns.retain(|c| *c != conn);
+                    if conns.is_empty() {
+                        members.remove(&member);
+                        shrink_if_sparse(members);
+                        self.actions.push_back(Action::InterestLost(Topic::Member {
+                            app: app.clone(),
+                            member,
+                        }));
+                    }
+                }
+            }
+            (Subscribers::Private(_), Identity::Anonymous) => {}
+        }
+        if subscribers.count() == 0 {
+            if let Subscribers::Public(_) = subscribers {
+                self.actions
+                    .push_back(Action::InterestLost(Topic::App(app.clone())));
+            }
+            self.apps.remove(app);
         }
     }
-}
-
-impl fmt::Display for StatPage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_counts(f, &self.apps)
-    }
-}
-
-/// Who subscribed to one app, in [`SubscribersPage`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AppSubscribers {
-    /// A public app: its subscribed connections.
-    Connections(usize),
-    /// A private app: its members with a subscribed connection, in no particular order.
-    Members(Vec<MemberId>),
-    /// A private app with more members than the page lists: how many.
-    MemberCount(usize),
-}
-
-/// One page of [`Hub::subscribers_page`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SubscribersPage {
-    /// Sorted by app name.
-    pub apps: Vec<(AppName, AppSubscribers)>,
-    /// Whether more apps sorted after this page's last one when it was read.
-    pub more: bool,
-}
-
-impl SubscribersPage {
-    /// Where the next page starts; `None` when this was the last page.
-    pub fn resume_after(&self) -> Option<&AppName> {
-        if self.more {
-            self.apps.last().map(|(app, _)| app)
-        } else {
-            None
-        }
-    }
-}
-
-/// The seed's format: `"<app> <count>\n"` per app.
-fn write_counts(f: &mut fmt::Formatter<'_>, apps: &[(AppName, usize)]) -> fmt::Result {
-    for (app, count) in apps {
-        writeln!(f, "{app} {count}")?;
-    }
-    Ok(())
 }

@@ -33,13 +33,14 @@ mod hub;
 mod ids;
 mod message;
 mod topic;
+mod views;
 
 pub use error::{InvalidAppName, MessageError};
 pub use frame::{CloseCode, Frame, GATEWAY_APP, Reply};
-pub use hub::{
-    Action, AppSubscribers, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess, Stat,
-    StatPage, SubscribersPage,
-};
+pub use hub::{Action, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess};
 pub use ids::{AppName, ConnId, MemberId};
-pub use message::{AuthRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest};
+pub use message::{
+    AuthRequest, ClientRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest,
+};
 pub use topic::{Timestamp, Topic};
+pub use views::{AppSubscribers, MemberPresence, MembersPage, Stat, StatPage, SubscribersPage};

@@ -82,6 +82,53 @@ impl SubscribeRequest {
     }
 }
 
+/// A message a client sends after authentication: the seed's subscribe request, or one of the
+/// extensions told apart by an `"action"` key (`docs/protocol.md`, Part 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientRequest {
+    /// `{"app":"match"}` or `{"app":"match","action":"subscribe"}`.
+    Subscribe(AppName),
+    /// `{"app":"match","action":"unsubscribe"}`.
+    Unsubscribe(AppName),
+    /// `{"action":"ping"}`: an application-level liveness check (an `app`, if any, is ignored).
+    Ping,
+    /// An `action` this gateway does not know: answered, and nothing changes.
+    UnknownAction,
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    // Absent keys are `None`; present ones must have the right type (`null` is refused).
+    #[serde(default, deserialize_with = "string_if_present")]
+    app: Option<String>,
+    #[serde(default, deserialize_with = "string_if_present")]
+    action: Option<String>,
+}
+
+fn string_if_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+impl ClientRequest {
+    /// Parses a message received after authentication. Any error means "bad subscribe
+    /// message", as in the seed: a malformed message, an `app` or `action` of the wrong type, a
+    /// missing or invalid `app` where the action needs one.
+    pub fn parse(payload: &[u8], max_app_name_len: usize) -> Result<Self, MessageError> {
+        let raw: RawRequest = from_object(payload)?;
+        let app = || match &raw.app {
+            Some(app) => Ok(AppName::parse(app, max_app_name_len)?),
+            None => Err(MessageError::Malformed("missing field `app`".to_owned())),
+        };
+        match raw.action.as_deref() {
+            None | Some("subscribe") => Ok(ClientRequest::Subscribe(app()?)),
+            Some("unsubscribe") => Ok(ClientRequest::Unsubscribe(app()?)),
+            Some("ping") => Ok(ClientRequest::Ping),
+            Some(_) => Ok(ClientRequest::UnknownAction),
+        }
+    }
+}
+
 /// A push from a backend: `{"app":"match","member_id":-1,"text":"{\"hello\":\"world\"}"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushMessage {
@@ -260,6 +307,72 @@ mod tests {
     fn subscribe_enforces_the_app_name_limit_at_its_boundary() {
         assert!(SubscribeRequest::parse(br#"{"app":"abcd"}"#, 4).is_ok());
         assert!(SubscribeRequest::parse(br#"{"app":"abcde"}"#, 4).is_err());
+    }
+
+    #[test]
+    fn client_requests_by_action() {
+        let app = |name: &str| AppName::parse(name, MAX).unwrap();
+        let parse = |payload: &str| ClientRequest::parse(payload.as_bytes(), MAX);
+        assert_eq!(
+            parse(r#"{"app":"match"}"#),
+            Ok(ClientRequest::Subscribe(app("match")))
+        );
+        assert_eq!(
+            parse(r#"{"app":"match","action":"subscribe"}"#),
+            Ok(ClientRequest::Subscribe(app("match")))
+        );
+        assert_eq!(
+            parse(r#"{"action":"unsubscribe","app":"match","x":[1]}"#),
+            Ok(ClientRequest::Unsubscribe(app("match")))
+        );
+        assert_eq!(parse(r#"{"action":"ping"}"#), Ok(ClientRequest::Ping));
+        assert_eq!(
+            parse(r#"{"action":"ping","app":""}"#),
+            Ok(ClientRequest::Ping)
+        );
+        for unknown in [
+            r#"{"app":"match","action":"Unsubscribe"}"#,
+            r#"{"app":"match","action":""}"#,
+            r#"{"action":"publish"}"#,
+        ] {
+            assert_eq!(
+                parse(unknown),
+                Ok(ClientRequest::UnknownAction),
+                "{unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_requests_refuse_wrong_types_and_missing_apps() {
+        for bad in [
+            r#"{"app":"match","action":null}"#,
+            r#"{"app":"match","action":1}"#,
+            r#"{"app":"match","action":["unsubscribe"]}"#,
+            r#"{"action":"unsubscribe"}"#,
+            r#"{"action":"unsubscribe","app":""}"#,
+            r#"{"action":"subscribe","app":null}"#,
+            r#"{"action":"ping","app":5}"#,
+            r#"{"action":"ping","action":"ping"}"#,
+            r#"["match"]"#,
+            "",
+        ] {
+            assert!(
+                ClientRequest::parse(bad.as_bytes(), MAX).is_err(),
+                "accepted {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_seed_subscribe_message_means_the_same_to_both_parsers() {
+        for payload in [r#"{"app":"match"}"#, r#"{"app":"m\u0061tch","x":1}"#] {
+            let seed = SubscribeRequest::parse(payload.as_bytes(), MAX).unwrap();
+            assert_eq!(
+                ClientRequest::parse(payload.as_bytes(), MAX),
+                Ok(ClientRequest::Subscribe(seed.app))
+            );
+        }
     }
 
     #[test]

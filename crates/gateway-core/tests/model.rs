@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use gateway_core::{
-    Action, AppName, AuthOutcome, AuthRequest, ConnId, Hub, HubConfig, Input, MemberId,
-    Publication, PushMessage, Reply, SubscribeRequest, Topic,
+    Action, AppName, AuthOutcome, AuthRequest, ClientRequest, CloseCode, ConnId, Hub, HubConfig,
+    Input, MemberId, Publication, PushMessage, Reply, SubscribeRequest, Topic,
 };
 use proptest::prelude::*;
 
@@ -16,12 +16,39 @@ const PRIVATE: &str = "im";
 
 #[derive(Debug, Clone)]
 enum Op {
-    Auth { conn: u64, outcome: u8, member: i64 },
-    Subscribe { conn: u64, app: usize },
-    Garbage { conn: u64, bytes: Vec<u8> },
-    Push { app: usize, member_id: i64 },
-    OutboxFull { conn: u64 },
-    Disconnect { conn: u64 },
+    Auth {
+        conn: u64,
+        outcome: u8,
+        member: i64,
+    },
+    Subscribe {
+        conn: u64,
+        app: usize,
+    },
+    Unsubscribe {
+        conn: u64,
+        app: usize,
+    },
+    /// A backend's `POST /disconnect`: the member's connections, or only their subscriptions
+    /// to one app.
+    DisconnectMember {
+        member: i64,
+        app: Option<usize>,
+    },
+    Garbage {
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    Push {
+        app: usize,
+        member_id: i64,
+    },
+    OutboxFull {
+        conn: u64,
+    },
+    Disconnect {
+        conn: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -29,6 +56,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (conn.clone(), 0..5u8, 1..4i64).prop_map(|(conn, outcome, member)| Op::Auth { conn, outcome, member }),
         4 => (conn.clone(), 0..APPS.len()).prop_map(|(conn, app)| Op::Subscribe { conn, app }),
+        2 => (conn.clone(), 0..APPS.len()).prop_map(|(conn, app)| Op::Unsubscribe { conn, app }),
+        1 => (1..4i64, proptest::option::of(0..APPS.len())).prop_map(|(member, app)| Op::DisconnectMember { member, app }),
         1 => (conn.clone(), proptest::collection::vec(any::<u8>(), 0..24)).prop_map(|(conn, bytes)| Op::Garbage { conn, bytes }),
         3 => (0..APPS.len(), -2..4i64).prop_map(|(app, member_id)| Op::Push { app, member_id }),
         1 => (conn.clone()).prop_map(|conn| Op::OutboxFull { conn }),
@@ -149,6 +178,7 @@ proptest! {
     fn parsers_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = AuthRequest::parse(&bytes);
         let _ = SubscribeRequest::parse(&bytes, 128);
+        let _ = ClientRequest::parse(&bytes, 128);
         let _ = PushMessage::parse(&bytes, 128);
     }
 
@@ -226,13 +256,64 @@ proptest! {
                     let actions = drain(&mut hub);
                     prop_assert!(actions.len() <= 1);
                     // Garbage never subscribes to anything; if it happened to be a valid
-                    // subscribe request, mirror it.
-                    if let (Ok(request), Some((member, apps))) = (SubscribeRequest::parse(&bytes, 128), model.conns.get_mut(&conn))
-                        && let Some(name) = APPS.iter().find(|a| **a == request.app.as_str())
-                        && !(*name == PRIVATE && member.is_none())
-                    {
-                        apps.insert(name);
+                    // request, mirror it.
+                    if let Some((member, apps)) = model.conns.get_mut(&conn) {
+                        match ClientRequest::parse(&bytes, 128) {
+                            Ok(ClientRequest::Subscribe(request)) => {
+                                if let Some(name) = APPS.iter().find(|a| **a == request.as_str())
+                                    && !(*name == PRIVATE && member.is_none())
+                                {
+                                    apps.insert(name);
+                                }
+                            }
+                            Ok(ClientRequest::Unsubscribe(request)) => {
+                                apps.retain(|a| *a != request.as_str());
+                            }
+                            _ => {}
+                        }
                     }
+                }
+                Op::Unsubscribe { conn, app: index } => {
+                    let name = APPS[index];
+                    let payload = format!(r#"{{"app":"{name}","action":"unsubscribe"}}"#);
+                    hub.handle(Input::Message { conn: ConnId::new(conn), payload: payload.as_bytes() });
+                    let actions = drain(&mut hub);
+                    match model.conns.get_mut(&conn) {
+                        None => prop_assert!(actions.is_empty()),
+                        Some((_, apps)) => {
+                            let expected = if apps.remove(name) {
+                                Reply::Unsubscribed(app(name))
+                            } else {
+                                Reply::NotSubscribed(app(name))
+                            };
+                            prop_assert_eq!(actions, vec![Action::Reply { conn: ConnId::new(conn), frame: expected.frame() }]);
+                        }
+                    }
+                }
+                Op::DisconnectMember { member, app: index } => {
+                    let target = index.map(|i| app(APPS[i]));
+                    let affected = hub.disconnect_member(MemberId::new(member).unwrap(), target.as_ref());
+                    let actions = drain(&mut hub);
+                    let mut expected = Vec::new();
+                    let theirs: Vec<u64> = model.conns.iter().filter(|(_, (m, _))| *m == Some(member)).map(|(c, _)| *c).collect();
+                    for conn in theirs {
+                        match index {
+                            None => {
+                                model.conns.remove(&conn);
+                                retired.insert(conn);
+                                expected.push(Action::Close { conn: ConnId::new(conn), code: CloseCode::Disconnected });
+                            }
+                            Some(i) => {
+                                let apps = &mut model.conns.get_mut(&conn).unwrap().1;
+                                if apps.remove(APPS[i]) {
+                                    expected.push(Action::Reply { conn: ConnId::new(conn), frame: Reply::UnsubscribedByServer(app(APPS[i])).frame() });
+                                }
+                            }
+                        }
+                    }
+                    prop_assert_eq!(affected, expected.len());
+                    let sorted = |mut v: Vec<Action>| { v.sort_by_key(|a| format!("{a:?}")); v };
+                    prop_assert_eq!(sorted(actions), sorted(expected));
                 }
                 Op::Push { app: index, member_id } => {
                     let name = APPS[index];
@@ -269,6 +350,35 @@ proptest! {
             prop_assert_eq!(hub.stat().to_string(), model.stat());
             prop_assert_eq!(paged_stat(&hub, page_limit), model.stat());
             prop_assert_eq!(hub.connection_count(), model.conns.len());
+            // Presence: each member's connections and apps, each app's members, in pages.
+            for member in 1..4i64 {
+                let theirs: Vec<&(Option<i64>, BTreeSet<&str>)> = model.conns.values().filter(|(m, _)| *m == Some(member)).collect();
+                let presence = hub.member_presence(MemberId::new(member).unwrap());
+                if theirs.is_empty() {
+                    prop_assert_eq!(presence, None);
+                } else {
+                    let presence = presence.unwrap();
+                    prop_assert_eq!(presence.connections, theirs.len());
+                    let apps: BTreeSet<&str> = theirs.iter().flat_map(|(_, apps)| apps.iter().copied()).collect();
+                    let listed: Vec<&str> = presence.apps.iter().map(AppName::as_str).collect();
+                    prop_assert_eq!(listed, apps.into_iter().collect::<Vec<_>>());
+                }
+            }
+            for name in APPS {
+                let expected: BTreeSet<i64> = model.conns.values().filter(|(_, apps)| apps.contains(name)).filter_map(|(m, _)| *m).collect();
+                let mut listed = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = hub.app_members(&app(name), after, page_limit);
+                    prop_assert!(page.members.len() <= page_limit);
+                    listed.extend(page.members.iter().map(|m| m.get()));
+                    if !page.more {
+                        break;
+                    }
+                    after = page.members.last().copied();
+                }
+                prop_assert_eq!(listed, expected.into_iter().collect::<Vec<_>>());
+            }
             // Interest appears with a topic's first subscriber and goes with its last.
             prop_assert_eq!(INTEREST.with_borrow(Clone::clone), model.topics());
             prop_assert_eq!(hub.interests().collect::<BTreeSet<_>>(), model.topics());

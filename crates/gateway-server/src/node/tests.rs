@@ -276,3 +276,55 @@ fn connections_waiting_too_long_for_the_broker_are_closed_with_1013() {
     assert_eq!(f.broker.calls(), ["subscribe a 1", "unsubscribe a"]);
     assert_eq!(f.node.connection_count(), 0);
 }
+
+#[test]
+fn unsubscribing_while_the_broker_has_not_confirmed_releases_both_replies_in_order() {
+    let mut f = Fixture::new();
+    f.connect(1, None);
+    f.connect(2, None);
+    f.subscribe(1, "a");
+    f.subscribe(2, "b");
+    assert_eq!(f.broker.calls(), ["subscribe a 1", "subscribe b 2"]);
+    f.node.handle(Input::Message {
+        conn: ConnId::new(1),
+        payload: br#"{"app":"a","action":"unsubscribe"}"#,
+    });
+    // The topic is given up: nothing is pending for it any more, so the held reply goes out,
+    // followed by the unsubscribe reply; a late confirmation changes nothing.
+    assert_eq!(f.broker.calls(), ["unsubscribe a"]);
+    assert_eq!(
+        f.frames(1),
+        texts(&["subscribe a success", "unsubscribe a success"])
+    );
+    f.confirm("a", 1);
+    assert_eq!(f.frames(1), texts(&[]));
+    // Another connection's held reply is not disturbed.
+    assert_eq!(f.frames(2), texts(&[]));
+    f.confirm("b", 2);
+    assert_eq!(f.frames(2), texts(&["subscribe b success"]));
+}
+
+#[test]
+fn an_unsubscribe_reply_waits_behind_a_held_subscribe_reply_of_the_same_connection() {
+    let mut f = Fixture::new();
+    f.connect(1, None);
+    f.subscribe(1, "a");
+    f.subscribe(1, "b");
+    f.broker.calls();
+    f.node.handle(Input::Message {
+        conn: ConnId::new(1),
+        payload: br#"{"app":"b","action":"unsubscribe"}"#,
+    });
+    assert_eq!(f.broker.calls(), ["unsubscribe b"]);
+    // "a" is still pending: everything to this connection waits behind its reply, in order.
+    assert_eq!(f.frames(1), texts(&[]));
+    f.confirm("a", 1);
+    assert_eq!(
+        f.frames(1),
+        texts(&[
+            "subscribe a success",
+            "subscribe b success",
+            "unsubscribe b success"
+        ])
+    );
+}
