@@ -28,19 +28,23 @@ struct Binary {
 
 impl Binary {
     async fn start() -> Binary {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gateway.toml"),
+        Binary::start_with(tempfile::tempdir().unwrap(), "").await
+    }
+
+    /// With `extra` appended to the configuration file (in `dir`, which may hold its files).
+    async fn start_with(dir: tempfile::TempDir, extra: &str) -> Binary {
+        let config = format!(
             r#"
 private_apps = ["im"]
+{extra}
 [auth]
 kind = "static"
 [auth.tokens]
 777 = "777secret"
 888 = "888secret"
-"#,
-        )
-        .unwrap();
+"#
+        );
+        std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
         Binary::start_on(dir, "127.0.0.1:0").await
     }
 
@@ -407,5 +411,101 @@ async fn a_gateway_that_stops_answering_is_detected_within_the_ping_timeout() {
     assert_eq!(
         fields(&next_push(&mut pushes).await),
         ("match", -1, "alive")
+    );
+}
+
+#[tokio::test]
+async fn wss_is_verified_against_the_given_root_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}",
+        cert_file.to_str().unwrap(),
+        key_file.to_str().unwrap()
+    );
+    let gateway = Binary::start_with(dir, &tls).await;
+    let url = format!("wss://localhost:{}/", gateway.addr.port());
+
+    // The default roots (Mozilla's) do not know a self-signed certificate.
+    assert!(matches!(
+        Client::builder(url.as_str()).connect().await,
+        Err(Error::Connect(why)) if why.contains("certificate")
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let (client, _pushes, _events) = Client::builder(url)
+        .member(777, "777secret")
+        .tls_config(std::sync::Arc::new(config))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.auth(), Some(AuthOutcome::Member(777)));
+    client.subscribe("im").await.unwrap();
+}
+
+/// The documented policy for a user who stops reading: the client stops reading too, the
+/// gateway closes the slow consumer, and the client reconnects; the pushes it hands over have
+/// no gap (it drops none itself).
+#[tokio::test]
+async fn a_user_who_stops_reading_pushes_makes_a_slow_consumer_that_reconnects() {
+    let gateway = Binary::start_with(
+        tempfile::tempdir().unwrap(),
+        "[limits]\noutbox_messages = 4",
+    )
+    .await;
+    let (client, mut pushes, mut events) = gateway.client().push_buffer(2).connect().await.unwrap();
+    client.subscribe("flood").await.unwrap();
+    next_event(&mut events).await; // the first Connected
+
+    // Large pushes fill the socket buffers, then the gateway's queue of 4: it closes the
+    // connection, and /stat stops counting it.
+    let filler = "x".repeat(256 << 10);
+    let mut sent = 0;
+    while gateway.stat().await == "flood 1\n" {
+        assert!(sent < 400, "the gateway never closed the slow consumer");
+        gateway.push("flood", -1, &format!("{sent} {filler}")).await;
+        sent += 1;
+    }
+
+    let mut expected = 0;
+    let event = loop {
+        tokio::select! {
+            push = pushes.next() => {
+                let push = push.unwrap();
+                let number = push.text.split(' ').next().unwrap();
+                assert_eq!(number, expected.to_string(), "a push was skipped");
+                expected += 1;
+            }
+            event = events.next() => break event.unwrap(),
+        }
+    };
+    assert!(
+        matches!(
+            event,
+            Event::Disconnected {
+                reconnect: true,
+                ..
+            }
+        ),
+        "{event:?}"
+    );
+    assert!(
+        expected >= 3 && expected < sent,
+        "{expected} of {sent} pushes read"
+    );
+    let event = wait_for_event(&mut events, |event| connected(event).is_some()).await;
+    assert_eq!(
+        connected(&event),
+        Some((AuthOutcome::Anonymous, vec!["flood".to_owned()]))
     );
 }
