@@ -69,7 +69,8 @@ impl Client {
     /// Unsubscribes from `app` and waits for the gateway's answer; the client stops keeping
     /// the app at once. After `Ok`, no push to `app` accepted by the gateway from then on
     /// reaches this client (pushes already on their way may still arrive just before the
-    /// reply). While the client is disconnected, unsubscribing an app it keeps succeeds at once.
+    /// reply). While the client reconnects the request waits for the new connection; an app
+    /// the client kept then counts as unsubscribed even though the new connection never had it.
     ///
     /// Errors: [`Error::NotSubscribed`], [`Error::Refused`] (`400 unknown action` from a
     /// gateway without the verb), [`Error::InvalidApp`], [`Error::RequestTimeout`],

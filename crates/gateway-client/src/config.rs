@@ -144,7 +144,9 @@ impl ClientBuilder {
     /// stops reading from the connection until you read: the gateway's queue for this
     /// connection fills in turn, and past its `limits.outbox_messages` the gateway closes the
     /// connection with 4100 (slow consumer), after which the client reconnects. The client
-    /// never drops a push itself; pushes sent while it reconnects are lost.
+    /// never drops a push itself; pushes sent while it reconnects are lost. Replies travel
+    /// with the pushes, so a subscribe waits too while this queue is full: read pushes in a
+    /// task of their own.
     pub fn push_buffer(mut self, pushes: usize) -> Self {
         self.push_buffer = pushes;
         self

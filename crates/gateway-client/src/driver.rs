@@ -294,12 +294,9 @@ impl Driver {
                 Ok(())
             }
             Some(Ok(Message::Close(frame))) => {
-                // tungstenite has queued the close reply; reading on sends it and ends when
-                // the gateway drops the TCP connection.
-                let _ = timeout(self.ping_timeout, async {
-                    while let Some(Ok(_)) = session.ws.next().await {}
-                })
-                .await;
+                // tungstenite has queued the close reply: send it, then drop the connection
+                // rather than wait for the gateway to drop it first.
+                let _ = timeout(self.ping_timeout, session.ws.flush()).await;
                 let (code, reason) = frame
                     .map(|frame| (u16::from(frame.code), frame.reason.to_string()))
                     .unwrap_or((1005, String::new()));
@@ -463,7 +460,7 @@ impl Driver {
 
     fn announce(&mut self, session: &mut Session) {
         let resubscribed = std::mem::take(&mut session.resubscribed);
-        info!(auth = ?session.auth, ?resubscribed, "connected to the gateway");
+        debug!(auth = ?session.auth, ?resubscribed, "connected to the gateway");
         self.emit(Event::Connected {
             auth: session.auth,
             resubscribed,
