@@ -397,7 +397,7 @@ async fn a_gateway_that_stops_answering_is_detected_within_the_ping_timeout() {
     // At most one ping interval of silence, then the timeout (plus scheduling slack on a
     // loaded machine).
     assert!(
-        detected <= interval + timeout + Duration::from_millis(400),
+        detected <= interval + timeout + Duration::from_secs(1),
         "detected after {detected:?}"
     );
 
