@@ -1,13 +1,16 @@
-//! A minimal ws-gateway client: authenticates, subscribes to apps, prints every frame.
+//! A ws-gateway client on the `gateway-client` crate: authenticates, subscribes to apps, prints
+//! every push, and reconnects (and subscribes again) by itself when the gateway goes away.
 //!
 //! Run with (a gateway running on the default port):
 //!     cargo run --example subscribe -- ws://127.0.0.1:5000/ match chat
 //!     cargo run --example subscribe -- ws://127.0.0.1:5000/ --member 123456 --token 654321 im
 //! then push from another terminal:
 //!     curl -X POST http://127.0.0.1:5000/push -d '{"app":"match","member_id":-1,"text":"goal"}'
+//!
+//! Each push is printed on stdout as the gateway sent it (`{"app":…,"member_id":…,"text":…}`);
+//! the answers to the subscriptions and the connection's events go to stderr.
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use gateway_client::{Client, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,24 +27,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-    let auth = serde_json::json!({ "member_id": member, "token": token });
-    ws.send(Message::text(auth.to_string())).await?;
-    // Like the seed's browser example, subscribe without waiting for the auth reply: the
-    // gateway answers in order.
+    let builder = match member {
+        -1 => Client::builder(url).anonymous(),
+        member => Client::builder(url).member(member, token),
+    };
+    let (client, mut pushes, mut events) = builder.connect().await?;
+    eprintln!("connected: {:?}", client.auth());
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            eprintln!("event: {event:?}");
+        }
+    });
     for app in &apps {
-        let subscribe = serde_json::json!({ "app": app });
-        ws.send(Message::text(subscribe.to_string())).await?;
-    }
-    while let Some(message) = ws.next().await {
-        match message? {
-            Message::Text(text) => println!("{text}"),
-            Message::Close(frame) => {
-                println!("closed: {frame:?}");
-                break;
-            }
-            _ => {}
+        match client.subscribe(app).await {
+            Ok(()) => eprintln!("subscribe {app} success"),
+            Err(err @ (Error::Forbidden { .. } | Error::Refused { .. })) => eprintln!("{err}"),
+            Err(err) => return Err(err.into()),
         }
     }
+    while let Some(push) = pushes.next().await {
+        let envelope = serde_json::json!({
+            "app": push.app,
+            "member_id": push.member_id,
+            "text": push.text,
+        });
+        println!("{envelope}");
+    }
+    eprintln!("the client stopped");
     Ok(())
 }

@@ -11,24 +11,29 @@ import { createInterface } from "node:readline";
 const ANSI = /\x1b\[[0-9;]*m/g;
 
 export class Gateway {
-  /** Starts `binary` with `configToml` and resolves once both listeners are bound. */
-  static async start(binary, configToml, { deadlineMs = 10_000 } = {}) {
+  /**
+   * Starts `binary` with `configToml` and resolves once both listeners are bound. `listen`: the
+   * main listener's address (an ephemeral loopback port unless given, e.g. to restart on the
+   * same port).
+   */
+  static async start(binary, configToml, { deadlineMs = 10_000, listen = "127.0.0.1:0" } = {}) {
     const dir = mkdtempSync(join(tmpdir(), "ws-gateway-browser-"));
     const config = join(dir, "gateway.toml");
     writeFileSync(config, configToml);
     const child = spawn(
       binary,
-      ["--config", config, "--listen", "127.0.0.1:0", "--stat-listen", "127.0.0.1:0"],
+      ["--config", config, "--listen", listen, "--stat-listen", "127.0.0.1:0"],
       { env: { ...process.env, RUST_LOG: "info" }, stdio: ["ignore", "ignore", "pipe"] },
     );
-    const gateway = new Gateway(child, dir);
+    const gateway = new Gateway(child, dir, { binary, configToml });
     await gateway.#addresses(deadlineMs);
     return gateway;
   }
 
-  constructor(child, dir) {
+  constructor(child, dir, started = {}) {
     this.child = child;
     this.dir = dir;
+    this.started = started;
     this.log = [];
     this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     this.lines = createInterface({ input: child.stderr });
@@ -79,6 +84,34 @@ export class Gateway {
     });
     await response.arrayBuffer();
     return response.status;
+  }
+
+  /** POSTs `body` as JSON to `path` on the main listener; resolves to {status, body}. */
+  async post(path, body) {
+    const response = await fetch(`http://${this.main}${path}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(5_000),
+    });
+    return { status: response.status, body: await response.text() };
+  }
+
+  /** Sends a signal (`"SIGSTOP"`, `"SIGCONT"`, …) and returns at once. */
+  signal(name) {
+    this.child.kill(name);
+  }
+
+  /** SIGKILL, then resolves once it has exited: its sockets are gone, nobody was told. */
+  async kill() {
+    this.child.kill("SIGKILL");
+    await this.exited;
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** The same binary and configuration started again, its main listener on the same address. */
+  restart() {
+    return Gateway.start(this.started.binary, this.started.configToml, { listen: this.main });
   }
 
   async fetchStat(path) {

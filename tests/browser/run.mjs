@@ -74,7 +74,7 @@ async function logRow(page, kind, text) {
 
 async function subscribe(page, apps, expected) {
   await page.getByLabel("Apps (comma-separated)").fill(apps);
-  await page.getByRole("button", { name: "Subscribe" }).click();
+  await page.getByRole("button", { name: "Subscribe", exact: true }).click();
   for (const [app, outcome] of Object.entries(expected)) {
     await page.locator(`#subscriptions li[data-app="${app}"][data-state="${outcome}"]`).waitFor();
   }
@@ -131,6 +131,33 @@ test("demo page: a member joins the private app and receives only its own pushes
   await page.screenshot({ path: join(SCREENSHOTS, "demo-member.png"), fullPage: true });
 });
 
+test("demo page: unsubscribe, and the gateway's own unsubscribe notice, update the subscriptions", async () => {
+  const { page, gateway } = state;
+  await subscribe(page, "match", { match: "success" });
+  await page.getByLabel("Apps (comma-separated)").fill("match");
+  await page.getByRole("button", { name: "Unsubscribe" }).click();
+  await logRow(page, "reply", "200 unsubscribe match success");
+  await page.locator('#subscriptions li[data-app="match"]').waitFor({ state: "detached" });
+  // The match push is accepted first: had it been delivered, it would be on the page first.
+  assert.equal(await gateway.push("match", -1, "after the unsubscribe"), 202);
+  assert.equal(await gateway.push("im", MEMBER, "still subscribed"), 202);
+  await logRow(page, "push", "still subscribed");
+  assert.equal(await page.locator("#log td.text", { hasText: "after the unsubscribe" }).count(), 0);
+  // Unsubscribing what is not subscribed is the gateway's 404, shown in the log.
+  await page.getByRole("button", { name: "Unsubscribe" }).click();
+  await logRow(page, "reply", "404 unsubscribe match not subscribed");
+
+  // A backend takes the member out of im: the page drops it, logs the notice, stays connected.
+  const answer = await gateway.post("/disconnect", { member_id: MEMBER, app: "im" });
+  assert.deepEqual(answer, { status: 200, body: '{"connections":1}' });
+  await logRow(page, "reply", "410 unsubscribe im by server");
+  await page.locator('#subscriptions li[data-app="im"]').waitFor({ state: "detached" });
+  await page.getByRole("status").filter({ hasText: `connected · member ${MEMBER}` }).waitFor();
+  await page.screenshot({ path: join(SCREENSHOTS, "demo-unsubscribe.png"), fullPage: true });
+  // Back in im for what follows (the curl command and the dashboard expect it).
+  await subscribe(page, "im", { im: "success" });
+});
+
 test("demo page: the copied curl command is a working push for the chosen app and member", async () => {
   const { page } = state;
   await page.getByLabel("Text", { exact: true }).fill(`{"via":"curl's copy"}`);
@@ -156,6 +183,20 @@ test("demo page: the copied curl command is a working push for the chosen app an
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: join(SCREENSHOTS, "demo-narrow.png") });
   await page.setViewportSize({ width: 1280, height: 860 });
+});
+
+test("demo page: the gateway restarts, the page reconnects by itself and subscribes again", async () => {
+  const { page } = state;
+  await state.gateway.stop();
+  await logRow(page, "close", "1001");
+  await page.getByRole("status").filter({ hasText: "reconnecting in" }).waitFor();
+  await page.locator('#subscriptions li[data-app="im"][data-state="pending"]').waitFor();
+  state.gateway = await state.gateway.restart();
+  await page.getByRole("status").filter({ hasText: `connected · member ${MEMBER}` }).waitFor();
+  await page.locator('#subscriptions li[data-app="im"][data-state="success"]').waitFor();
+  assert.equal(await state.gateway.push("im", MEMBER, "after the restart"), 202);
+  await logRow(page, "push", "after the restart");
+  await page.screenshot({ path: join(SCREENSHOTS, "demo-reconnected.png"), fullPage: true });
 });
 
 dashboardTests(state);

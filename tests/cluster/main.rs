@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod interest;
+mod verbs;
 mod view;
 
 use std::time::Duration;
@@ -63,11 +64,15 @@ impl BrokerServer {
     /// The channels (Redis) or subscriptions (NATS) under the default prefix, sorted; a
     /// channel appears once whatever its number of subscribers, a NATS subject once per
     /// subscription.
+    /// The nodes' own control channels (`$ws-gateway/…`, open while a node runs) are left out.
     pub fn interest(&self) -> Vec<String> {
-        match self {
+        let all = match self {
             BrokerServer::Redis(redis) => redis.channels("ws-gateway.*"),
             BrokerServer::Nats(nats) => nats.subscriptions("ws-gateway."),
-        }
+        };
+        all.into_iter()
+            .filter(|channel| !channel.starts_with("ws-gateway.a.~24ws-gateway~2F"))
+            .collect()
     }
 
     /// Subscriptions to one channel or subject, over all nodes.

@@ -107,6 +107,9 @@ pub(crate) struct Shared {
     /// One permit per stat-listener request being answered (`limits.max_stat_requests`),
     /// shared by the listener's connections (`http::stat_stack`).
     pub(crate) stat_requests: Arc<Semaphore>,
+    /// One permit per `/disconnect` or `/presence` request being answered
+    /// (`limits.max_control_requests`; `http::control`).
+    pub(crate) control_requests: Arc<Semaphore>,
     /// One permit per push being dispatched (`limits.max_inflight_pushes`); taken once the
     /// body has arrived, so that slow senders cannot hold it.
     pub(crate) push_slots: Semaphore,
@@ -150,12 +153,18 @@ impl Shared {
             counters.clone(),
             |inbound| connect_broker(&config.broker.kind, settings, inbound),
         )?;
+        if node.broker().kind() != "local" {
+            // Five report lifetimes: a node whose report lapsed while it was busy is still
+            // waited for; one that is gone is named as unanswered for that long.
+            node.listen_for_control(&node_id, config.broker.report_ttl() * 5);
+        }
         let limits = &config.limits;
         let evict_after = config.timeouts.evict_after;
         let live = ArcSwap::from_pointee(Live::new(LiveSettings::new(&config, authenticator)));
         Ok(Shared {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             stat_requests: Arc::new(Semaphore::new(limits.max_stat_requests)),
+            control_requests: Arc::new(Semaphore::new(limits.max_control_requests)),
             push_slots: Semaphore::new(limits.max_inflight_pushes),
             push_bodies: PushBodies::new(limits.max_buffered_push_bytes, evict_after),
             main_handshakes: Handshakes::new(limits.max_handshakes, evict_after, counters.clone()),

@@ -124,6 +124,9 @@ pub struct Timeouts {
     /// From a `POST /push` head until its whole body has arrived; past it the push is answered
     /// `408` and nothing is delivered. Default 10 s.
     pub push_body: Duration,
+    /// How long `POST /disconnect` and `GET /presence` wait for every node of the cluster to
+    /// answer; nodes still silent then are listed as `unanswered` in a `504`. Default 2 s.
+    pub cluster_query: Duration,
     /// The least time a connection still sending its head, or a push still sending its body,
     /// is given before it may be closed to make room for a newer one (once
     /// `limits.max_handshakes` or `limits.max_buffered_push_bytes` is reached): long enough for
@@ -145,6 +148,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             head: Duration::from_secs(10),
             push_body: Duration::from_secs(10),
+            cluster_query: Duration::from_secs(2),
             evict_after: Duration::from_millis(500),
             stat_request: Duration::from_secs(10),
         }
@@ -185,6 +189,12 @@ pub struct Limits {
     pub max_push_batch: usize,
     /// Members one `member_ids` list may name; one more gets 400. Default 1000.
     pub max_push_members: usize,
+    /// `POST /disconnect` and `GET /presence` requests answered at once (each may ask every
+    /// node of the cluster); one more gets `503` with `Retry-After`. Default 32.
+    pub max_control_requests: usize,
+    /// The most members one page of `GET /presence?app=` lists (`limit` may ask for fewer; 100
+    /// when absent). Default 1000.
+    pub max_presence_page: usize,
     /// Connections the kernel queues for each listener before the gateway accepts them
     /// (capped by `net.core.somaxconn`); beyond it, connection attempts are dropped and
     /// retried by the client a second later. Default 4096.
@@ -233,6 +243,8 @@ impl Default for Limits {
             max_inflight_pushes: 1024,
             max_push_batch: PushLimits::DEFAULT_MAX_PUBLICATIONS,
             max_push_members: PushLimits::DEFAULT_MAX_MEMBERS,
+            max_control_requests: 32,
+            max_presence_page: 1000,
             accept_backlog: 4096,
             max_auth_message_bytes: 16 * 1024,
             max_handshakes: 1024,

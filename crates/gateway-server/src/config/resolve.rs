@@ -152,6 +152,11 @@ impl Resolver<'_> {
             idle: self.millis("timeouts.idle_ms", t.idle_ms, dt.idle)?,
             head: self.millis("timeouts.head_ms", t.head_ms, dt.head)?,
             push_body: self.millis("timeouts.push_body_ms", t.push_body_ms, dt.push_body)?,
+            cluster_query: self.millis(
+                "timeouts.cluster_query_ms",
+                t.cluster_query_ms,
+                dt.cluster_query,
+            )?,
             evict_after: self.millis(
                 "timeouts.evict_after_ms",
                 t.evict_after_ms,
@@ -217,6 +222,16 @@ impl Resolver<'_> {
                 "limits.max_push_members",
                 l.max_push_members,
                 dl.max_push_members,
+            )?,
+            max_control_requests: self.positive(
+                "limits.max_control_requests",
+                l.max_control_requests,
+                dl.max_control_requests,
+            )?,
+            max_presence_page: self.positive(
+                "limits.max_presence_page",
+                l.max_presence_page,
+                dl.max_presence_page,
             )?,
             accept_backlog: self.positive(
                 "limits.accept_backlog",

@@ -70,6 +70,7 @@ ping_interval_ms = 4000
 idle_ms = 9000
 head_ms = 700
 push_body_ms = 800
+cluster_query_ms = "1s"
 evict_after_ms = 900
 stat_request_ms = "3s"
 [limits]
@@ -85,6 +86,8 @@ message_burst = 8
 max_inflight_pushes = 9
 max_push_batch = 17
 max_push_members = 18
+max_control_requests = 5
+max_presence_page = 6
 accept_backlog = 10
 max_auth_message_bytes = 11
 max_handshakes = 12
@@ -112,6 +115,7 @@ kind = "anonymous"
             idle: Duration::from_millis(9000),
             head: Duration::from_millis(700),
             push_body: Duration::from_millis(800),
+            cluster_query: Duration::from_secs(1),
             evict_after: Duration::from_millis(900),
             stat_request: Duration::from_secs(3),
         }
@@ -129,6 +133,8 @@ kind = "anonymous"
             max_inflight_pushes: 9,
             max_push_batch: 17,
             max_push_members: 18,
+            max_control_requests: 5,
+            max_presence_page: 6,
             accept_backlog: 10,
             max_auth_message_bytes: 11,
             max_handshakes: 12,

@@ -1,13 +1,17 @@
-//! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`) and of the
-//! stat listener (`GET /stat`), and the one place that maps refusals to HTTP responses.
+//! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`, the backend's
+//! `/disconnect` and `/presence`, the demo page) and of the stat listener (`GET /stat`, …), and
+//! the one place that maps refusals to HTTP responses.
 //!
 //! - [`handshake`]: a connection's first request, read by hand (the upgrade's fast path);
 //! - [`upgrade`]: judging an upgrade request, and upgrades that come to hyper;
 //! - [`push`]: `POST /push`, its body read within bounds before it takes a dispatch slot;
+//! - [`control`]: `POST /disconnect` and `GET /presence`, asked of every node;
 //! - [`admin`]: the stat listener's pages (`GET /stat`);
-//! - [`pages`]: the embedded dashboard and demo client (`GET /`).
+//! - [`pages`]: the embedded dashboard, the demo client (`GET /`) and the JavaScript client
+//!   module it is built on (`GET /ws-gateway.js`).
 
 pub(crate) mod admin;
+mod control;
 pub(crate) mod handshake;
 mod overview;
 mod pages;
@@ -53,8 +57,16 @@ pub(crate) enum Refusal {
     /// The push was sent to the broker, which failed or did not answer in time: it may have
     /// been delivered, so a retry may deliver it twice.
     PushOutcomeUnknown(String),
-    /// The cluster view could not be read from the broker.
+    /// The cluster view could not be read from the broker, or a question could not be sent
+    /// to the nodes (`/disconnect`, `/presence`): nobody acted on it.
     ClusterUnavailable(String),
+    /// A question to the nodes was sent, but the broker failed or did not confirm in time:
+    /// some nodes may have acted on it.
+    ClusterOutcomeUnknown(String),
+    /// `limits.max_control_requests` `/disconnect` and `/presence` requests are being answered.
+    ControlOverloaded,
+    /// A `/disconnect` body that is not a valid request.
+    BadControl(String),
     /// A query parameter with a value this server does not know.
     BadQuery(String),
     /// The push bodies being received at once reached `limits.max_buffered_push_bytes`.
@@ -155,7 +167,18 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cluster view unavailable: {why}"),
             ),
-            Refusal::BadQuery(why) => (StatusCode::BAD_REQUEST, why.clone()),
+            Refusal::ClusterOutcomeUnknown(why) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("outcome unknown (some nodes may have acted): {why}"),
+            ),
+            Refusal::ControlOverloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many /disconnect and /presence requests at once (limits.max_control_requests)"
+                    .to_owned(),
+            ),
+            Refusal::BadControl(why) | Refusal::BadQuery(why) => {
+                (StatusCode::BAD_REQUEST, why.clone())
+            }
             Refusal::StatOverloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many stat requests at once (limits.max_stat_requests)".to_owned(),
@@ -232,6 +255,10 @@ impl Refusal {
                 | Refusal::BadPushBatch(_)
                 | Refusal::PushBatchTooLarge(_)
                 | Refusal::PushBatchNotDelivered { .. }
+                | Refusal::ControlOverloaded
+                | Refusal::ClusterUnavailable(_)
+                | Refusal::ClusterOutcomeUnknown(_)
+                | Refusal::BadControl(_)
         );
         let mut response = match &self {
             // The pusher needs the count to know what to send again: a JSON body.
@@ -263,6 +290,7 @@ impl Refusal {
             | Refusal::PushOverloaded
             | Refusal::BrokerUnavailable(_)
             | Refusal::ClusterUnavailable(_)
+            | Refusal::ControlOverloaded
             | Refusal::StatOverloaded
             | Refusal::StatTimeout(_)
             | Refusal::PushBodiesOverBudget
@@ -299,7 +327,8 @@ fn json_response(status: StatusCode, json: String) -> Response<Body> {
     response
 }
 
-/// The main listener: any path that is a WebSocket upgrade, and `POST /push`.
+/// The main listener: any path that is a WebSocket upgrade, `POST /push`, the backend's
+/// `POST /disconnect` and `GET /presence`, and the demo page.
 pub(crate) async fn main_service(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -319,9 +348,17 @@ pub(crate) async fn main_service(
             shared.counters.push_answered_with(refusal.push_reason());
         }
         result
+    } else if matches!(req.uri().path(), "/disconnect" | "/presence") {
+        control::serve(req, shared, peer).await
     } else if req.uri().path() == "/" && shared.config.demo_page {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             Ok(pages::demo())
+        } else {
+            Err(Refusal::MethodNotAllowed("GET"))
+        }
+    } else if req.uri().path() == "/ws-gateway.js" && shared.config.demo_page {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            Ok(pages::client_module())
         } else {
             Err(Refusal::MethodNotAllowed("GET"))
         }

@@ -20,7 +20,11 @@ use crate::shared::{Live, Shared};
 
 /// Whether this request may push: with keys configured, it must present one; without, it
 /// must come from an allowed network.
-fn push_allowed(req: &Request<Incoming>, live: &Live, peer: SocketAddr) -> Result<(), Refusal> {
+pub(super) fn push_allowed(
+    req: &Request<Incoming>,
+    live: &Live,
+    peer: SocketAddr,
+) -> Result<(), Refusal> {
     if live.push_key_digests.is_empty() {
         let ip = peer.ip().to_canonical();
         return if live

@@ -14,6 +14,7 @@
 //! all of an app's subscribers receive its pushes in the order the broker serialised them.
 
 mod batch;
+pub(crate) mod control;
 mod held;
 pub(crate) mod outbox;
 mod report;
@@ -79,6 +80,8 @@ pub struct Node {
     counters: Arc<Counters>,
     /// At most one broker warning per second in the log; the counters count them all.
     log_gate: LogGate,
+    /// The cluster's questions and answers (`/disconnect`, `/presence`).
+    control: control::Control,
 }
 
 impl std::fmt::Debug for Node {
@@ -137,6 +140,7 @@ impl Node {
             broker: OnceLock::new(),
             counters,
             log_gate: LogGate::default(),
+            control: control::Control::default(),
         });
         let weak: Weak<dyn Inbound> = Arc::downgrade(&node) as Weak<dyn Inbound>;
         let broker = connect(weak)?;
@@ -296,6 +300,9 @@ impl Node {
 
 impl Inbound for Node {
     fn publication(&self, publication: Publication) {
+        if control::is_reserved(publication.app.as_str()) {
+            return self.control_message(publication);
+        }
         self.handle(Input::Push(publication));
     }
 
@@ -463,6 +470,9 @@ impl Inner {
                         outbox.close(code);
                     }
                 }
+                // The cluster's own channels are the node's, not a client's to open or close.
+                Action::InterestGained(topic) | Action::InterestLost(topic)
+                    if control::is_reserved(topic.app().as_str()) => {}
                 Action::InterestGained(topic) => {
                     self.next_seq += 1;
                     let seq = self.next_seq;

@@ -1,0 +1,121 @@
+//! What the client hands to its user: pushes, and events about the connection.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// One push from a backend, as the gateway delivered it: `{"app","member_id","text"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Push {
+    /// The app it was pushed to (one this client subscribed to).
+    pub app: String,
+    /// The recipient member for a private app; `-1` for a public app.
+    pub member_id: i64,
+    /// The backend's text, unchanged (often JSON itself).
+    pub text: String,
+}
+
+/// How the gateway answered the auth message of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthOutcome {
+    /// `200 hello <id>`: authenticated as this member; private apps of this member are open.
+    Member(i64),
+    /// `200 hello stranger`: the client asked to be anonymous.
+    Anonymous,
+    /// `401 unauthorized`: the member id and token were refused; the connection continues as
+    /// anonymous (public apps only). The gateway does not close it, and neither does the client.
+    Unauthorized,
+}
+
+/// Something that happened to the connection. Read them from [`Events`](crate::Events).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection is up and authenticated, and every app the client keeps was subscribed
+    /// again (after a reconnection): from now on, every push accepted to these apps arrives.
+    /// The first connection's event comes first on the stream.
+    Connected {
+        auth: AuthOutcome,
+        /// The apps subscribed again on this connection, sorted (empty on the first one).
+        resubscribed: Vec<String>,
+    },
+    /// The connection ended. `reconnect` says whether the client will try again (with
+    /// [`Event::Reconnecting`] first); when it is `false` the event stream ends after this.
+    Disconnected {
+        cause: DisconnectCause,
+        reconnect: bool,
+    },
+    /// The client waits `delay` before reconnection attempt `attempt` (1 for the first
+    /// attempt since the last stable connection).
+    Reconnecting { attempt: u32, delay: Duration },
+    /// Reconnection attempt `attempt` failed; another follows after a longer wait.
+    ReconnectFailed { attempt: u32, error: Error },
+    /// `410 unsubscribe <app> by server`: a backend removed this connection from `app`. The
+    /// client forgets the app and does not subscribe to it again by itself.
+    UnsubscribedByServer { app: String },
+    /// After a reconnection, the gateway refused to subscribe to `app` again (for example
+    /// `403` because the token is no longer valid). The client forgets the app.
+    ResubscribeFailed { app: String, error: Error },
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectCause {
+    /// The gateway closed it with this close code and reason (see the close codes in
+    /// `docs/protocol.md`).
+    Closed { code: u16, reason: String },
+    /// The connection ended without a close frame: reset, end of stream, I/O error, a frame
+    /// this client cannot read (over its `max_message_bytes`), or a write that did not finish
+    /// within the ping timeout.
+    ConnectionLost(String),
+    /// Nothing at all (no pong, no frame) arrived within `ping_timeout` after a ping.
+    PingTimeout(Duration),
+    /// The user called [`Client::close`](crate::Client::close) or dropped every
+    /// [`Client`](crate::Client).
+    ClosedByClient,
+}
+
+/// Close codes after which reconnecting unchanged is useless, so the client stops:
+/// 4403 disconnected by a backend (logout, ban), 4400 missing auth message, 1002 protocol
+/// error, 1007 invalid UTF-8, 1009 message too big.
+pub const FINAL_CLOSE_CODES: [u16; 5] = [4403, 4400, 1002, 1007, 1009];
+
+impl DisconnectCause {
+    /// Whether the client stops after this instead of reconnecting: a close with one of
+    /// [`FINAL_CLOSE_CODES`], or the user's own close.
+    pub fn is_final(&self) -> bool {
+        match self {
+            DisconnectCause::Closed { code, .. } => FINAL_CLOSE_CODES.contains(code),
+            DisconnectCause::ClosedByClient => true,
+            DisconnectCause::ConnectionLost(_) | DisconnectCause::PingTimeout(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(code: u16) -> DisconnectCause {
+        DisconnectCause::Closed {
+            code,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_documented_codes_and_the_users_close_are_final() {
+        for code in FINAL_CLOSE_CODES {
+            assert!(closed(code).is_final(), "{code}");
+        }
+        for code in [1000, 1001, 1011, 1013, 4100, 4101, 4408, 4429] {
+            assert!(!closed(code).is_final(), "{code}");
+        }
+        assert!(DisconnectCause::ClosedByClient.is_final());
+        assert!(!DisconnectCause::ConnectionLost("reset".into()).is_final());
+        assert!(!DisconnectCause::PingTimeout(Duration::from_secs(1)).is_final());
+    }
+}

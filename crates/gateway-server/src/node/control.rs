@@ -1,0 +1,327 @@
+//! Questions a node asks the whole cluster, and their answers: which connections a member has
+//! (to close them, `POST /disconnect`) and who is online (`GET /presence`).
+//!
+//! With a broker, a node publishes the question to a control channel every node listens to,
+//! each node (the asking one too) answers on the asker's own reply channel, and the asker
+//! gathers the answers of every node of the cluster view until all have answered or
+//! `timeouts.cluster_query_ms` passed. The channels are topics of reserved app names (starting
+//! with [`RESERVED_PREFIX`]) that are never given to the hub: a client may subscribe to such a
+//! name and hear nothing, a backend cannot push to it. Alone (the local broker), a node answers
+//! itself directly.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_broker::{BrokerError, SharedBroker};
+use gateway_core::{AppName, Frame, MemberId, NO_MEMBER, Publication, Topic};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::Node;
+
+/// App names starting with this are the cluster's own channels, not apps.
+pub const RESERVED_PREFIX: &str = "$ws-gateway/";
+
+/// Whether `app` is one of the cluster's own channels.
+pub fn is_reserved(app: &str) -> bool {
+    app.starts_with(RESERVED_PREFIX)
+}
+
+/// A question for every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Query {
+    /// Close the member's connections (4403), or remove them from `app` (410 notice).
+    Disconnect { member_id: i64, app: Option<String> },
+    /// The members on `app` after `after`, at most `limit`.
+    AppMembers {
+        app: String,
+        after: Option<i64>,
+        limit: usize,
+    },
+    /// The member's connections and apps.
+    Member { member_id: i64 },
+}
+
+/// One node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Answer {
+    Disconnect {
+        connections: usize,
+    },
+    AppMembers {
+        members: Vec<i64>,
+        more: bool,
+    },
+    Member {
+        connections: usize,
+        apps: Vec<String>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    id: u64,
+    /// The asking node's id: answers go to its reply channel.
+    from: String,
+    query: Query,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    id: u64,
+    node: String,
+    answer: Answer,
+}
+
+/// What the cluster answered.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    /// Each answering node's answer, by node id.
+    pub answers: Vec<(String, Answer)>,
+    /// Nodes of the cluster view that did not answer in time: what they hold is unknown.
+    pub unanswered: Vec<String>,
+}
+
+/// The node's side of the control channel: its id, and the questions it is waiting on.
+#[derive(Debug, Default)]
+pub(super) struct Control {
+    node_id: OnceLock<String>,
+    /// How long a node seen in the cluster view (or answering) is still expected to answer.
+    remember: OnceLock<Duration>,
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Answer)>>>,
+    /// Every node seen lately, with when. A report that expired because its node was busy
+    /// for a moment must not make that node's connections vanish from an answer that says
+    /// `200`: a node seen within `remember` is waited for, and named if silent.
+    known: Mutex<HashMap<String, Instant>>,
+}
+
+impl Control {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn topic(name: &str) -> Topic {
+    Topic::App(AppName::parse(name, usize::from(u16::MAX)).expect("reserved names are valid"))
+}
+
+fn control_topic() -> Topic {
+    topic(&format!("{RESERVED_PREFIX}control"))
+}
+
+fn reply_topic(node: &str) -> Topic {
+    topic(&format!("{RESERVED_PREFIX}reply/{node}"))
+}
+
+fn control_publication(topic: &Topic, json: Vec<u8>) -> Publication {
+    Publication {
+        app: topic.app().clone(),
+        member_id: NO_MEMBER,
+        frame: Frame::from_utf8(Bytes::from(json)).expect("serde_json writes UTF-8"),
+    }
+}
+
+/// Drops the waiter of a question however its asker ends (answered, timed out, cancelled).
+struct Waiting<'a> {
+    control: &'a Control,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.control
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+impl Node {
+    /// Starts listening on the control channel and this node's reply channel, as `node_id`.
+    /// Only for a node with a broker that carries messages between nodes. A node that was
+    /// in the cluster view within `remember` is waited for (and named when it does not answer).
+    pub(crate) fn listen_for_control(&self, node_id: &str, remember: Duration) {
+        if self.control.node_id.set(node_id.to_owned()).is_err() {
+            return;
+        }
+        let _ = self.control.remember.set(remember);
+        let broker = self.broker();
+        // Confirmations of these are not waited for: a question asked before they are live
+        // goes unanswered and says so.
+        let _ = broker.subscribe(&control_topic(), 0);
+        let _ = broker.subscribe(&reply_topic(node_id), 0);
+    }
+
+    /// This node's own answer to `query`.
+    pub(crate) fn answer(&self, query: &Query) -> Answer {
+        let max_app_name_len = self.hub_config.max_app_name_len;
+        match query {
+            Query::Disconnect { member_id, app } => {
+                let Some(member) = MemberId::new(*member_id) else {
+                    return Answer::Disconnect { connections: 0 };
+                };
+                let app = match app.as_deref().map(|a| AppName::parse(a, max_app_name_len)) {
+                    None => None,
+                    Some(Ok(app)) => Some(app),
+                    Some(Err(_)) => return Answer::Disconnect { connections: 0 },
+                };
+                let mut inner = self.lock();
+                let connections = inner.hub.disconnect_member(member, app.as_ref());
+                inner.apply(self.broker());
+                Answer::Disconnect { connections }
+            }
+            Query::AppMembers { app, after, limit } => {
+                let Ok(app) = AppName::parse(app, max_app_name_len) else {
+                    return Answer::AppMembers {
+                        members: Vec::new(),
+                        more: false,
+                    };
+                };
+                let after = after.and_then(MemberId::new);
+                let page = self.lock().hub.app_members(&app, after, *limit);
+                Answer::AppMembers {
+                    members: page.members.iter().map(|m| m.get()).collect(),
+                    more: page.more,
+                }
+            }
+            Query::Member { member_id } => {
+                let presence = MemberId::new(*member_id)
+                    .and_then(|member| self.lock().hub.member_presence(member));
+                match presence {
+                    None => Answer::Member {
+                        connections: 0,
+                        apps: Vec::new(),
+                    },
+                    Some(presence) => Answer::Member {
+                        connections: presence.connections,
+                        apps: presence.apps.iter().map(|a| a.to_string()).collect(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Asks every node of the cluster view (this one included) and gathers their answers for
+    /// at most `timeout`. Alone, the node answers itself. An error means the question could
+    /// not be sent (the broker is down): nobody acted on it.
+    pub(crate) async fn ask_cluster(
+        &self,
+        query: Query,
+        timeout: Duration,
+    ) -> Result<Gathered, BrokerError> {
+        let Some(node_id) = self.control.node_id.get().cloned() else {
+            let answer = self.answer(&query);
+            return Ok(Gathered {
+                answers: vec![(String::new(), answer)],
+                unanswered: Vec::new(),
+            });
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reports = tokio::time::timeout_at(deadline, self.broker().cluster())
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable("the cluster view did not answer in time".into())
+            })??;
+        let mut expected: BTreeSet<String> = {
+            let now = Instant::now();
+            let remember = self.control.remember.get().copied().unwrap_or_default();
+            let mut known = self.control.known();
+            for report in reports {
+                known.insert(report.node, now);
+            }
+            known.retain(|_, seen| now.saturating_duration_since(*seen) <= remember);
+            known.keys().cloned().collect()
+        };
+        expected.insert(node_id.clone());
+
+        let id = self.control.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answers_tx, mut answers_rx) = mpsc::unbounded_channel();
+        self.control
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, answers_tx);
+        let _waiting = Waiting {
+            control: &self.control,
+            id,
+        };
+        let request = Request {
+            id,
+            from: node_id,
+            query,
+        };
+        let json = serde_json::to_vec(&request).expect("a request serializes");
+        let control = control_topic();
+        tokio::time::timeout_at(
+            deadline,
+            self.broker()
+                .publish(&control, control_publication(&control, json)),
+        )
+        .await
+        .map_err(|_| {
+            BrokerError::Unavailable("the broker did not take the question in time".into())
+        })??;
+
+        let mut gathered = Gathered::default();
+        while !expected.is_empty() {
+            match tokio::time::timeout_at(deadline, answers_rx.recv()).await {
+                Ok(Some((node, answer))) => {
+                    expected.remove(&node);
+                    gathered.answers.push((node, answer));
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        gathered.unanswered = expected.into_iter().collect();
+        Ok(gathered)
+    }
+
+    /// A message on one of the reserved channels: a question to answer, or an answer to one of
+    /// this node's questions. Called by the broker's reader: answering is left to a task.
+    pub(super) fn control_message(&self, publication: Publication) {
+        let bytes = publication.frame.as_bytes();
+        if let Ok(request) = serde_json::from_slice::<Request>(bytes) {
+            let Some(node_id) = self.control.node_id.get().cloned() else {
+                return;
+            };
+            let answer = self.answer(&request.query);
+            let response = Response {
+                id: request.id,
+                node: node_id,
+                answer,
+            };
+            let json = serde_json::to_vec(&response).expect("a response serializes");
+            let to = reply_topic(&request.from);
+            let Some(broker): Option<SharedBroker> = self.broker.get().cloned() else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Err(err) = broker.publish(&to, control_publication(&to, json)).await {
+                    warn!(%err, "cannot answer a cluster question (its asker reports this node as unanswered)");
+                }
+            });
+        } else if let Ok(response) = serde_json::from_slice::<Response>(bytes) {
+            self.control
+                .known()
+                .insert(response.node.clone(), Instant::now());
+            let waiting = self
+                .control
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(answers) = waiting.get(&response.id) {
+                let _ = answers.send((response.node, response.answer));
+            }
+        } else {
+            debug!(app = %publication.app, "dropped an unreadable control message");
+        }
+    }
+}

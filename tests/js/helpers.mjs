@@ -1,0 +1,88 @@
+// What the JavaScript client's tests share: the real binary (tests/browser/gateway.mjs starts
+// it), the client module as the gateway serves it, and waiting for an event with a deadline.
+
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+import { Gateway } from "../browser/gateway.mjs";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+export const BINARY = process.env.GATEWAY_BINARY || join(ROOT, "target/debug/ws-gateway");
+/** The longest any single step may take (the machine may be busy). */
+export const WAIT_MS = 10_000;
+
+export const MEMBER = 123456;
+export const TOKEN = "654321";
+export const OTHER_MEMBER = 7;
+export const MAX_SUBSCRIPTIONS = 8;
+export const CONFIG = `
+[limits]
+max_subscriptions = ${MAX_SUBSCRIPTIONS}
+[auth]
+kind = "static"
+[auth.tokens]
+${MEMBER} = "${TOKEN}"
+${OTHER_MEMBER} = "seven"
+`;
+
+export async function startGateway(config = CONFIG) {
+  assert.ok(existsSync(BINARY), `no gateway binary at ${BINARY} (set GATEWAY_BINARY)`);
+  assert.equal(typeof WebSocket, "function", "no global WebSocket: Node 20 needs --experimental-websocket");
+  return Gateway.start(BINARY, config);
+}
+
+/**
+ * Imports ws-gateway.js as the gateway serves it at GET /ws-gateway.js (saved as .mjs: Node 20
+ * reads a .js file outside a "type": "module" package as CommonJS).
+ */
+export async function loadClient(gateway) {
+  const response = await fetch(`http://${gateway.main}/ws-gateway.js`, { signal: AbortSignal.timeout(WAIT_MS) });
+  assert.equal(response.status, 200);
+  assert.equal(response.headers.get("content-type"), "text/javascript; charset=utf-8");
+  const file = join(mkdtempSync(join(tmpdir(), "ws-gateway-js-")), "ws-gateway.mjs");
+  writeFileSync(file, await response.text());
+  return import(pathToFileURL(file).href);
+}
+
+/**
+ * The detail of the next `type` event on `target` for which `accept(detail)` holds; rejects
+ * after `ms`. Call it before the action that causes the event.
+ */
+export function nextEvent(target, type, accept = () => true, ms = WAIT_MS) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      target.removeEventListener(type, listener);
+      reject(new Error(`no ${type} event within ${ms} ms`));
+    }, ms);
+    const listener = (event) => {
+      if (!accept(event.detail)) return;
+      clearTimeout(timer);
+      target.removeEventListener(type, listener);
+      resolve(event.detail);
+    };
+    target.addEventListener(type, listener);
+  });
+}
+
+/** Resolves with what `promise` resolves to, or rejects after `ms`: a guard against hangs. */
+export function within(promise, what, ms = WAIT_MS) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** Polls `check` until it returns a truthy value (returned), failing after `ms`. */
+export async function until(check, what, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    assert.ok(Date.now() < deadline, `${what}: not within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
