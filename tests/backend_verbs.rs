@@ -284,3 +284,28 @@ async fn bad_presence_queries_are_refused_with_their_reason() {
     }
     assert_eq!(presence(&server, "app=a&limit=50").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_clusters_own_channels_are_not_apps_to_push_to() {
+    let server = TestServer::start().await;
+    // A client may subscribe to such a name (the reply is the usual one) and hears nothing.
+    let mut client = server.member(777, "777secret").await;
+    client.subscribe("$ws-gateway/control").await;
+    let why = r#"app "$ws-gateway/control" is reserved: names starting with "$ws-gateway/" are the gateway's own"#;
+    for (body, expected) in [
+        (
+            r#"{"app":"$ws-gateway/control","text":"x"}"#.to_owned(),
+            format!("bad push message: {why}\n"),
+        ),
+        (
+            r#"[{"app":"match","text":"x"},{"app":"$ws-gateway/control","text":"x"}]"#.to_owned(),
+            format!("bad push message at index 1: {why}\n"),
+        ),
+    ] {
+        assert_eq!(
+            server.push(&body).await,
+            (StatusCode::BAD_REQUEST, expected)
+        );
+    }
+    client.expect_nothing_more().await;
+}

@@ -107,6 +107,11 @@ impl PushBatch {
         self.items.len()
     }
 
+    /// Each push object's app, in order (the index is the array's).
+    pub fn apps(&self) -> impl Iterator<Item = &AppName> + '_ {
+        self.items.iter().map(|item| &item.app)
+    }
+
     /// Every publication, in order: the elements in array order, and within a `member_ids`
     /// element the members in list order. Each envelope is encoded as it is taken.
     pub fn publications(&self) -> impl Iterator<Item = Publication> + '_ {

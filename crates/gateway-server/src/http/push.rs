@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use gateway_core::{Publication, PushBatch, PushError, PushLimits, PushRequest};
+use gateway_core::{AppName, Publication, PushBatch, PushError, PushLimits, PushRequest};
 use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -119,6 +119,7 @@ pub(super) async fn push(
     };
     let request =
         PushRequest::parse(&body, &shared.config.hub, push_limits).map_err(refused_request)?;
+    refuse_reserved_apps(&request)?;
     // What is published from here on was copied out of the body.
     drop((body, charge));
     let push = match request {
@@ -154,6 +155,38 @@ fn accepted(body: Bytes) -> Response<Body> {
     let mut accepted = Response::new(Full::new(body));
     *accepted.status_mut() = StatusCode::ACCEPTED;
     accepted
+}
+
+/// The cluster's own channels (`$ws-gateway/…`, [`control`]) are not apps a backend may push
+/// to: such a push would reach nobody, so it is refused rather than accepted.
+///
+/// [`control`]: crate::node::control
+fn refuse_reserved_apps(request: &PushRequest) -> Result<(), Refusal> {
+    let reserved = |app: &AppName| crate::node::control::is_reserved(app.as_str());
+    let why = |app: &AppName| {
+        format!(
+            "app {app:?} is reserved: names starting with {:?} are the gateway's own",
+            crate::node::control::RESERVED_PREFIX
+        )
+    };
+    match request {
+        PushRequest::Single(push) if reserved(&push.app) => Err(Refusal::BadPush(why(&push.app))),
+        PushRequest::ToMembers(batch) => match batch.apps().find(|app| reserved(app)) {
+            Some(app) => Err(Refusal::BadPush(why(app))),
+            None => Ok(()),
+        },
+        PushRequest::Batch(batch) => match batch.apps().position(reserved) {
+            Some(index) => {
+                let app = batch.apps().nth(index).expect("found at this index");
+                Err(Refusal::BadPushBatch(format!(
+                    "bad push message at index {index}: {}",
+                    why(app)
+                )))
+            }
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// The answer to a body that is not a valid push, a valid array of pushes or a valid
