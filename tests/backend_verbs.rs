@@ -288,9 +288,11 @@ async fn bad_presence_queries_are_refused_with_their_reason() {
 #[tokio::test]
 async fn the_clusters_own_channels_are_not_apps_to_push_to() {
     let server = TestServer::start().await;
-    // A client may subscribe to such a name (the reply is the usual one) and hears nothing.
+    // No client may subscribe to such a name either.
     let mut client = server.member(777, "777secret").await;
-    client.subscribe("$ws-gateway/control").await;
+    client.send(r#"{"app":"$ws-gateway/control"}"#).await;
+    client.expect(&forbidden("$ws-gateway/control")).await;
+    assert_eq!(server.stat().await, "");
     let why = r#"app "$ws-gateway/control" is reserved: names starting with "$ws-gateway/" are the gateway's own"#;
     for (body, expected) in [
         (

@@ -549,6 +549,9 @@ impl Hub {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
+        if app.is_reserved() {
+            return self.reply(conn, Reply::SubscribeForbidden(app));
+        }
         let private = self.config.private_apps.contains(&app);
         if connection.apps.len() >= self.config.max_subscriptions && !connection.apps.contains(&app)
         {

@@ -62,6 +62,15 @@ impl AppName {
     /// The default for the longest app name accepted, in bytes.
     pub const DEFAULT_MAX_LEN: usize = 128;
 
+    /// Names starting with this are the gateway's own channels between nodes, not apps: no
+    /// client may subscribe to them and no backend push to them.
+    pub const RESERVED_PREFIX: &'static str = "$ws-gateway/";
+
+    /// Whether this name is one of the gateway's own channels ([`AppName::RESERVED_PREFIX`]).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(Self::RESERVED_PREFIX)
+    }
+
     /// Validates `name` against the structural rules and a length limit in bytes.
     pub fn parse(name: &str, max_len: usize) -> Result<Self, InvalidAppName> {
         if name.is_empty() {

@@ -96,6 +96,24 @@ fn unsubscribe_frees_room_under_the_subscription_limit() {
 }
 
 #[test]
+fn the_gateways_own_channel_names_are_forbidden_to_clients() {
+    let mut t = TestHub::new();
+    t.member(1, 7);
+    for name in ["$ws-gateway/control", "$ws-gateway/reply/node-a:5000"] {
+        assert_eq!(
+            t.subscribe(1, name),
+            [reply(1, Reply::SubscribeForbidden(app(name)))]
+        );
+    }
+    assert!(t.interest.is_empty());
+    // Only the prefix is reserved.
+    assert_eq!(
+        t.subscribe(1, "$ws-gateway"),
+        [reply(1, Reply::Subscribed(app("$ws-gateway")))]
+    );
+}
+
+#[test]
 fn ping_is_answered_with_pong_and_unknown_actions_change_nothing() {
     let mut t = TestHub::new();
     t.anonymous(1);

@@ -48,21 +48,21 @@ pub(super) async fn serve(
     if shared.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
+    // The request is read and checked before it takes a slot: a slow body holds none.
+    let query = if path_is_disconnect {
+        read_disconnect(req, &shared).await?
+    } else {
+        read_presence(&req, &shared)?
+    };
     let slots = shared.control_requests.clone();
     let answered = ServiceBuilder::new()
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(slots))
-        .service_fn(move |req: Request<Incoming>| {
+        .service_fn(move |query: Query| {
             let shared = shared.clone();
-            async move {
-                Ok::<_, Infallible>(if path_is_disconnect {
-                    disconnect(req, &shared, peer).await
-                } else {
-                    presence(&req, &shared).await
-                })
-            }
+            async move { Ok::<_, Infallible>(answer(query, &shared, peer).await) }
         })
-        .oneshot(req)
+        .oneshot(query)
         .await;
     match answered {
         Ok(answer) => answer,
@@ -82,12 +82,9 @@ fn string_if_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<St
     String::deserialize(d).map(Some)
 }
 
-/// `POST /disconnect` `{"member_id":7}` or `{"member_id":7,"app":"im"}`.
-async fn disconnect(
-    req: Request<Incoming>,
-    shared: &Shared,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Refusal> {
+/// `POST /disconnect` `{"member_id":7}` or `{"member_id":7,"app":"im"}`, read within the push
+/// body's bounds and checked.
+async fn read_disconnect(req: Request<Incoming>, shared: &Shared) -> Result<Query, Refusal> {
     let (max, body_timeout) = {
         let live = shared.live();
         (
@@ -123,39 +120,14 @@ async fn disconnect(
         AppName::parse(app, shared.config.hub.max_app_name_len)
             .map_err(|err| Refusal::BadControl(format!("bad app: {err}")))?;
     }
-    let query = Query::Disconnect {
+    Ok(Query::Disconnect {
         member_id: member.get(),
-        app: request.app.clone(),
-    };
-    let gathered = ask(shared, query).await?;
-    let connections: usize = gathered
-        .answers
-        .iter()
-        .map(|(_, answer)| match answer {
-            Answer::Disconnect { connections } => *connections,
-            _ => 0,
-        })
-        .sum();
-    info!(
-        %peer,
-        member = member.get(),
-        app = request.app.as_deref().unwrap_or(""),
-        connections,
-        unanswered = gathered.unanswered.len(),
-        "member disconnected by a backend"
-    );
-    let unanswered = &gathered.unanswered;
-    Ok(json_answer(
-        &Disconnected {
-            connections,
-            unanswered,
-        },
-        unanswered,
-    ))
+        app: request.app,
+    })
 }
 
-/// `GET /presence?app=im[&limit=N][&cursor=C]` or `GET /presence?member_id=N`.
-async fn presence(req: &Request<Incoming>, shared: &Shared) -> Result<Response<Body>, Refusal> {
+/// `GET /presence?app=im[&limit=N][&cursor=C]` or `GET /presence?member_id=N`, checked.
+fn read_presence(req: &Request<Incoming>, shared: &Shared) -> Result<Query, Refusal> {
     let params: HashMap<String, String> =
         form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
             .into_owned()
@@ -187,25 +159,61 @@ async fn presence(req: &Request<Incoming>, shared: &Shared) -> Result<Response<B
             };
             let app = AppName::parse(app, shared.config.hub.max_app_name_len)
                 .map_err(|err| bad(&format!("bad app: {err}")))?;
-            let after = positive("cursor")?;
-            let query = Query::AppMembers {
+            Ok(Query::AppMembers {
                 app: app.to_string(),
-                after,
+                after: positive("cursor")?,
                 limit,
+            })
+        }
+        (None, Some(member_id)) => Ok(Query::Member { member_id }),
+        (Some(_), Some(_)) => Err(bad("presence takes app=<name> or member_id=<id>, not both")),
+        (None, None) => Err(bad("presence needs app=<name> or member_id=<id>")),
+    }
+}
+
+/// Asks the cluster `query` and answers with what every node said.
+async fn answer(
+    query: Query,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Refusal> {
+    let gathered = ask(shared, query.clone()).await?;
+    let unanswered = &gathered.unanswered;
+    match query {
+        Query::Disconnect { member_id, app } => {
+            let connections: usize = gathered
+                .answers
+                .iter()
+                .map(|(_, answer)| match answer {
+                    Answer::Disconnect { connections } => *connections,
+                    _ => 0,
+                })
+                .sum();
+            info!(
+                %peer,
+                member = member_id,
+                app = app.as_deref().unwrap_or(""),
+                connections,
+                unanswered = unanswered.len(),
+                "member disconnected by a backend"
+            );
+            let body = Disconnected {
+                connections,
+                unanswered,
             };
-            let gathered = ask(shared, query).await?;
+            Ok(json_answer(&body, unanswered))
+        }
+        Query::AppMembers { app, limit, .. } => {
             let (members, next) = merge_pages(&gathered, limit);
-            let unanswered = &gathered.unanswered;
             let page = AppPresence {
-                app: app.as_str(),
+                app: &app,
                 members,
                 next_cursor: next.map(|m| m.to_string()),
                 unanswered,
             };
             Ok(json_answer(&page, unanswered))
         }
-        (None, Some(member_id)) => {
-            let gathered = ask(shared, Query::Member { member_id }).await?;
+        Query::Member { member_id } => {
             let mut connections = 0;
             let mut apps = BTreeSet::new();
             for (_, answer) in &gathered.answers {
@@ -218,7 +226,6 @@ async fn presence(req: &Request<Incoming>, shared: &Shared) -> Result<Response<B
                     apps.extend(theirs.iter().cloned());
                 }
             }
-            let unanswered = &gathered.unanswered;
             let presence = MemberPresence {
                 member_id,
                 online: connections > 0,
@@ -228,8 +235,6 @@ async fn presence(req: &Request<Incoming>, shared: &Shared) -> Result<Response<B
             };
             Ok(json_answer(&presence, unanswered))
         }
-        (Some(_), Some(_)) => Err(bad("presence takes app=<name> or member_id=<id>, not both")),
-        (None, None) => Err(bad("presence needs app=<name> or member_id=<id>")),
     }
 }
 

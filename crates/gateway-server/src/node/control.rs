@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::Node;
 
 /// App names starting with this are the cluster's own channels, not apps.
-pub const RESERVED_PREFIX: &str = "$ws-gateway/";
+pub const RESERVED_PREFIX: &str = AppName::RESERVED_PREFIX;
 
 /// Whether `app` is one of the cluster's own channels.
 pub fn is_reserved(app: &str) -> bool {
@@ -91,6 +91,8 @@ pub(crate) struct Gathered {
 /// The node's side of the control channel: its id, and the questions it is waiting on.
 #[derive(Debug, Default)]
 pub(super) struct Control {
+    /// The node itself, to answer questions on a task of their own.
+    node: OnceLock<Weak<Node>>,
     node_id: OnceLock<String>,
     /// How long a node seen in the cluster view (or answering) is still expected to answer.
     remember: OnceLock<Duration>,
@@ -108,16 +110,26 @@ impl Control {
     }
 }
 
-fn topic(name: &str) -> Topic {
-    Topic::App(AppName::parse(name, usize::from(u16::MAX)).expect("reserved names are valid"))
-}
-
 fn control_topic() -> Topic {
-    topic(&format!("{RESERVED_PREFIX}control"))
+    Topic::App(
+        AppName::parse(&format!("{RESERVED_PREFIX}control"), usize::from(u16::MAX))
+            .expect("a constant, valid name"),
+    )
 }
 
-fn reply_topic(node: &str) -> Topic {
-    topic(&format!("{RESERVED_PREFIX}reply/{node}"))
+/// The reply channel of node `node`; `None` for a name that cannot be one (node ids are at
+/// most 128 printable characters, `broker.node_id`): a question from the wire may carry
+/// anything.
+fn reply_topic(node: &str) -> Option<Topic> {
+    if node.is_empty() || node.len() > 128 {
+        return None;
+    }
+    AppName::parse(
+        &format!("{RESERVED_PREFIX}reply/{node}"),
+        usize::from(u16::MAX),
+    )
+    .ok()
+    .map(Topic::App)
 }
 
 fn control_publication(topic: &Topic, json: Vec<u8>) -> Publication {
@@ -148,16 +160,26 @@ impl Node {
     /// Starts listening on the control channel and this node's reply channel, as `node_id`.
     /// Only for a node with a broker that carries messages between nodes. A node that was
     /// in the cluster view within `remember` is waited for (and named when it does not answer).
-    pub(crate) fn listen_for_control(&self, node_id: &str, remember: Duration) {
+    pub(crate) fn listen_for_control(self: &Arc<Self>, node_id: &str, remember: Duration) {
         if self.control.node_id.set(node_id.to_owned()).is_err() {
             return;
         }
+        let _ = self.control.node.set(Arc::downgrade(self));
         let _ = self.control.remember.set(remember);
+        // Question ids start anywhere: answers still on their way to this node's previous
+        // process (the same node id after a restart) must not match this one's questions.
+        let start = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::time::SystemTime::now(),
+        );
+        self.control.next_id.store(start, Ordering::Relaxed);
         let broker = self.broker();
         // Confirmations of these are not waited for: a question asked before they are live
         // goes unanswered and says so.
         let _ = broker.subscribe(&control_topic(), 0);
-        let _ = broker.subscribe(&reply_topic(node_id), 0);
+        if let Some(replies) = reply_topic(node_id) {
+            let _ = broker.subscribe(&replies, 0);
+        }
     }
 
     /// This node's own answer to `query`.
@@ -266,9 +288,8 @@ impl Node {
                 .publish(&control, control_publication(&control, json)),
         )
         .await
-        .map_err(|_| {
-            BrokerError::Unavailable("the broker did not take the question in time".into())
-        })??;
+        // Sent but not confirmed in time: some nodes may have acted (504, not 503).
+        .map_err(|_| BrokerError::TimedOut(timeout))??;
 
         let mut gathered = Gathered::default();
         while !expected.is_empty() {
@@ -292,18 +313,26 @@ impl Node {
             let Some(node_id) = self.control.node_id.get().cloned() else {
                 return;
             };
-            let answer = self.answer(&request.query);
-            let response = Response {
-                id: request.id,
-                node: node_id,
-                answer,
-            };
-            let json = serde_json::to_vec(&response).expect("a response serializes");
-            let to = reply_topic(&request.from);
-            let Some(broker): Option<SharedBroker> = self.broker.get().cloned() else {
+            // Checked before acting: an answer that cannot be sent back is not worth acting on.
+            let Some(to) = reply_topic(&request.from) else {
+                debug!("dropped a control question with an impossible asker");
                 return;
             };
+            let (Some(node), Some(broker)) = (
+                self.control.node.get().and_then(Weak::upgrade),
+                self.broker.get().cloned(),
+            ) else {
+                return;
+            };
+            // Answered on a task of its own: the broker's reader goes on with publications.
             tokio::spawn(async move {
+                let response = Response {
+                    id: request.id,
+                    node: node_id,
+                    answer: node.answer(&request.query),
+                };
+                let json = serde_json::to_vec(&response).expect("a response serializes");
+                let broker: SharedBroker = broker;
                 if let Err(err) = broker.publish(&to, control_publication(&to, json)).await {
                     warn!(%err, "cannot answer a cluster question (its asker reports this node as unanswered)");
                 }
