@@ -100,12 +100,12 @@ async fn a_large_batch_arrives_whole_and_in_order() {
     let server = TestServer::start().await;
     let mut client = server.anonymous().await;
     client.subscribe("match").await;
-    let (status, body) = server.push(&numbered("match", "", 1000)).await;
+    let (status, body) = server.push(&numbered("match", "", 500)).await;
     assert_eq!(
         (status, body.as_str()),
-        (StatusCode::ACCEPTED, r#"{"accepted":1000}"#)
+        (StatusCode::ACCEPTED, r#"{"accepted":500}"#)
     );
-    for i in 0..1000 {
+    for i in 0..500 {
         client.expect(&envelope("match", -1, &i.to_string())).await;
     }
 }

@@ -35,7 +35,7 @@ pub struct PushLimits {
 }
 
 impl PushLimits {
-    pub const DEFAULT_MAX_PUBLICATIONS: usize = 1000;
+    pub const DEFAULT_MAX_PUBLICATIONS: usize = 500;
     pub const DEFAULT_MAX_MEMBERS: usize = 1000;
 }
 
