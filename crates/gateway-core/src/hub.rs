@@ -186,18 +186,21 @@ struct Connection {
     apps: Vec<AppName>,
 }
 
-/// The subscribers of one app.
+/// The subscribers of one app. Members are kept sorted (a B-tree) so that presence reads a
+/// page of them as a range, never the whole app, under the node's lock.
 #[derive(Debug)]
 enum Subscribers {
-    Public(HashSet<ConnId>),
+    /// Every subscribed connection (a push goes to all), and how many of them each member
+    /// has (anonymous connections are not counted there).
+    Public(HashSet<ConnId>, BTreeMap<MemberId, u32>),
     /// Keyed by member: a private push goes to one member's connections.
-    Private(HashMap<MemberId, Vec<ConnId>>),
+    Private(BTreeMap<MemberId, Vec<ConnId>>),
 }
 
 impl Subscribers {
     fn count(&self) -> usize {
         match self {
-            Subscribers::Public(conns) => conns.len(),
+            Subscribers::Public(conns, _) => conns.len(),
             Subscribers::Private(members) => members.len(),
         }
     }
@@ -301,7 +304,7 @@ impl Hub {
         self.apps.iter().flat_map(
             |(app, subscribers)| -> Box<dyn Iterator<Item = Topic> + '_> {
                 match subscribers {
-                    Subscribers::Public(_) => Box::new(std::iter::once(Topic::App(app.clone()))),
+                    Subscribers::Public(..) => Box::new(std::iter::once(Topic::App(app.clone()))),
                     Subscribers::Private(members) => {
                         Box::new(members.keys().map(move |member| Topic::Member {
                             app: app.clone(),
@@ -383,7 +386,7 @@ impl Hub {
             .take(limit.max(1))
             .map(|(app, subscribers)| {
                 let listed = match subscribers {
-                    Subscribers::Public(conns) => AppSubscribers::Connections(conns.len()),
+                    Subscribers::Public(conns, _) => AppSubscribers::Connections(conns.len()),
                     Subscribers::Private(members) if members.len() > max_members => {
                         AppSubscribers::MemberCount(members.len())
                     }
@@ -431,30 +434,26 @@ impl Hub {
     /// `after`: at most `limit` (at least 1) of them, and whether more follow. Anonymous
     /// connections are not listed.
     ///
-    /// Costs O(n log n) in the app's subscribers: they are not kept sorted (that would cost
-    /// every subscription memory and time, for a query that is rare), so a driver bounds how
-    /// often it asks rather than how much each answer costs.
+    /// Costs O(log n + limit): the app's members are kept sorted.
     pub fn app_members(&self, app: &AppName, after: Option<MemberId>, limit: usize) -> MembersPage {
-        let after = after.map_or(0, MemberId::get);
+        let limit = limit.max(1);
+        let range = (
+            after.map_or(Bound::Unbounded, Bound::Excluded),
+            Bound::Unbounded,
+        );
         let mut members: Vec<MemberId> = match self.apps.get(app) {
             None => Vec::new(),
             Some(Subscribers::Private(members)) => members
-                .keys()
-                .copied()
-                .filter(|m| m.get() > after)
+                .range(range)
+                .map(|(m, _)| *m)
+                .take(limit + 1)
                 .collect(),
-            Some(Subscribers::Public(conns)) => conns
-                .iter()
-                .filter_map(|conn| match self.connections.get(conn)?.identity {
-                    Identity::Member(member) if member.get() > after => Some(member),
-                    _ => None,
-                })
+            Some(Subscribers::Public(_, members)) => members
+                .range(range)
+                .map(|(m, _)| *m)
+                .take(limit + 1)
                 .collect(),
         };
-        // A member with two connections to a public app was collected twice.
-        members.sort_unstable();
-        members.dedup();
-        let limit = limit.max(1);
         let more = members.len() > limit;
         members.truncate(limit);
         MembersPage { members, more }
@@ -573,11 +572,11 @@ impl Hub {
             btree_map::Entry::Vacant(entry) => {
                 let app = entry.key().clone();
                 let subscribers = if private {
-                    Subscribers::Private(HashMap::new())
+                    Subscribers::Private(BTreeMap::new())
                 } else {
                     self.actions
                         .push_back(Action::InterestGained(Topic::App(app.clone())));
-                    Subscribers::Public(HashSet::new())
+                    Subscribers::Public(HashSet::new(), BTreeMap::new())
                 };
                 (app, entry.insert(subscribers))
             }
@@ -598,7 +597,13 @@ impl Hub {
                 }
                 new
             }
-            (Subscribers::Public(conns), _) => conns.insert(conn),
+            (Subscribers::Public(conns, members), identity) => {
+                let new = conns.insert(conn);
+                if let (true, Identity::Member(member)) = (new, identity) {
+                    *members.entry(member).or_default() += 1;
+                }
+                new
+            }
             (Subscribers::Private(_), Identity::Anonymous) => {
                 unreachable!("anonymous connections were refused private apps above")
             }
@@ -623,7 +628,7 @@ impl Hub {
     fn push(&mut self, publication: Publication) {
         let conns: Vec<ConnId> = match self.apps.get(&publication.app) {
             None => return,
-            Some(Subscribers::Public(conns)) => recipients(conns),
+            Some(Subscribers::Public(conns, _)) => recipients(conns),
             Some(Subscribers::Private(members)) => {
                 match MemberId::new(publication.member_id).and_then(|m| members.get(&m)) {
                     Some(conns) => conns.clone(),
@@ -681,16 +686,23 @@ impl Hub {
             return;
         };
         match (&mut *subscribers, identity) {
-            (Subscribers::Public(conns), _) => {
-                conns.remove(&conn);
+            (Subscribers::Public(conns, members), identity) => {
+                let removed = conns.remove(&conn);
                 shrink_set_if_sparse(conns);
+                if let (true, Identity::Member(member)) = (removed, identity)
+                    && let btree_map::Entry::Occupied(mut count) = members.entry(member)
+                {
+                    *count.get_mut() -= 1;
+                    if *count.get() == 0 {
+                        count.remove();
+                    }
+                }
             }
             (Subscribers::Private(members), Identity::Member(member)) => {
                 if let Some(conns) = members.get_mut(&member) {
                     conns.retain(|c| *c != conn);
                     if conns.is_empty() {
                         members.remove(&member);
-                        shrink_if_sparse(members);
                         self.actions.push_back(Action::InterestLost(Topic::Member {
                             app: app.clone(),
                             member,
@@ -701,7 +713,7 @@ impl Hub {
             (Subscribers::Private(_), Identity::Anonymous) => {}
         }
         if subscribers.count() == 0 {
-            if let Subscribers::Public(_) = subscribers {
+            if let Subscribers::Public(..) = subscribers {
                 self.actions
                     .push_back(Action::InterestLost(Topic::App(app.clone())));
             }

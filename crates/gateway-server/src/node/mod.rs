@@ -4,8 +4,9 @@
 //! which applies the hub's actions before returning: replies and deliveries are queued to
 //! outboxes (never awaited), closes are requested, interest changes are handed to the broker
 //! (which must not block). The lock is never held across an `.await`, and the work under it is
-//! bounded by the number of recipients (a refcount increment and a queue push each), or by one
-//! page of `/stat` ([`Node::stat_page`]).
+//! bounded by the number of recipients (a refcount increment and a queue push each), by one
+//! page of `/stat` ([`Node::stat_page`]) or of presence (O(log n + page), the members are kept
+//! sorted), or by one member's connections (`/disconnect`, a member's presence).
 //!
 //! A push goes out through the broker and comes back through it ([`Node::publish`], then
 //! [`Inbound::publication`]), on one node as on many: the local broker hands it straight back
