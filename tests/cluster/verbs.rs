@@ -16,6 +16,7 @@ per_broker!(
     disconnect_closes_the_members_connections_on_every_node,
     presence_merges_every_nodes_members_into_one_paged_list,
     a_node_that_does_not_answer_is_named_in_a_504,
+    a_node_that_shut_down_is_not_waited_for,
 );
 
 async fn get(node: &TestServer, path: &str) -> (StatusCode, String) {
@@ -220,4 +221,29 @@ async fn a_node_that_does_not_answer_is_named_in_a_504(kind: Kind) {
     .await;
     waiting.abort();
     ghost.close();
+}
+
+async fn a_node_that_shut_down_is_not_waited_for(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 0).await;
+    let mut config = cluster.config();
+    config.timeouts.cluster_query = Duration::from_millis(300);
+    for _ in 0..3 {
+        cluster.nodes.push(TestServer::with_config(config.clone()).await);
+    }
+    until_cluster_of(&cluster.nodes[0], 3).await;
+    let expected = r#"{"app":"im","members":[],"next_cursor":null}"#;
+    until_answer(&cluster.nodes[0], "/presence?app=im", expected).await;
+
+    // Its report outlives it, and nodes are remembered for five report lifetimes: without
+    // its goodbye the others would wait for it and answer 504 for seconds.
+    cluster.nodes.remove(2).shutdown().await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let answer = get(&cluster.nodes[0], "/presence?app=im").await;
+        if answer == (StatusCode::OK, expected.to_owned()) {
+            return;
+        }
+        answers.push(answer);
+    }
+    panic!("still waiting for the node that left: {answers:?}");
 }

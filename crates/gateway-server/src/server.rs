@@ -149,6 +149,11 @@ impl Gateway {
         shutdown.await;
         info!("shutting down: closing connections");
         shared.shutdown.cancel();
+        // Before the broker closes: the other nodes stop waiting for this one's answers.
+        shared
+            .node
+            .leave_cluster(std::time::Duration::from_millis(500))
+            .await;
         shared.node.shut_down(CloseReason::ShuttingDown.code());
         let _ = main.await;
         let _ = reporter.await;

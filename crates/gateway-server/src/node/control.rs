@@ -102,12 +102,32 @@ pub(super) struct Control {
     /// for a moment must not make that node's connections vanish from an answer that says
     /// `200`: a node seen within `remember` is waited for, and named if silent.
     known: Mutex<HashMap<String, Instant>>,
+    /// Nodes that said they were leaving (a graceful shutdown), with when (Unix ms): not waited
+    /// for, unless a report of theirs made later says they are back.
+    left: Mutex<HashMap<String, u64>>,
 }
 
 impl Control {
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn left(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.left.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A node's goodbye, on the control channel: it stops answering, nobody should wait for it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Leave {
+    leave: String,
+    at_ms: u64,
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn control_topic() -> Topic {
@@ -256,9 +276,20 @@ impl Node {
             let now = Instant::now();
             let remember = self.control.remember.get().copied().unwrap_or_default();
             let mut known = self.control.known();
+            let mut left = self.control.left();
             for report in reports {
-                known.insert(report.node, now);
+                match left.get(&report.node) {
+                    // The report of a node that has left since: not waited for.
+                    Some(at) if *at >= report.at_ms => {}
+                    _ => {
+                        left.remove(&report.node);
+                        known.insert(report.node, now);
+                    }
+                }
             }
+            // A goodbye is kept as long as the report it overrides may live.
+            let oldest = unix_millis().saturating_sub(remember.as_millis() as u64);
+            left.retain(|_, at| *at >= oldest);
             known.retain(|_, seen| now.saturating_duration_since(*seen) <= remember);
             known.keys().cloned().collect()
         };
@@ -349,8 +380,36 @@ impl Node {
             if let Some(answers) = waiting.get(&response.id) {
                 let _ = answers.send((response.node, response.answer));
             }
+        } else if let Ok(leave) = serde_json::from_slice::<Leave>(bytes) {
+            debug!(node = leave.leave, "a node left the cluster");
+            self.control.known().remove(&leave.leave);
+            self.control.left().insert(leave.leave, leave.at_ms);
         } else {
             debug!(app = %publication.app, "dropped an unreadable control message");
+        }
+    }
+
+    /// Tells every node that this one is leaving (a graceful shutdown), so that their
+    /// `/disconnect` and `/presence` stop waiting for it at once rather than answering `504`
+    /// while its report lives on. Best effort, within `timeout`.
+    pub(crate) async fn leave_cluster(&self, timeout: Duration) {
+        let Some(node_id) = self.control.node_id.get().cloned() else {
+            return;
+        };
+        let leave = Leave {
+            leave: node_id,
+            at_ms: unix_millis(),
+        };
+        let json = serde_json::to_vec(&leave).expect("a goodbye serializes");
+        let control = control_topic();
+        let publishing = self
+            .broker()
+            .publish(&control, control_publication(&control, json));
+        if let Err(err) = tokio::time::timeout(timeout, publishing)
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::TimedOut(timeout)))
+        {
+            debug!(%err, "could not tell the cluster this node is leaving");
         }
     }
 }
