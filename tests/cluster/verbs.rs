@@ -228,7 +228,9 @@ async fn a_node_that_shut_down_is_not_waited_for(kind: Kind) {
     let mut config = cluster.config();
     config.timeouts.cluster_query = Duration::from_millis(300);
     for _ in 0..3 {
-        cluster.nodes.push(TestServer::with_config(config.clone()).await);
+        cluster
+            .nodes
+            .push(TestServer::with_config(config.clone()).await);
     }
     until_cluster_of(&cluster.nodes[0], 3).await;
     let expected = r#"{"app":"im","members":[],"next_cursor":null}"#;

@@ -407,7 +407,7 @@ impl Node {
             .publish(&control, control_publication(&control, json));
         if let Err(err) = tokio::time::timeout(timeout, publishing)
             .await
-            .unwrap_or_else(|_| Err(BrokerError::TimedOut(timeout)))
+            .unwrap_or(Err(BrokerError::TimedOut(timeout)))
         {
             debug!(%err, "could not tell the cluster this node is leaving");
         }
