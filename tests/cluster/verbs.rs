@@ -77,6 +77,43 @@ async fn disconnect_closes_the_members_connections_on_every_node(kind: Kind) {
     on_a.expect_close(4403).await;
     on_b.expect_close(4403).await;
     other.expect_nothing_more().await;
+
+    // From one app only, across nodes: each connection is told and stays open.
+    let mut on_a = a.member(777, "777secret").await;
+    let mut on_b = b.member(777, "777secret").await;
+    for client in [&mut on_a, &mut on_b] {
+        client.subscribe("im").await;
+    }
+    until_answer(
+        c,
+        "/presence?member_id=777",
+        r#"{"member_id":777,"online":true,"connections":2,"apps":["im"]}"#,
+    )
+    .await;
+    let (status, _, body) = http(
+        c.addr,
+        "POST",
+        "/disconnect",
+        r#"{"member_id":777,"app":"im"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"connections":2}"#)
+    );
+    for client in [&mut on_a, &mut on_b] {
+        client
+            .expect(&crate::common::reply(410, "unsubscribe im by server"))
+            .await;
+    }
+    on_a.close().await;
+    on_b.close().await;
+    until_answer(
+        a,
+        "/presence?member_id=777",
+        r#"{"member_id":777,"online":false,"connections":0,"apps":[]}"#,
+    )
+    .await;
     assert_eq!(
         get(a, "/presence?member_id=777").await,
         (
