@@ -1,5 +1,6 @@
 // ws-gateway.js against the real binary: authentication, subscribe and unsubscribe with the
-// gateway's exact replies, pushes, other verbs' refusals, and the backend's /disconnect.
+// gateway's exact replies, pushes, other verbs' refusals, the backend's /disconnect, and pushes
+// to an app named like the gateway's replies.
 // Run by tests/js_client.rs (so by ./test.sh), or by hand after `cargo build`:
 //   node --experimental-websocket --test tests/js/
 
@@ -170,4 +171,33 @@ test("close 4403 from POST /disconnect: the client stops for good, no reconnect"
   // The iterator reports why it ended; new requests are refused.
   await assert.rejects(within(pushes.next(), "the iterator"), { code: 4403 });
   await assert.rejects(client.subscribe("chat"), { code: 1000 });
+});
+
+test("a push to an app named gateway stays a push unless it is exactly a reply", async () => {
+  const { client } = await connected();
+  assert.deepEqual(await client.subscribe("gateway"), { code: 200, message: "subscribe gateway success" });
+  const replies = [];
+  client.addEventListener("reply", (event) => replies.push(event.detail));
+  const pushes = client.pushes();
+  // Each is JSON like a reply but not one (an extra key, a string code, a fraction, another
+  // member_id), or not JSON at all; the last is a marker.
+  const sent = [
+    { text: '{"code":200,"message":"pong","extra":1}', memberId: -1 },
+    { text: '{"code":"200","message":"pong"}', memberId: -1 },
+    { text: '{"code":200.5,"message":"pong"}', memberId: -1 },
+    { text: '{"code":200,"message":7}', memberId: -1 },
+    { text: '{"code":200,"message":"pong"}', memberId: OTHER_MEMBER },
+    { text: "[200]", memberId: -1 },
+    { text: "not JSON", memberId: -1 },
+    { text: "the marker", memberId: -1 },
+  ];
+  for (const { text, memberId } of sent) assert.equal(await push("gateway", text, memberId), 202);
+  for (const { text, memberId } of sent) {
+    assert.deepEqual((await within(pushes.next(), `the push ${text}`)).value, { app: "gateway", memberId, text });
+  }
+  await pushes.return();
+  assert.deepEqual(replies, []);
+  // Replies still match their requests.
+  assert.deepEqual(await client.subscribe("after"), { code: 200, message: "subscribe after success" });
+  assert.ok((await client.ping()) >= 0);
 });
