@@ -1,5 +1,6 @@
 // ws-gateway.js against the real binary: authentication, subscribe and unsubscribe with the
-// gateway's exact replies, pushes, other verbs' refusals, and the backend's /disconnect.
+// gateway's exact replies, pushes, other verbs' refusals, the backend's /disconnect, and pushes
+// to an app named like the gateway's replies.
 // Run by tests/js_client.rs (so by ./test.sh), or by hand after `cargo build`:
 //   node --experimental-websocket --test tests/js/
 
@@ -7,7 +8,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import {
-  MAX_SUBSCRIPTIONS, MEMBER, OTHER_MEMBER, TOKEN, loadClient, nextEvent, startGateway, until, within,
+  MAX_SUBSCRIPTIONS, MEMBER, OTHER_MEMBER, TOKEN, loadClient, nextEvent, startGateway, within,
 } from "./helpers.mjs";
 
 let gateway;
@@ -145,20 +146,58 @@ test("the gateway's 410 notice drops the app; the client does not resubscribe it
 });
 
 test("close 4403 from POST /disconnect: the client stops for good, no reconnect", async () => {
-  const { client } = await connected({ memberId: OTHER_MEMBER, token: "seven" });
+  // Count the sockets the client makes: a reconnect is a second one. With these delays a client
+  // that took 4403 for a passing close would make it within a few milliseconds.
+  let sockets = 0;
+  const Counting = class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets += 1;
+    }
+  };
+  const reconnect = { initialDelayMs: 5, maxDelayMs: 5, jitter: 0 };
+  const { client } = await connected({ memberId: OTHER_MEMBER, token: "seven", WebSocket: Counting, reconnect });
   await client.subscribe("chat");
   const pushes = client.pushes();
   const closed = nextEvent(client, "close");
   const answer = await gateway.post("/disconnect", { member_id: OTHER_MEMBER });
   assert.equal(answer.status, 200);
-  assert.deepEqual(await closed, { code: 4403, reason: "disconnected by the server", reconnectInMs: null });
+  const detail = await closed;
+  // Proving an absence takes a wait: 40 times the delay the client would have waited.
+  await new Promise((resolve) => setTimeout(resolve, 40 * reconnect.maxDelayMs));
+  assert.equal(sockets, 1, "the client opened a new connection after close 4403");
+  assert.deepEqual(detail, { code: 4403, reason: "disconnected by the server", reconnectInMs: null });
   assert.equal(client.state, "closed");
   // The iterator reports why it ended; new requests are refused.
   await assert.rejects(within(pushes.next(), "the iterator"), { code: 4403 });
   await assert.rejects(client.subscribe("chat"), { code: 1000 });
-  // The gateway sees no connection of that member come back.
-  await until(async () => {
-    const presence = await fetch(`http://${gateway.main}/presence?member_id=${OTHER_MEMBER}`);
-    return JSON.parse(await presence.text()).online === false;
-  }, "the member offline");
+});
+
+test("a push to an app named gateway stays a push unless it is exactly a reply", async () => {
+  const { client } = await connected();
+  assert.deepEqual(await client.subscribe("gateway"), { code: 200, message: "subscribe gateway success" });
+  const replies = [];
+  client.addEventListener("reply", (event) => replies.push(event.detail));
+  const pushes = client.pushes();
+  // Each is JSON like a reply but not one (an extra key, a string code, a fraction, another
+  // member_id), or not JSON at all; the last is a marker.
+  const sent = [
+    { text: '{"code":200,"message":"pong","extra":1}', memberId: -1 },
+    { text: '{"code":"200","message":"pong"}', memberId: -1 },
+    { text: '{"code":200.5,"message":"pong"}', memberId: -1 },
+    { text: '{"code":200,"message":7}', memberId: -1 },
+    { text: '{"code":200,"message":"pong"}', memberId: OTHER_MEMBER },
+    { text: "[200]", memberId: -1 },
+    { text: "not JSON", memberId: -1 },
+    { text: "the marker", memberId: -1 },
+  ];
+  for (const { text, memberId } of sent) assert.equal(await push("gateway", text, memberId), 202);
+  for (const { text, memberId } of sent) {
+    assert.deepEqual((await within(pushes.next(), `the push ${text}`)).value, { app: "gateway", memberId, text });
+  }
+  await pushes.return();
+  assert.deepEqual(replies, []);
+  // Replies still match their requests.
+  assert.deepEqual(await client.subscribe("after"), { code: 200, message: "subscribe after success" });
+  assert.ok((await client.ping()) >= 0);
 });

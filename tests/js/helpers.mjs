@@ -75,14 +75,3 @@ export function within(promise, what, ms = WAIT_MS) {
   });
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
-
-/** Polls `check` until it returns a truthy value (returned), failing after `ms`. */
-export async function until(check, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    assert.ok(Date.now() < deadline, `${what}: not within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

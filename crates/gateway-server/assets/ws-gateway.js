@@ -53,7 +53,9 @@ export class GatewayError extends Error {
 }
 
 /**
- * @typedef {object} Reply  A gateway reply, from the `text` of an `app: "gateway"` frame.
+ * @typedef {object} Reply  A gateway reply: the `text` of an `app: "gateway"`, `member_id: -1` frame
+ *   that is exactly `{"code": <integer>, "message": <string>}`. Any other frame is a {@link Push},
+ *   including a backend's push to an app named `gateway`.
  * @property {number} code
  * @property {string} message
  *
@@ -337,16 +339,13 @@ export class GatewayClient extends EventTarget {
     } catch {
       return;   // the gateway sends JSON only; nothing to do with anything else
     }
-    if (frame?.app !== "gateway") {
+    // A backend may push to an app named "gateway" (with any text): only the gateway's own
+    // envelope (member_id -1) around exactly a reply is a reply; anything else is a push.
+    const reply = frame?.app === "gateway" && frame.member_id === -1 ? replyIn(frame.text) : null;
+    if (!reply) {
       const push = { app: frame?.app, memberId: frame?.member_id, text: frame?.text };
       this.#emit("push", push);
       for (const sink of this.#iterators) sink.push(push);
-      return;
-    }
-    let reply;
-    try {
-      reply = JSON.parse(frame.text);
-    } catch {
       return;
     }
     this.#emit("reply", reply);
@@ -493,4 +492,23 @@ export class GatewayClient extends EventTarget {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/**
+ * The {@link Reply} in a gateway frame's `text`: exactly `{"code":<integer>,"message":<string>}`
+ * (docs/protocol.md); null for any other text.
+ * @param {unknown} text
+ * @returns {Reply | null}
+ */
+function replyIn(text) {
+  let reply;
+  try {
+    reply = JSON.parse(String(text));
+  } catch {
+    return null;
+  }
+  const shaped = reply !== null && typeof reply === "object" && !Array.isArray(reply)
+    && Object.keys(reply).length === 2
+    && Number.isSafeInteger(reply.code) && typeof reply.message === "string";
+  return shaped ? { code: reply.code, message: reply.message } : null;
 }
