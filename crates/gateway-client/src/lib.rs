@@ -62,6 +62,7 @@ mod config;
 mod driver;
 mod error;
 mod event;
+mod pacing;
 mod protocol;
 mod transport;
 
