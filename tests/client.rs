@@ -17,6 +17,22 @@ use gateway_client::{
 };
 use tokio::time::Instant;
 
+/// The configuration file, with `extra` appended to its top level.
+fn write_config(dir: &tempfile::TempDir, extra: &str) {
+    let config = format!(
+        r#"
+private_apps = ["im"]
+{extra}
+[auth]
+kind = "static"
+[auth.tokens]
+777 = "777secret"
+888 = "888secret"
+"#
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+}
+
 /// A gateway binary with a private app `im`, member 777 (`777secret`) and member 888.
 struct Binary {
     gateway: Gateway,
@@ -33,18 +49,7 @@ impl Binary {
 
     /// With `extra` appended to the configuration file (in `dir`, which may hold its files).
     async fn start_with(dir: tempfile::TempDir, extra: &str) -> Binary {
-        let config = format!(
-            r#"
-private_apps = ["im"]
-{extra}
-[auth]
-kind = "static"
-[auth.tokens]
-777 = "777secret"
-888 = "888secret"
-"#
-        );
-        std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+        write_config(&dir, extra);
         Binary::start_on(dir, "127.0.0.1:0").await
     }
 
@@ -508,4 +513,212 @@ async fn a_user_who_stops_reading_pushes_makes_a_slow_consumer_that_reconnects()
         connected(&event),
         Some((AuthOutcome::Anonymous, vec!["flood".to_owned()]))
     );
+}
+
+/// Restarting a killed gateway on the same port with another configuration.
+async fn restart(gateway: Binary, extra: &str) -> Binary {
+    let port = gateway.addr.port();
+    let Binary { gateway, dir, .. } = gateway;
+    gateway.kill().await;
+    write_config(&dir, extra);
+    Binary::start_on(dir, &format!("127.0.0.1:{port}")).await
+}
+
+/// More kept apps than the gateway's default `message_burst` (300) takes at once: after a
+/// restart the client resubscribes them all, paced by its window and frame budget, with no
+/// 4429 (before the fix it sent them back to back and looped on 4429 for ever).
+#[tokio::test]
+async fn resubscribing_more_apps_than_the_gateways_burst_is_paced_without_4429() {
+    let apps: Vec<String> = (0..320).map(|n| format!("app{n:03}")).collect();
+    let gateway = Binary::start_with(
+        tempfile::tempdir().unwrap(),
+        "[limits]\nmax_subscriptions = 1000\nmessage_burst = 1000\nmax_messages_per_s = 1000",
+    )
+    .await;
+    let (client, _pushes, mut events) = gateway.client().connect().await.unwrap();
+    next_event(&mut events).await; // the first Connected
+    let subscribes = apps.iter().map(|app| client.subscribe(app));
+    for answer in futures_util::future::join_all(subscribes).await {
+        answer.unwrap();
+    }
+
+    // Back with the default burst (300) and rate (50/s).
+    let gateway = restart(gateway, "[limits]\nmax_subscriptions = 1000").await;
+    let resubscribed = loop {
+        match next_event(&mut events).await {
+            Event::Connected { resubscribed, .. } => break resubscribed,
+            Event::Disconnected {
+                cause: DisconnectCause::Closed { code, reason },
+                ..
+            } => panic!("closed with {code} {reason}"),
+            _ => {}
+        }
+    };
+    assert_eq!(resubscribed, apps);
+    let stat = gateway.stat().await;
+    assert_eq!(stat.lines().count(), apps.len(), "{stat}");
+}
+
+/// A gateway that refuses the auth message for good during a reconnection (here: an auth
+/// message over its `max_auth_message_bytes`, close 1009) stops the client, reported, instead
+/// of an endless series of attempts.
+#[tokio::test]
+async fn a_final_close_during_the_reconnection_handshake_stops_the_client() {
+    let gateway = Binary::start().await;
+    let (client, mut pushes, mut events) = gateway
+        .client()
+        .member(777, "777secret")
+        .connect()
+        .await
+        .unwrap();
+    next_event(&mut events).await; // the first Connected
+
+    let _gateway = restart(gateway, "[limits]\nmax_auth_message_bytes = 8").await;
+    let event = wait_for_event(&mut events, |event| {
+        matches!(
+            event,
+            Event::ReconnectFailed {
+                error: Error::HandshakeRefused { .. },
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        matches!(
+            &event,
+            Event::ReconnectFailed {
+                error: Error::HandshakeRefused { code: 1009, .. },
+                ..
+            }
+        ),
+        "{event:?}"
+    );
+    match next_event(&mut events).await {
+        Event::Disconnected { cause, reconnect } => {
+            assert!(
+                matches!(cause, DisconnectCause::Closed { code: 1009, .. }),
+                "{cause:?}"
+            );
+            assert!(!reconnect);
+        }
+        other => panic!("expected the final disconnect, got {other:?}"),
+    }
+    assert!(
+        guard("the end of the events", events.next())
+            .await
+            .is_none()
+    );
+    assert!(
+        guard("the end of the pushes", pushes.next())
+            .await
+            .is_none()
+    );
+    assert!(client.is_closed());
+}
+
+/// While the gateway is away, requests wait in a bounded queue: asking again for the request
+/// last queued for an app joins it, and one more request than `max_queued` fails at once.
+#[tokio::test]
+async fn requests_queued_while_disconnected_are_bounded_and_collapsed() {
+    let gateway = Binary::start().await;
+    let port = gateway.addr.port();
+    let (client, _pushes, mut events) = gateway.client().max_queued(1).connect().await.unwrap();
+    next_event(&mut events).await; // the first Connected
+    let Binary { gateway, dir, .. } = gateway;
+    gateway.kill().await;
+    wait_for_event(&mut events, |event| {
+        matches!(event, Event::Reconnecting { .. })
+    })
+    .await;
+
+    // `join!` polls in order, so the driver takes the requests in this order.
+    let (first, again, restarted) =
+        tokio::join!(client.subscribe("a"), client.subscribe("a"), async {
+            assert!(matches!(
+                client.subscribe("b").await,
+                Err(Error::QueueFull(1))
+            ));
+            Binary::start_on(dir, &format!("127.0.0.1:{port}")).await
+        });
+    first.unwrap();
+    again.unwrap();
+    assert_eq!(client.subscriptions(), ["a"]);
+    assert_eq!(restarted.stat().await, "a 1\n");
+}
+
+/// A stand-in gateway that greets the first connection and closes it with 1012, then answers
+/// every later auth message with `400 missing auth message` and close 4400, as the real one
+/// does for a bad one.
+async fn gateway_refusing_reconnections() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.next().await; // the auth message
+            let (code, message) = if connection == 0 {
+                (200, "hello stranger")
+            } else {
+                (400, "missing auth message")
+            };
+            let text = format!(r#"{{\"code\":{code},\"message\":\"{message}\"}}"#);
+            let frame = format!(r#"{{"app":"gateway","member_id":-1,"text":"{text}"}}"#);
+            ws.send(Message::text(frame)).await.unwrap();
+            // The first connection ends as a restart would (1012: reconnect), the others 4400.
+            let close = CloseFrame {
+                code: CloseCode::from(if connection == 0 { 1012 } else { 4400 }),
+                reason: message.into(),
+            };
+            let _ = ws.close(Some(close)).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_missing_auth_refusal_during_a_reconnection_stops_the_client() {
+    let addr = gateway_refusing_reconnections().await;
+    let (client, _pushes, mut events) = Client::builder(format!("ws://{addr}/"))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    loop {
+        match next_event(&mut events).await {
+            Event::ReconnectFailed { error, .. } => {
+                assert!(
+                    matches!(&error, Error::HandshakeRefused { code: 4400, reason } if reason == "missing auth message"),
+                    "{error:?}"
+                );
+                break;
+            }
+            Event::Disconnected {
+                reconnect: false,
+                cause,
+            } => {
+                panic!("stopped before any reconnection: {cause:?}")
+            }
+            _ => {}
+        }
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected {
+            cause: DisconnectCause::Closed { code: 4400, .. },
+            reconnect: false
+        }
+    ));
+    assert!(
+        guard("the end of the events", events.next())
+            .await
+            .is_none()
+    );
+    assert!(client.is_closed());
 }

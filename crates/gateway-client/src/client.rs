@@ -60,7 +60,7 @@ impl Client {
     ///
     /// Errors: [`Error::Forbidden`] (a private app, not a member), [`Error::TooManySubscriptions`],
     /// [`Error::Refused`] (any other refusal), [`Error::InvalidApp`], [`Error::RequestTimeout`],
-    /// [`Error::Closed`].
+    /// [`Error::QueueFull`], [`Error::Closed`].
     pub async fn subscribe(&self, app: &str) -> Result<(), Error> {
         check_app(app)?;
         self.request(Request::Subscribe(app.to_owned())).await
@@ -71,10 +71,12 @@ impl Client {
     /// reaches this client (pushes already on their way may still arrive just before the
     /// reply). While the client reconnects the request waits for the new connection; an app
     /// the client kept then counts as unsubscribed even though the new connection never had it.
+    /// An app the current connection does not hold is answered by the client itself, without
+    /// asking the gateway.
     ///
     /// Errors: [`Error::NotSubscribed`], [`Error::Refused`] (`400 unknown action` from a
     /// gateway without the verb), [`Error::InvalidApp`], [`Error::RequestTimeout`],
-    /// [`Error::Closed`].
+    /// [`Error::QueueFull`], [`Error::Closed`].
     pub async fn unsubscribe(&self, app: &str) -> Result<(), Error> {
         check_app(app)?;
         self.request(Request::Unsubscribe(app.to_owned())).await

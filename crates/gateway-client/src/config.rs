@@ -20,6 +20,9 @@ use crate::protocol::Credentials;
 /// | [`stable_after`](Self::stable_after) | 10 s |
 /// | [`push_buffer`](Self::push_buffer) / [`event_buffer`](Self::event_buffer) | 1024 / 256 |
 /// | [`max_message_bytes`](Self::max_message_bytes) | 16 MiB |
+/// | [`max_in_flight`](Self::max_in_flight) | 32 |
+/// | [`message_rate`](Self::message_rate) | 40/s, bursts of 200 |
+/// | [`max_queued`](Self::max_queued) | 1024 |
 /// | [`tls_config`](Self::tls_config) | the Mozilla roots of `webpki-roots` |
 #[derive(Clone)]
 pub struct ClientBuilder {
@@ -35,6 +38,10 @@ pub struct ClientBuilder {
     pub(crate) push_buffer: usize,
     pub(crate) event_buffer: usize,
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) messages_per_s: u32,
+    pub(crate) message_burst: u32,
+    pub(crate) max_queued: usize,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -53,6 +60,10 @@ impl std::fmt::Debug for ClientBuilder {
             .field("push_buffer", &self.push_buffer)
             .field("event_buffer", &self.event_buffer)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("messages_per_s", &self.messages_per_s)
+            .field("message_burst", &self.message_burst)
+            .field("max_queued", &self.max_queued)
             .field("custom_tls", &self.tls.is_some())
             .finish()
     }
@@ -73,6 +84,10 @@ impl ClientBuilder {
             push_buffer: 1024,
             event_buffer: 256,
             max_message_bytes: 16 << 20,
+            max_in_flight: 32,
+            messages_per_s: 40,
+            message_burst: 200,
+            max_queued: 1024,
             tls: None,
         }
     }
@@ -165,6 +180,35 @@ impl ClientBuilder {
     /// client reconnects.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// At most this many requests (subscribes, unsubscribes, resubscriptions after a
+    /// reconnection) wait for the gateway's reply at once (at least 1); the others wait in the
+    /// client until replies come back.
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests;
+        self
+    }
+
+    /// The client's own limit on the frames it sends on one connection (the auth message and
+    /// every request, resubscriptions included): `burst` at once, then `per_s` a second (both
+    /// at least 1). The gateway closes a connection that sends more than its
+    /// `limits.message_burst` (300) at once or `limits.max_messages_per_s` (50) sustained with
+    /// 4429; the defaults stay under those, with room for pings and pongs. Raise both together
+    /// with the gateway's.
+    pub fn message_rate(mut self, per_s: u32, burst: u32) -> Self {
+        self.messages_per_s = per_s;
+        self.message_burst = burst;
+        self
+    }
+
+    /// How many requests may wait in the client for a connection, or for room in
+    /// [`max_in_flight`](Self::max_in_flight) (at least 1). One more fails at once with
+    /// [`Error::QueueFull`]. Repeating the request last queued for an app does not count
+    /// again: both callers get the one answer.
+    pub fn max_queued(mut self, requests: usize) -> Self {
+        self.max_queued = requests;
         self
     }
 

@@ -2,7 +2,7 @@
 //! them, hands pushes and events to the user, pings a silent gateway, and reconnects with
 //! backoff, subscribing again to every app the client keeps.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::client::{Client, Command, Events, Pushes, Status};
 use crate::config::ClientBuilder;
 use crate::error::Error;
 use crate::event::{AuthOutcome, DisconnectCause, Event, Push};
+use crate::pacing::Pacing;
 use crate::protocol::{Incoming, Request};
 use crate::transport::{Target, Ws};
 
@@ -48,6 +49,10 @@ pub(crate) async fn start(builder: ClientBuilder) -> Result<(Client, Pushes, Eve
         ping_interval: builder.ping_interval.max(Duration::from_millis(1)),
         ping_timeout: builder.ping_timeout,
         stable_after: builder.stable_after,
+        max_in_flight: builder.max_in_flight.max(1),
+        max_queued: builder.max_queued.max(1),
+        messages_per_s: builder.messages_per_s,
+        message_burst: builder.message_burst,
         commands,
         pushes: pushes_tx,
         events: events_tx,
@@ -85,7 +90,8 @@ struct Pending {
 
 #[derive(Debug)]
 enum Origin {
-    User(oneshot::Sender<Result<(), Error>>),
+    /// Everyone waiting for it: asking again for what is already queued joins the wait.
+    User(Vec<oneshot::Sender<Result<(), Error>>>),
     /// The client's own subscribe after a reconnection.
     Resubscribe,
 }
@@ -96,6 +102,15 @@ struct Session {
     auth: AuthOutcome,
     /// Sent requests, oldest first: the gateway answers in this order.
     awaiting: VecDeque<Pending>,
+    /// Kept apps still to subscribe again on this connection (sent before `queued`).
+    to_resubscribe: VecDeque<String>,
+    /// The apps this connection holds or was asked to (subscribes sent, minus unsubscribes
+    /// sent, refusals and 410s): an unsubscribe of any other app is answered without asking.
+    apps: HashSet<String>,
+    /// This connection's frame budget, so the gateway never closes it with 4429.
+    pacing: Pacing,
+    /// Set when a request waits for the budget: sending resumes then.
+    send_at: Option<Instant>,
     /// Resubscriptions not answered yet; `Connected` is announced when it reaches zero.
     resubscribing: usize,
     resubscribed: Vec<String>,
@@ -117,12 +132,17 @@ struct Driver {
     ping_interval: Duration,
     ping_timeout: Duration,
     stable_after: Duration,
+    max_in_flight: usize,
+    max_queued: usize,
+    messages_per_s: u32,
+    message_burst: u32,
     commands: mpsc::Receiver<Command>,
     pushes: mpsc::Sender<Push>,
     events: mpsc::Sender<Event>,
     status: watch::Sender<Status>,
-    /// Requests not sent yet: asked for while disconnected, or unanswered when a connection
-    /// was lost. Sent, in order, after the resubscriptions of the next connection.
+    /// Requests not sent yet: asked for while disconnected or while `max_in_flight` requests
+    /// were waiting, or unanswered when a connection was lost. Sent in order, after the
+    /// resubscriptions; at most `max_queued`.
     queued: VecDeque<Pending>,
     backoff: Backoff,
     /// A push that did not fit in the user's queue; nothing more is read from the gateway
@@ -148,12 +168,12 @@ impl Driver {
             if since.elapsed() >= self.stable_after {
                 self.backoff.reset();
             }
-            connection = self.reconnect().await;
-            if connection.is_none() {
-                self.emit(Event::Disconnected {
-                    cause: DisconnectCause::ClosedByClient,
+            match self.reconnect().await {
+                Ok(opened) => connection = Some(opened),
+                Err(cause) => self.emit(Event::Disconnected {
+                    cause,
                     reconnect: false,
-                });
+                }),
             }
         }
         self.status.send_modify(|status| status.closed = true);
@@ -161,18 +181,36 @@ impl Driver {
         // and releases `close` callers.
     }
 
-    /// Waits and reconnects until it succeeds; `None` if the user closed meanwhile.
-    async fn reconnect(&mut self) -> Option<(Ws, AuthOutcome)> {
+    /// Waits and reconnects until it succeeds; otherwise why the client stops: the user
+    /// closed it meanwhile, or the gateway refused a handshake for good.
+    async fn reconnect(&mut self) -> Result<(Ws, AuthOutcome), DisconnectCause> {
+        let closed = || DisconnectCause::ClosedByClient;
         loop {
             let (attempt, delay) = self.backoff.next_delay(|bound| fastrand::u64(0..=bound));
             self.emit(Event::Reconnecting { attempt, delay });
-            self.while_disconnected(sleep(delay)).await?;
+            self.while_disconnected(sleep(delay))
+                .await
+                .ok_or_else(closed)?;
             let attempt_open = open(self.target.clone(), self.connect_timeout);
-            match self.while_disconnected(attempt_open).await? {
-                Ok(connection) => return Some(connection),
+            match self
+                .while_disconnected(attempt_open)
+                .await
+                .ok_or_else(closed)?
+            {
+                Ok(connection) => return Ok(connection),
                 Err(error) => {
                     debug!(attempt, %error, "reconnection failed");
+                    let stop = match &error {
+                        Error::HandshakeRefused { code, reason } => Some(DisconnectCause::Closed {
+                            code: *code,
+                            reason: reason.clone(),
+                        }),
+                        _ => None,
+                    };
                     self.emit(Event::ReconnectFailed { attempt, error });
+                    if let Some(cause) = stop {
+                        return Err(cause);
+                    }
                 }
             }
         }
@@ -185,10 +223,7 @@ impl Driver {
             tokio::select! {
                 out = &mut fut => return Some(out),
                 command = self.commands.recv() => match command {
-                    Some(Command::Request { request, answer }) => {
-                        let pending = self.accept(request, answer);
-                        self.queued.push_back(pending);
-                    }
+                    Some(Command::Request { request, answer }) => self.enqueue(request, answer),
                     Some(Command::Close { done }) => {
                         self.close_waiters.push(done);
                         return None;
@@ -201,15 +236,22 @@ impl Driver {
 
     /// Serves one connection until it ends; unanswered requests go back to `queued`.
     async fn serve(&mut self, ws: Ws, auth: AuthOutcome) -> DisconnectCause {
+        // The auth message was this connection's first frame.
+        let since_upgrade = Instant::now();
         let mut session = Session {
             ws,
             auth,
             awaiting: VecDeque::new(),
+            to_resubscribe: VecDeque::new(),
+            apps: HashSet::new(),
+            pacing: Pacing::new(since_upgrade, self.messages_per_s, self.message_burst),
+            send_at: None,
             resubscribing: 0,
             resubscribed: Vec::new(),
             last_heard: Instant::now(),
             dead_at: None,
         };
+        session.pacing.take(since_upgrade);
         let cause = match self.start_session(&mut session).await {
             Ok(()) => self.serve_frames(&mut session).await,
             Err(cause) => cause,
@@ -224,29 +266,138 @@ impl Driver {
         cause
     }
 
-    /// Subscribes again to every kept app, then sends the queued requests.
+    /// Subscribes again to every kept app, then sends the queued requests, both as the
+    /// window and the budget allow (`pump`).
     async fn start_session(&mut self, session: &mut Session) -> Result<(), DisconnectCause> {
         self.status
             .send_modify(|status| status.auth = Some(session.auth));
-        let kept: Vec<String> = self.status.borrow().subscriptions.iter().cloned().collect();
-        session.resubscribing = kept.len();
-        for app in kept {
-            let request = Request::Subscribe(app);
-            let message = request.message();
-            session.awaiting.push_back(Pending {
-                request,
-                origin: Origin::Resubscribe,
-                was_kept: true,
-            });
-            self.send(&mut session.ws, Message::text(message)).await?;
-        }
+        session
+            .to_resubscribe
+            .extend(self.status.borrow().subscriptions.iter().cloned());
+        session.resubscribing = session.to_resubscribe.len();
         if session.resubscribing == 0 {
             self.announce(session);
         }
-        while let Some(pending) = self.queued.pop_front() {
-            self.send_request(session, pending).await?;
+        self.pump(session).await
+    }
+
+    /// Sends what waits (resubscriptions first, then `queued`) while fewer than
+    /// `max_in_flight` requests wait for a reply and the frame budget allows; when the budget
+    /// is spent, `send_at` says when to go on.
+    async fn pump(&mut self, session: &mut Session) -> Result<(), DisconnectCause> {
+        while session.awaiting.len() < self.max_in_flight {
+            let Some(pending) = self.next_to_send(session) else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            if !session.pacing.try_take(now) {
+                session.send_at = Some(session.pacing.next_token_at());
+                self.put_back(session, pending);
+                return Ok(());
+            }
+            if let Request::Subscribe(app) = &pending.request {
+                session.apps.insert(app.clone());
+            } else {
+                session.apps.remove(pending.request.app());
+            }
+            let message = pending.request.message();
+            session.awaiting.push_back(pending);
+            self.send(&mut session.ws, Message::text(message)).await?;
         }
         Ok(())
+    }
+
+    /// The next request worth sending. Skipped on the way: resubscriptions of apps
+    /// unsubscribed meanwhile, requests whose callers all gave up (request timeout), and
+    /// unsubscribes of apps this connection does not hold, answered at once (`Ok` if the
+    /// client kept the app when asked, else `NotSubscribed`).
+    fn next_to_send(&mut self, session: &mut Session) -> Option<Pending> {
+        while let Some(app) = session.to_resubscribe.pop_front() {
+            if self.status.borrow().subscriptions.contains(&app) {
+                return Some(Pending {
+                    request: Request::Subscribe(app),
+                    origin: Origin::Resubscribe,
+                    was_kept: true,
+                });
+            }
+            self.resubscription_done(session);
+        }
+        while let Some(pending) = self.queued.pop_front() {
+            let Origin::User(answers) = &pending.origin else {
+                return Some(pending);
+            };
+            // An abandoned unsubscribe still goes if the connection holds the app (below),
+            // since the client no longer keeps it.
+            if matches!(pending.request, Request::Subscribe(_))
+                && answers.iter().all(oneshot::Sender::is_closed)
+            {
+                continue;
+            }
+            if let Request::Unsubscribe(app) = &pending.request
+                && !session.apps.contains(app)
+            {
+                let outcome = if pending.was_kept {
+                    Ok(())
+                } else {
+                    Err(Error::NotSubscribed { app: app.clone() })
+                };
+                Self::tell(pending.origin, &outcome);
+                continue;
+            }
+            return Some(pending);
+        }
+        None
+    }
+
+    fn put_back(&mut self, session: &mut Session, pending: Pending) {
+        match pending.origin {
+            Origin::Resubscribe => session
+                .to_resubscribe
+                .push_front(pending.request.app().to_owned()),
+            Origin::User(_) => self.queued.push_front(pending),
+        }
+    }
+
+    /// Takes a request from a caller into `queued`: joins the request last queued for the
+    /// same app if it is the same, else fails fast when `max_queued` wait already.
+    fn enqueue(&mut self, request: Request, answer: oneshot::Sender<Result<(), Error>>) {
+        let last_for_app = self
+            .queued
+            .iter_mut()
+            .rev()
+            .find(|pending| pending.request.app() == request.app());
+        if let Some(Pending {
+            request: last,
+            origin: Origin::User(answers),
+            ..
+        }) = last_for_app
+            && *last == request
+        {
+            // (An unsubscribe's app is already forgotten: this one was queued last.)
+            answers.push(answer);
+            return;
+        }
+        if self.queued.len() >= self.max_queued {
+            let _ = answer.send(Err(Error::QueueFull(self.max_queued)));
+            return;
+        }
+        let pending = self.accept(request, answer);
+        self.queued.push_back(pending);
+    }
+
+    fn tell(origin: Origin, outcome: &Result<(), Error>) {
+        if let Origin::User(answers) = origin {
+            for answer in answers {
+                let _ = answer.send(outcome.clone());
+            }
+        }
+    }
+
+    fn resubscription_done(&mut self, session: &mut Session) {
+        session.resubscribing -= 1;
+        if session.resubscribing == 0 {
+            self.announce(session);
+        }
     }
 
     async fn serve_frames(&mut self, session: &mut Session) -> DisconnectCause {
@@ -255,10 +406,15 @@ impl Driver {
                 .dead_at
                 .unwrap_or(session.last_heard + self.ping_interval);
             let reading = self.held.is_none();
+            let send_at = session.send_at;
             let step = tokio::select! {
                 frame = session.ws.next(), if reading => {
                     session.heard();
-                    self.on_frame(session, frame).await
+                    match self.on_frame(session, frame).await {
+                        // A reply may have made room in the window.
+                        Ok(()) => self.pump(session).await,
+                        Err(cause) => Err(cause),
+                    }
                 }
                 // Only the output type must not borrow `self`, so the permit is released here
                 // and the slot taken again below (this task is the only sender).
@@ -272,6 +428,11 @@ impl Driver {
                 }
                 command = self.commands.recv() => self.on_command(session, command).await,
                 () = sleep_until(ping_due), if reading => self.on_ping_due(session).await,
+                () = sleep_until(send_at.unwrap_or(ping_due)), if send_at.is_some() =>
+                {
+                    session.send_at = None;
+                    self.pump(session).await
+                }
             };
             if let Err(cause) = step {
                 return cause;
@@ -318,6 +479,7 @@ impl Driver {
                 None => warn!(?reply, "a gateway reply to no request; ignored"),
             },
             Some(Incoming::UnsubscribedByServer { app }) => {
+                session.apps.remove(&app);
                 self.forget(&app);
                 self.emit(Event::UnsubscribedByServer { app });
             }
@@ -346,12 +508,12 @@ impl Driver {
                     outcome = Ok(());
                 }
             }
-            (Request::Subscribe(_), Err(_)) => {}
+            (Request::Subscribe(app), Err(_)) => {
+                session.apps.remove(app);
+            }
         }
         match pending.origin {
-            Origin::User(answer) => {
-                let _ = answer.send(outcome);
-            }
+            Origin::User(_) => Self::tell(pending.origin, &outcome),
             Origin::Resubscribe => {
                 let app = pending.request.app().to_owned();
                 match outcome {
@@ -362,10 +524,7 @@ impl Driver {
                         self.emit(Event::ResubscribeFailed { app, error });
                     }
                 }
-                session.resubscribing -= 1;
-                if session.resubscribing == 0 {
-                    self.announce(session);
-                }
+                self.resubscription_done(session);
             }
         }
     }
@@ -377,8 +536,8 @@ impl Driver {
     ) -> Result<(), DisconnectCause> {
         match command {
             Some(Command::Request { request, answer }) => {
-                let pending = self.accept(request, answer);
-                self.send_request(session, pending).await
+                self.enqueue(request, answer);
+                self.pump(session).await
             }
             Some(Command::Close { done }) => {
                 self.close_waiters.push(done);
@@ -421,26 +580,9 @@ impl Driver {
         };
         Pending {
             request,
-            origin: Origin::User(answer),
+            origin: Origin::User(vec![answer]),
             was_kept,
         }
-    }
-
-    async fn send_request(
-        &mut self,
-        session: &mut Session,
-        pending: Pending,
-    ) -> Result<(), DisconnectCause> {
-        // A subscribe whose caller gave up (request timeout) is not sent: the caller was told
-        // it failed. An unsubscribe is always sent, since the app is already forgotten.
-        if let (Origin::User(answer), Request::Subscribe(_)) = (&pending.origin, &pending.request)
-            && answer.is_closed()
-        {
-            return Ok(());
-        }
-        let message = pending.request.message();
-        session.awaiting.push_back(pending);
-        self.send(&mut session.ws, Message::text(message)).await
     }
 
     /// Writes one message; a write the gateway does not take within the ping timeout means

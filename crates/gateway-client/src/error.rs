@@ -8,7 +8,7 @@ use std::time::Duration;
 /// The refusals (`Forbidden`, `TooManySubscriptions`, `NotSubscribed`, `Refused`) are the
 /// gateway's own answers: the connection is fine and stays open. The others say the request
 /// could not be carried out at all.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The URL is not a `ws://` or `wss://` URL with a host.
@@ -29,6 +29,15 @@ pub enum Error {
     /// before the auth reply.
     #[error("the gateway did not complete the handshake: {0}")]
     Handshake(String),
+    /// The gateway refused the connection before its auth reply in a way that retrying
+    /// unchanged cannot fix: it closed it with one of
+    /// [`FINAL_CLOSE_CODES`](crate::FINAL_CLOSE_CODES) (`code`, `reason`), for example 4400
+    /// after `400 missing auth message`, or 1009 for an auth message over its
+    /// `limits.max_auth_message_bytes`. After `400 missing auth message` with no close frame,
+    /// `code` is 1005 ("no status"). [`ClientBuilder::connect`](crate::ClientBuilder::connect)
+    /// returns it; during a reconnection the client stops.
+    #[error("the gateway refused the connection for good: close {code} {reason:?}")]
+    HandshakeRefused { code: u16, reason: String },
     /// `403 subscribe <app> forbidden`: a private app, and this connection is not a member
     /// (anonymous, or its token was refused with 401).
     #[error("subscribe {app} forbidden")]
@@ -45,6 +54,10 @@ pub enum Error {
     /// `unsubscribe` verb).
     #[error("refused by the gateway: {code} {message}")]
     Refused { code: u16, message: String },
+    /// [`ClientBuilder::max_queued`](crate::ClientBuilder::max_queued) requests already wait
+    /// in the client (the gateway is unreachable, or slow to answer); this one was not taken.
+    #[error("{0} requests already wait for the gateway")]
+    QueueFull(usize),
     /// No answer within [`ClientBuilder::request_timeout`](crate::ClientBuilder::request_timeout),
     /// including time spent waiting for a reconnection. The request may still take effect.
     #[error("no answer within {0:?}")]

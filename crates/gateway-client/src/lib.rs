@@ -9,10 +9,16 @@
 //!   ([`ClientBuilder::reconnect_backoff`]; reset after a connection that stayed up for
 //!   [`ClientBuilder::stable_after`]). It stops for good after close codes 4403 (a backend
 //!   disconnected this member), 4400, 1002, 1007 and 1009 ([`FINAL_CLOSE_CODES`]), where
-//!   retrying unchanged is useless, and after [`Client::close`].
+//!   retrying unchanged is useless, and after [`Client::close`]. The same codes (or
+//!   `400 missing auth message`) before a reconnection's auth reply stop it too
+//!   ([`Error::HandshakeRefused`]).
 //! - **Subscribes again** after every reconnection to every app it keeps: those subscribed
 //!   with success and neither unsubscribed nor removed by the gateway (`410`,
 //!   [`Event::UnsubscribedByServer`]). [`Event::Connected`] says when that is done.
+//! - **Paces its requests**: at most [`ClientBuilder::max_in_flight`] (32) wait for a reply,
+//!   and every frame it sends is counted against its own budget
+//!   ([`ClientBuilder::message_rate`], 40/s in bursts of 200, under the gateway's 50/s and
+//!   300), so resubscribing hundreds of apps never earns a 4429.
 //! - **Detects a dead gateway**: after [`ClientBuilder::ping_interval`] of silence it sends a
 //!   WebSocket ping; if nothing arrives within [`ClientBuilder::ping_timeout`] it drops the
 //!   connection and reconnects. Connecting (TCP, TLS, upgrade, auth reply) is bounded by
@@ -20,7 +26,10 @@
 //! - **Bounded queues**: pushes wait in a queue of [`ClientBuilder::push_buffer`] (1024); when
 //!   it is full the client stops reading, so the gateway's own slow-consumer limit applies
 //!   (close 4100, then a reconnection) and the client itself never drops a push. Events are
-//!   advisory and dropped (with a warning) when their queue is full.
+//!   advisory and dropped (with a warning) when their queue is full. Requests wait for a
+//!   connection in a queue of [`ClientBuilder::max_queued`] (1024; one more fails at once with
+//!   [`Error::QueueFull`]); those whose callers gave up are not sent, and asking again for the
+//!   request last queued for an app joins it.
 //!
 //! [`Client::subscribe`] and [`Client::unsubscribe`] wait for the gateway's answer and turn
 //! its refusals into [`Error`] variants (`Forbidden`, `TooManySubscriptions`,
@@ -62,6 +71,7 @@ mod config;
 mod driver;
 mod error;
 mod event;
+mod pacing;
 mod protocol;
 mod transport;
 

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::Error;
-use crate::event::AuthOutcome;
+use crate::event::{AuthOutcome, FINAL_CLOSE_CODES};
 use crate::protocol::{Credentials, Incoming};
 
 /// The byte stream under the WebSocket: plain TCP or TLS over TCP.
@@ -119,17 +119,31 @@ impl Target {
     }
 }
 
-/// Reads up to the first reply, which answers the auth message.
+/// Reads up to the first reply, which answers the auth message. A close with a final code,
+/// or `400 missing auth message` (read on to its close: 4400 is final, 4408 auth timeout is
+/// not), is [`Error::HandshakeRefused`]: trying again cannot help.
 async fn auth_reply(ws: &mut Ws) -> Result<AuthOutcome, Error> {
+    let mut refused_auth = false;
     loop {
-        let message = ws
-            .next()
-            .await
-            .ok_or_else(|| Error::Handshake("the connection ended before the auth reply".into()))?
-            .map_err(|err| Error::Handshake(err.to_string()))?;
+        let message = match ws.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(_)) | None if refused_auth => return Err(refused(1005, MISSING_AUTH)),
+            None => {
+                return Err(Error::Handshake(
+                    "the connection ended before the auth reply".into(),
+                ));
+            }
+            Some(Err(err)) => return Err(Error::Handshake(err.to_string())),
+        };
         match message {
-            Message::Text(text) => {
+            Message::Text(text) if !refused_auth => {
                 return match Incoming::parse(text.as_str()) {
+                    Some(Incoming::Reply(reply))
+                        if reply.code == 400 && reply.message == MISSING_AUTH =>
+                    {
+                        refused_auth = true;
+                        continue;
+                    }
                     Some(Incoming::Reply(reply)) => reply.auth_outcome(),
                     _ => Err(Error::Handshake(format!(
                         "expected the auth reply, got {:?}",
@@ -141,12 +155,28 @@ async fn auth_reply(ws: &mut Ws) -> Result<AuthOutcome, Error> {
                 let (code, reason) = frame
                     .map(|frame| (u16::from(frame.code), frame.reason.to_string()))
                     .unwrap_or((1005, String::new()));
+                if FINAL_CLOSE_CODES.contains(&code) {
+                    return Err(refused(code, &reason));
+                }
                 return Err(Error::Handshake(format!(
                     "closed with {code} {reason:?} before the auth reply"
                 )));
             }
-            Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Text(_)
+            | Message::Binary(_)
+            | Message::Ping(_)
+            | Message::Pong(_)
+            | Message::Frame(_) => {}
         }
+    }
+}
+
+const MISSING_AUTH: &str = "missing auth message";
+
+fn refused(code: u16, reason: &str) -> Error {
+    Error::HandshakeRefused {
+        code,
+        reason: reason.to_owned(),
     }
 }
 
