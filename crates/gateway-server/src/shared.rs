@@ -135,6 +135,7 @@ impl Shared {
     ) -> Result<Shared, BrokerError> {
         let mut config = config;
         admission::fit_to_open_file_limit(&mut config.limits);
+        fit_batches_to_outboxes(&mut config.limits);
         let counters = Arc::new(Counters::default());
         let node_id = match config.broker.settings.node_id.as_str() {
             "" => format!("{}:{listen_port}", host_name()),
@@ -271,4 +272,39 @@ fn host_name() -> String {
         .filter(|name| !name.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "ws-gateway".to_owned())
+}
+
+/// A request's publications to one app reach each subscriber's outbox back to back: a batch as
+/// long as the outbox would close a healthy subscriber (4100) by itself. So
+/// `limits.max_push_batch` is lowered, with a warning, to half of `limits.outbox_messages` when
+/// it is not below it (an operator who shrinks the outboxes need not think of batches).
+fn fit_batches_to_outboxes(limits: &mut crate::config::Limits) {
+    if limits.max_push_batch >= limits.outbox_messages {
+        let lowered = (limits.outbox_messages / 2).max(1);
+        tracing::warn!(
+            max_push_batch = limits.max_push_batch,
+            outbox_messages = limits.outbox_messages,
+            lowered,
+            "limits.max_push_batch lowered below limits.outbox_messages: one batch to an app must not fill a subscriber's outbox by itself"
+        );
+        limits.max_push_batch = lowered;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_kept_below_the_outbox() {
+        let mut limits = crate::config::Limits::default();
+        fit_batches_to_outboxes(&mut limits);
+        assert_eq!(limits.max_push_batch, 500, "the defaults fit as they are");
+        limits.outbox_messages = 8;
+        fit_batches_to_outboxes(&mut limits);
+        assert_eq!(limits.max_push_batch, 4);
+        limits.outbox_messages = 1;
+        fit_batches_to_outboxes(&mut limits);
+        assert_eq!(limits.max_push_batch, 1);
+    }
 }

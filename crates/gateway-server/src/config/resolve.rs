@@ -274,14 +274,6 @@ impl Resolver<'_> {
                 dl.max_stat_requests,
             )?,
         };
-        // A request's publications to one app reach each subscriber's outbox back to back: a
-        // batch as long as the outbox would close a healthy subscriber (4100) by itself.
-        if limits.max_push_batch >= limits.outbox_messages {
-            return Err(self.invalid(
-                "limits.max_push_batch",
-                "must be below limits.outbox_messages, or one batch to an app could overflow a subscriber's outbox by itself (4100)",
-            ));
-        }
         if limits.max_buffered_push_bytes < limits.max_push_body_bytes {
             return Err(self.invalid(
                 "limits.max_buffered_push_bytes",

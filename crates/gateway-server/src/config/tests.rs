@@ -295,10 +295,6 @@ fn errors_name_the_file_the_key_and_the_problem() {
             "key `limits.max_buffered_push_bytes`: must be at least",
         ),
         (
-            "[limits]\noutbox_messages = 500",
-            "key `limits.max_push_batch`: must be below limits.outbox_messages",
-        ),
-        (
             "[timeouts]\nhead_ms = 0",
             "key `timeouts.head_ms`: must be greater than 0",
         ),
