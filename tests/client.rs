@@ -117,6 +117,21 @@ async fn wait_for_event(events: &mut Events, wanted: impl Fn(&Event) -> bool) ->
 }
 
 /// A push's fields, to compare with a tuple (`Push` is non-exhaustive).
+/// The client has stopped for good: both streams end and it says it is closed.
+async fn assert_ended(client: &Client, events: &mut Events, pushes: &mut Pushes) {
+    assert!(
+        guard("the end of the events", events.next())
+            .await
+            .is_none()
+    );
+    assert!(
+        guard("the end of the pushes", pushes.next())
+            .await
+            .is_none()
+    );
+    assert!(client.is_closed());
+}
+
 fn fields(push: &Push) -> (&str, i64, &str) {
     (&push.app, push.member_id, &push.text)
 }
@@ -275,17 +290,7 @@ async fn a_backend_disconnecting_the_member_stops_the_client_for_good() {
         other => panic!("expected the 4403 close, got {other:?}"),
     }
     // No `Reconnecting` follows: the task has ended, and both streams with it.
-    assert!(
-        guard("the end of the events", events.next())
-            .await
-            .is_none()
-    );
-    assert!(
-        guard("the end of the pushes", pushes.next())
-            .await
-            .is_none()
-    );
-    assert!(client.is_closed());
+    assert_ended(&client, &mut events, &mut pushes).await;
     assert!(matches!(client.subscribe("chat").await, Err(Error::Closed)));
 }
 
@@ -604,17 +609,7 @@ async fn a_final_close_during_the_reconnection_handshake_stops_the_client() {
         }
         other => panic!("expected the final disconnect, got {other:?}"),
     }
-    assert!(
-        guard("the end of the events", events.next())
-            .await
-            .is_none()
-    );
-    assert!(
-        guard("the end of the pushes", pushes.next())
-            .await
-            .is_none()
-    );
-    assert!(client.is_closed());
+    assert_ended(&client, &mut events, &mut pushes).await;
 }
 
 /// While the gateway is away, requests wait in a bounded queue: asking again for the request
@@ -685,7 +680,7 @@ async fn gateway_refusing_reconnections() -> SocketAddr {
 #[tokio::test]
 async fn a_missing_auth_refusal_during_a_reconnection_stops_the_client() {
     let addr = gateway_refusing_reconnections().await;
-    let (client, _pushes, mut events) = Client::builder(format!("ws://{addr}/"))
+    let (client, mut pushes, mut events) = Client::builder(format!("ws://{addr}/"))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .connect()
         .await
@@ -715,10 +710,5 @@ async fn a_missing_auth_refusal_during_a_reconnection_stops_the_client() {
             reconnect: false
         }
     ));
-    assert!(
-        guard("the end of the events", events.next())
-            .await
-            .is_none()
-    );
-    assert!(client.is_closed());
+    assert_ended(&client, &mut events, &mut pushes).await;
 }

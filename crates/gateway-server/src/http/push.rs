@@ -162,11 +162,11 @@ fn accepted(body: Bytes) -> Response<Body> {
 ///
 /// [`control`]: crate::node::control
 fn refuse_reserved_apps(request: &PushRequest) -> Result<(), Refusal> {
-    let reserved = |app: &AppName| crate::node::control::is_reserved(app.as_str());
+    let reserved = |app: &AppName| app.is_reserved();
     let why = |app: &AppName| {
         format!(
             "app {app:?} is reserved: names starting with {:?} are the gateway's own",
-            crate::node::control::RESERVED_PREFIX
+            AppName::RESERVED_PREFIX
         )
     };
     match request {

@@ -5,9 +5,9 @@
 //! each node (the asking one too) answers on the asker's own reply channel, and the asker
 //! gathers the answers of every node of the cluster view until all have answered or
 //! `timeouts.cluster_query_ms` passed. The channels are topics of reserved app names (starting
-//! with [`RESERVED_PREFIX`]) that are never given to the hub: a client may subscribe to such a
-//! name and hear nothing, a backend cannot push to it. Alone (the local broker), a node answers
-//! itself directly.
+//! with [`AppName::RESERVED_PREFIX`]) that are never given to the hub: a client may not
+//! subscribe to such a name, a backend may not push to it. Alone (the local broker), a node
+//! answers itself directly.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,13 +23,7 @@ use tracing::{debug, warn};
 
 use super::Node;
 
-/// App names starting with this are the cluster's own channels, not apps.
-pub const RESERVED_PREFIX: &str = AppName::RESERVED_PREFIX;
-
-/// Whether `app` is one of the cluster's own channels.
-pub fn is_reserved(app: &str) -> bool {
-    app.starts_with(RESERVED_PREFIX)
-}
+const RESERVED_PREFIX: &str = AppName::RESERVED_PREFIX;
 
 /// A question for every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -301,7 +301,7 @@ impl Node {
 
 impl Inbound for Node {
     fn publication(&self, publication: Publication) {
-        if control::is_reserved(publication.app.as_str()) {
+        if publication.app.is_reserved() {
             return self.control_message(publication);
         }
         self.handle(Input::Push(publication));
@@ -473,7 +473,7 @@ impl Inner {
                 }
                 // The cluster's own channels are the node's, not a client's to open or close.
                 Action::InterestGained(topic) | Action::InterestLost(topic)
-                    if control::is_reserved(topic.app().as_str()) => {}
+                    if topic.app().is_reserved() => {}
                 Action::InterestGained(topic) => {
                     self.next_seq += 1;
                     let seq = self.next_seq;
