@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use gateway_core::{Publication, Topic};
+use gateway_core::{HistoryPolicy, HistoryRead, Position, Publication, Since, Topic};
 
 pub mod backoff;
 pub mod local;
@@ -79,15 +79,23 @@ impl BrokerError {
     }
 }
 
-/// The outcome of a publication, once the broker took it. Non-exhaustive (stream positions
-/// will come with history); a broker makes it with [`Published::new`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The outcome of a publication, once the broker took it: with the position the broker gave it
+/// when its app keeps history. A broker makes it with [`Published::new`] or [`Published::at`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub struct Published;
+pub struct Published {
+    pub position: Option<Position>,
+}
 
 impl Published {
     pub fn new() -> Self {
-        Published
+        Published { position: None }
+    }
+
+    pub fn at(position: Position) -> Self {
+        Published {
+            position: Some(position),
+        }
     }
 }
 
@@ -261,6 +269,34 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Stops background work and closes connections.
     fn close(&self);
+
+    /// Whether this broker gives publications their positions and keeps the history
+    /// ([`BrokerSettings::history`] says which apps have one). When it does, every
+    /// publication it delivers for such an app carries its position, and
+    /// [`Broker::history`] reads the history. The local broker does not: a node on its own
+    /// keeps its history in its own memory ([`gateway_core::history::History`]).
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
+    /// Reads the history of `topic`: the newest position, the oldest offset kept, and the
+    /// kept publications after `since` (every kept one with `None`; none when `since` names
+    /// another epoch), oldest first, at most `limit`, each with its position. See
+    /// [`HistoryRead`].
+    fn history(
+        &self,
+        topic: &Topic,
+        since: Option<Since>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<HistoryRead, BrokerError>> {
+        let _ = (topic, since, limit);
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(BrokerError::Config(format!(
+                "the {kind} broker keeps no history"
+            )))
+        })
+    }
 }
 
 /// Where a broker runs and how to reach it (the `[broker]` section of the configuration).
@@ -275,6 +311,9 @@ pub struct BrokerSettings {
     /// Reconnection backoff: first delay and cap (each try waits a random share of it).
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Which apps keep history and how much (`[history]`): a broker that
+    /// [keeps history](Broker::keeps_history) gives their publications positions.
+    pub history: HistoryPolicy,
 }
 
 impl Default for BrokerSettings {
@@ -285,6 +324,7 @@ impl Default for BrokerSettings {
             publish_timeout: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            history: HistoryPolicy::default(),
         }
     }
 }

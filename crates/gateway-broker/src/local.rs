@@ -45,7 +45,7 @@ impl Broker for LocalBroker {
         match self.inbound.upgrade() {
             Some(inbound) => {
                 inbound.publication(publication);
-                Publishing::Done(Ok(Published))
+                Publishing::Done(Ok(Published::new()))
             }
             None => Publishing::Done(Err(BrokerError::Unavailable("the node is gone".into()))),
         }

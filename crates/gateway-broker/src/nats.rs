@@ -346,7 +346,7 @@ async fn confirm(
     timeout: Duration,
 ) -> Result<Published, BrokerError> {
     match tokio::time::timeout_at(deadline, subscriptions::round_trip(client)).await {
-        Ok(Ok(())) if disconnections.load(Ordering::Acquire) == epoch => Ok(Published),
+        Ok(Ok(())) if disconnections.load(Ordering::Acquire) == epoch => Ok(Published::new()),
         Ok(Ok(())) => Err(BrokerError::Failed(
             "the connection to NATS was lost after the push was queued".into(),
         )),
@@ -416,7 +416,7 @@ impl Broker for NatsBroker {
             let confirmed = if queued > 0 {
                 confirm(&self.client, &self.disconnections, epoch, deadline, timeout).await
             } else {
-                Ok(Published)
+                Ok(Published::new())
             };
             let mut outcomes: Vec<_> = (0..queued).map(|_| confirmed.clone()).collect();
             outcomes.extend(refused.map(Err));

@@ -301,7 +301,7 @@ fn command_error(error: &::redis::RedisError) -> BrokerError {
 /// The number of subscribers that got it (zero is a success too), or why not.
 fn publish_answer(answer: Value) -> Result<Published, BrokerError> {
     match answer {
-        Value::Int(_) => Ok(Published),
+        Value::Int(_) => Ok(Published::new()),
         other => Err(BrokerError::Failed(format!(
             "unexpected answer to PUBLISH: {other:?}"
         ))),

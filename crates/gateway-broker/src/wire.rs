@@ -10,6 +10,17 @@
 //! then          the frame every client receives, exactly: the JSON envelope
 //! ```
 //!
+//! A publication with a stream position (its app keeps history) is version 2: the same, with
+//! the position as text between the app name and the frame, so a Redis script can write it:
+//!
+//! ```text
+//! byte 0        version, 2
+//! bytes 1..11   member_id and app name length, as in version 1
+//! then          the app name, UTF-8
+//! then          the offset in ASCII decimal, one space, the epoch (ASCII), one `\n`
+//! then          the frame, exactly as in version 1 (without the position)
+//! ```
+//!
 //! The frame is encoded once, by the node that accepted the push, and every node sends those
 //! bytes on unchanged. A node that meets another version byte drops the message and reports it
 //! ([`crate::BrokerEvent::Unreadable`]): a mixed-version cluster fails loudly, it never
@@ -21,18 +32,22 @@
 //! `~` and two upper-case hex digits (`chat room` → `chat~20room`).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use gateway_core::{AppName, Frame, Publication, Topic};
+use gateway_core::{AppName, Epoch, Frame, Position, Publication, Topic};
 
-/// The version byte this node writes and reads.
+/// The version byte of a publication without a position.
 pub const VERSION: u8 = 1;
+/// The version byte of a publication with a position.
+pub const VERSION_POSITIONED: u8 = 2;
 
 const HEADER: usize = 1 + 8 + 2;
 
 /// Why a message from the broker could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("wire format version {0}, this node reads version {VERSION}")]
+    #[error("wire format version {0}, this node reads versions {VERSION} and {VERSION_POSITIONED}")]
     Version(u8),
+    #[error("invalid stream position")]
+    Position,
     #[error("truncated message ({0} bytes)")]
     Truncated(usize),
     #[error("invalid app name: {0}")]
@@ -41,28 +56,49 @@ pub enum WireError {
     Frame,
 }
 
-/// The message for `publication`.
+/// The message for `publication` (version 2 when it has a position).
 pub fn encode(publication: &Publication) -> Bytes {
-    let app = publication.app.as_str().as_bytes();
     let frame = publication.frame.as_bytes();
-    let mut buf = BytesMut::with_capacity(HEADER + app.len() + frame.len());
-    buf.put_u8(VERSION);
-    buf.put_i64(publication.member_id);
-    // App names are bounded far below 64 KiB (`max_app_name_len`, at most a few hundred bytes).
-    let len = u16::try_from(app.len()).expect("app names are shorter than 64 KiB");
-    buf.put_u16(len);
-    buf.put_slice(app);
+    let head = head(publication, publication.position.is_some());
+    let mut buf = BytesMut::with_capacity(head.len() + 32 + frame.len());
+    buf.put_slice(&head);
+    if let Some(position) = &publication.position {
+        buf.put_slice(position.offset.to_string().as_bytes());
+        buf.put_u8(b' ');
+        buf.put_slice(position.epoch.as_str().as_bytes());
+        buf.put_u8(b'\n');
+    }
     buf.put_slice(frame);
     buf.freeze()
 }
 
+/// Everything before the position (or the frame): the version byte, the member id and the app
+/// name. A broker that assigns positions itself (a Redis script) writes this, then the
+/// position, then the frame.
+pub fn head(publication: &Publication, positioned: bool) -> Vec<u8> {
+    let app = publication.app.as_str().as_bytes();
+    let mut buf = Vec::with_capacity(HEADER + app.len());
+    buf.push(if positioned {
+        VERSION_POSITIONED
+    } else {
+        VERSION
+    });
+    buf.extend_from_slice(&publication.member_id.to_be_bytes());
+    // App names are bounded far below 64 KiB (`max_app_name_len`, at most a few hundred bytes).
+    let len = u16::try_from(app.len()).expect("app names are shorter than 64 KiB");
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(app);
+    buf
+}
+
 /// The publication in `message` (the frame shares `message`'s bytes).
 pub fn decode(message: Bytes) -> Result<Publication, WireError> {
-    match message.first() {
+    let positioned = match message.first() {
         None => return Err(WireError::Truncated(0)),
-        Some(&VERSION) => {}
+        Some(&VERSION) => false,
+        Some(&VERSION_POSITIONED) => true,
         Some(&other) => return Err(WireError::Version(other)),
-    }
+    };
     if message.len() < HEADER {
         return Err(WireError::Truncated(message.len()));
     }
@@ -78,11 +114,31 @@ pub fn decode(message: Bytes) -> Result<Publication, WireError> {
     // when routing (an unknown app has no subscriber here), so only the structure matters.
     let app =
         AppName::parse(app, usize::from(u16::MAX)).map_err(|e| WireError::App(e.to_string()))?;
+    let (position, frame_start) = if positioned {
+        let rest = &message[frame_start..];
+        // An offset of 20 digits, a space and an epoch of at most 64 bytes.
+        let line_end = rest
+            .iter()
+            .take(20 + 1 + Epoch::MAX_LEN + 1)
+            .position(|&b| b == b'\n')
+            .ok_or(WireError::Position)?;
+        let line = std::str::from_utf8(&rest[..line_end]).map_err(|_| WireError::Position)?;
+        let (offset, epoch) = line.split_once(' ').ok_or(WireError::Position)?;
+        let offset: u64 = offset.parse().map_err(|_| WireError::Position)?;
+        let epoch = Epoch::parse(epoch).map_err(|_| WireError::Position)?;
+        (
+            Some(Position::new(offset, epoch)),
+            frame_start + line_end + 1,
+        )
+    } else {
+        (None, frame_start)
+    };
     let frame = Frame::from_utf8(message.slice(frame_start..)).map_err(|_| WireError::Frame)?;
     Ok(Publication {
         app,
         member_id,
         frame,
+        position,
     })
 }
 
@@ -191,10 +247,10 @@ mod tests {
     #[test]
     fn another_version_or_a_broken_message_is_refused_not_misread() {
         let mut message = encode(&publication("match", -1, "goal")).to_vec();
-        message[0] = 2;
+        message[0] = 3;
         assert_eq!(
             decode(Bytes::from(message.clone())),
-            Err(WireError::Version(2))
+            Err(WireError::Version(3))
         );
         message[0] = 1;
         assert!(matches!(
@@ -211,6 +267,28 @@ mod tests {
             decode(Bytes::from_static(b"{\"app\":\"x\"}")),
             Err(WireError::Version(b'{'))
         ));
+    }
+
+    #[test]
+    fn a_position_travels_as_text_between_the_app_and_the_frame() {
+        let mut p = publication("ab", 7, "t");
+        p.position = Some(Position::new(42, Epoch::parse("e1").unwrap()));
+        let message = encode(&p);
+        let mut expected = vec![2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 2, b'a', b'b'];
+        expected.extend_from_slice(b"42 e1\n");
+        expected.extend_from_slice(br#"{"app":"ab","member_id":7,"text":"t"}"#);
+        assert_eq!(&message[..], &expected[..]);
+        assert_eq!(decode(message).unwrap(), p);
+        for broken in [&b"42e1\n"[..], b"x e1\n", b"42 e 1\n", b"42 e1"] {
+            let mut message = vec![2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 2, b'a', b'b'];
+            message.extend_from_slice(broken);
+            message.extend_from_slice(b"{}");
+            assert_eq!(
+                decode(Bytes::from(message)),
+                Err(WireError::Position),
+                "{broken:?}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,7 @@ fn settings(prefix: &str, node: &str) -> BrokerSettings {
         publish_timeout: Duration::from_secs(2),
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(250),
+        history: gateway_core::HistoryPolicy::default(),
     }
 }
 

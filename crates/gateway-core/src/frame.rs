@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::ids::{AppName, MemberId};
 use crate::message::NO_MEMBER;
+use crate::position::Position;
 
 /// The `app` of every reply the gateway itself sends.
 pub const GATEWAY_APP: &str = "gateway";
@@ -18,7 +19,7 @@ pub const GATEWAY_APP: &str = "gateway";
 pub struct Frame(Bytes);
 
 impl Frame {
-    fn from_string(text: String) -> Self {
+    pub(crate) fn from_string(text: String) -> Self {
         Frame(Bytes::from(text))
     }
 
@@ -79,6 +80,12 @@ impl Envelope<'_> {
 struct ReplyText<'a> {
     code: u16,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
 }
 
 /// A reply of the gateway to one client message, as PROTOCOL.md Part 1 lists them.
@@ -115,6 +122,20 @@ pub enum Reply {
     /// 410 `unsubscribe <app> by server`: sent unasked when a backend removed this connection
     /// from the app (`POST /disconnect` with an `app`); the client should not resubscribe.
     UnsubscribedByServer(AppName),
+    /// 200 `subscribe <app> success` for a subscription with history (`recover` or `since`),
+    /// with what the client needs to know where it stands: `recovered` (only for `since`:
+    /// whether every missed push follows), then `offset` and `epoch`, the newest position of
+    /// the stream at that moment (absent when the app keeps no history, or the stream has
+    /// not had a push yet: `{"offset":0,"epoch":""}` is then the client's `since`).
+    SubscribedAt {
+        app: AppName,
+        recovered: Option<bool>,
+        position: Option<Position>,
+    },
+    /// 409 `pushes to <app> lost`, sent unasked to a subscription with history when pushes of
+    /// its stream were lost on the way to this node and the history could not replace them;
+    /// `offset` and `epoch` say where the stream stands now (the client continues from there).
+    PushesLost { app: AppName, position: Position },
 }
 
 impl Reply {
@@ -123,12 +144,14 @@ impl Reply {
             Reply::HelloStranger
             | Reply::HelloMember(_)
             | Reply::Subscribed(_)
+            | Reply::SubscribedAt { .. }
             | Reply::Unsubscribed(_)
             | Reply::Pong => 200,
             Reply::MissingAuth | Reply::BadSubscribe | Reply::UnknownAction => 400,
             Reply::Unauthorized => 401,
             Reply::SubscribeForbidden(_) => 403,
             Reply::NotSubscribed(_) => 404,
+            Reply::PushesLost { .. } => 409,
             Reply::UnsubscribedByServer(_) => 410,
             Reply::TooManySubscriptions => 429,
         }
@@ -140,7 +163,10 @@ impl Reply {
             Reply::HelloMember(member) => format!("hello {member}"),
             Reply::Unauthorized => "unauthorized".to_owned(),
             Reply::MissingAuth => "missing auth message".to_owned(),
-            Reply::Subscribed(app) => format!("subscribe {app} success"),
+            Reply::Subscribed(app) | Reply::SubscribedAt { app, .. } => {
+                format!("subscribe {app} success")
+            }
+            Reply::PushesLost { app, .. } => format!("pushes to {app} lost"),
             Reply::BadSubscribe => "bad subscribe message".to_owned(),
             Reply::SubscribeForbidden(app) => format!("subscribe {app} forbidden"),
             Reply::TooManySubscriptions => "too many subscriptions".to_owned(),
@@ -154,9 +180,21 @@ impl Reply {
 
     /// The complete frame: the reply's JSON, escaped into the `text` of a `gateway` envelope.
     pub fn frame(&self) -> Frame {
+        let (recovered, position) = match self {
+            Reply::SubscribedAt {
+                recovered,
+                position,
+                ..
+            } => (*recovered, position.as_ref()),
+            Reply::PushesLost { position, .. } => (Some(false), Some(position)),
+            _ => (None, None),
+        };
         let text = serde_json::to_string(&ReplyText {
             code: self.code(),
             message: &self.message(),
+            recovered,
+            offset: position.map(|p| p.offset),
+            epoch: position.map(|p| p.epoch.as_str()),
         })
         .expect("a struct of a number and a string serializes");
         Envelope {

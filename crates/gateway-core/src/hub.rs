@@ -20,8 +20,10 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::frame::{CloseCode, Frame, Reply};
+use crate::history::HistoryPolicy;
 use crate::ids::{AppName, ConnId, MemberId};
 use crate::message::{ClientRequest, Publication};
+use crate::position::{Recovery, positioned_frame};
 use crate::topic::{Timestamp, Topic};
 use crate::views::{AppSubscribers, MemberPresence, MembersPage, Stat, StatPage, SubscribersPage};
 
@@ -36,6 +38,10 @@ pub struct HubConfig {
     /// Subscriptions one connection may hold; one more is answered "too many subscriptions".
     /// Default: [`HubConfig::DEFAULT_MAX_SUBSCRIPTIONS`].
     pub max_subscriptions: usize,
+    /// Which apps keep history (and give their pushes positions), and how much: the
+    /// `[history]` section. The hub itself keeps none; the node's history store and the
+    /// brokers read it from here. Default: [`HistoryPolicy::default`] (on for every app).
+    pub history: HistoryPolicy,
 }
 
 impl HubConfig {
@@ -62,6 +68,7 @@ impl Default for HubConfig {
             private_apps: HashSet::from([im]),
             max_app_name_len: AppName::DEFAULT_MAX_LEN,
             max_subscriptions: HubConfig::DEFAULT_MAX_SUBSCRIPTIONS,
+            history: HistoryPolicy::default(),
         }
     }
 }
@@ -169,10 +176,18 @@ pub enum Action {
     /// pushes to `topic` reach this node: a driver that waits for its broker to confirm a new
     /// topic holds it (and what follows it to `conn`) until then, so that every push accepted
     /// after the client saw the reply reaches it. A driver without a broker sends it at once.
+    ///
+    /// With `recovery` (the client subscribed with `recover` or `since`), `frame` is the plain
+    /// reply and the driver answers with [`Reply::SubscribedAt`] instead, once it knows where
+    /// the stream stands, and with `since` sends the missed pushes right after it (see
+    /// `docs/protocol.md`, "History and recovery"). The subscription is live already: pushes
+    /// to `topic` that follow this action reach `conn` with their positions.
     Subscribed {
         conn: ConnId,
         topic: Topic,
         frame: Frame,
+        /// Boxed: it is rare, and every action is as large as the largest.
+        recovery: Option<Box<Recovery>>,
     },
 }
 
@@ -245,6 +260,10 @@ pub struct Hub {
     /// Each member's connections, for `POST /disconnect` and presence: a connection of a
     /// member is found without scanning them all. Anonymous connections are not here.
     members: HashMap<MemberId, Vec<ConnId>>,
+    /// Per app, the connections that subscribed with history: they receive a push's
+    /// positioned frame instead of the seed's. Apps without such a subscriber have no entry,
+    /// so the fan-out of every other app pays one emptiness check.
+    positioned: HashMap<AppName, HashSet<ConnId>>,
     actions: VecDeque<Action>,
     now: Timestamp,
 }
@@ -256,6 +275,7 @@ impl Hub {
             connections: HashMap::new(),
             apps: BTreeMap::new(),
             members: HashMap::new(),
+            positioned: HashMap::new(),
             actions: VecDeque::new(),
             now: Timestamp::default(),
         }
@@ -529,7 +549,10 @@ impl Hub {
             return;
         }
         match ClientRequest::parse(payload, self.config.max_app_name_len) {
-            Ok(ClientRequest::Subscribe(app)) => self.subscribe(conn, app),
+            Ok(ClientRequest::Subscribe(app)) => self.subscribe(conn, app, None),
+            Ok(ClientRequest::SubscribeWithHistory(app, recovery)) => {
+                self.subscribe(conn, app, Some(recovery))
+            }
             Ok(ClientRequest::Unsubscribe(app)) => {
                 let reply = if self.leave(conn, &app) {
                     Reply::Unsubscribed(app)
@@ -544,7 +567,7 @@ impl Hub {
         }
     }
 
-    fn subscribe(&mut self, conn: ConnId, app: AppName) {
+    fn subscribe(&mut self, conn: ConnId, app: AppName, recovery: Option<Recovery>) {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
@@ -618,15 +641,62 @@ impl Hub {
             },
             _ => Topic::App(app.clone()),
         };
+        // A subscribe request says how this subscription's pushes look from now on: with
+        // positions, or (asked again without `recover`/`since`) as the seed's.
+        if recovery.is_some() {
+            self.positioned.entry(app.clone()).or_default().insert(conn);
+        } else if !self.positioned.is_empty() {
+            self.stop_positions(conn, &app);
+        }
         self.actions.push_back(Action::Subscribed {
             conn,
             topic,
             frame: Reply::Subscribed(app).frame(),
+            recovery: recovery.map(Box::new),
         });
     }
 
+    fn stop_positions(&mut self, conn: ConnId, app: &AppName) {
+        if let Some(conns) = self.positioned.get_mut(app) {
+            conns.remove(&conn);
+            if conns.is_empty() {
+                self.positioned.remove(app);
+                shrink_if_sparse(&mut self.positioned);
+            }
+        }
+    }
+
+    /// The connections of `topic` that subscribed with history (they receive positions), for
+    /// a driver that must tell them something about their stream.
+    pub fn positioned_subscribers(&self, topic: &Topic) -> Vec<ConnId> {
+        let Some(positioned) = self.positioned.get(topic.app()) else {
+            return Vec::new();
+        };
+        match (self.apps.get(topic.app()), topic.member()) {
+            (Some(Subscribers::Private(members)), Some(member)) => members
+                .get(&member)
+                .map(|conns| {
+                    conns
+                        .iter()
+                        .copied()
+                        .filter(|c| positioned.contains(c))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            (Some(Subscribers::Public(..)), None) => positioned.iter().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `conn` receives `app`'s pushes with positions.
+    pub fn is_positioned(&self, conn: ConnId, app: &AppName) -> bool {
+        self.positioned
+            .get(app)
+            .is_some_and(|conns| conns.contains(&conn))
+    }
+
     fn push(&mut self, publication: Publication) {
-        let conns: Vec<ConnId> = match self.apps.get(&publication.app) {
+        let mut conns: Vec<ConnId> = match self.apps.get(&publication.app) {
             None => return,
             Some(Subscribers::Public(conns, _)) => recipients(conns),
             Some(Subscribers::Private(members)) => {
@@ -636,6 +706,22 @@ impl Hub {
                 }
             }
         };
+        // Subscribers with history get the positioned frame (encoded once here, whatever
+        // their number); the others the seed's, as before.
+        if let Some(position) = &publication.position
+            && !self.positioned.is_empty()
+            && let Some(positioned) = self.positioned.get(&publication.app)
+        {
+            let (with, without): (Vec<ConnId>, Vec<ConnId>) =
+                conns.into_iter().partition(|c| positioned.contains(c));
+            conns = without;
+            if !with.is_empty() {
+                self.actions.push_back(Action::Deliver {
+                    conns: with,
+                    frame: positioned_frame(&publication.frame, position),
+                });
+            }
+        }
         if !conns.is_empty() {
             self.actions.push_back(Action::Deliver {
                 conns,
@@ -682,6 +768,9 @@ impl Hub {
     /// Takes `conn` out of `app`'s subscribers (not out of its own list of apps), and the app
     /// or the member's topic out of the interests when it was the last.
     fn remove_subscriber(&mut self, conn: ConnId, identity: Identity, app: &AppName) {
+        if !self.positioned.is_empty() {
+            self.stop_positions(conn, app);
+        }
         let Some(subscribers) = self.apps.get_mut(app) else {
             return;
         };

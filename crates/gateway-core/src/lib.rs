@@ -29,20 +29,24 @@
 
 mod error;
 mod frame;
+pub mod history;
 mod hub;
 mod ids;
 mod message;
+mod position;
 mod push;
 mod topic;
 mod views;
 
 pub use error::{InvalidAppName, MessageError};
 pub use frame::{CloseCode, Frame, GATEWAY_APP, Reply};
+pub use history::{HistoryPolicy, HistoryRead, StreamLimits};
 pub use hub::{Action, AuthOutcome, Hub, HubConfig, Identity, Input, PrivateAccess};
 pub use ids::{AppName, ConnId, MemberId};
 pub use message::{
     AuthRequest, ClientRequest, NO_MEMBER, Publication, PushMessage, SubscribeRequest,
 };
+pub use position::{Epoch, InvalidEpoch, Position, Recovery, Since, positioned_frame};
 pub use push::{ElementError, MembersError, PushBatch, PushError, PushLimits, PushRequest};
 pub use topic::{Timestamp, Topic};
 pub use views::{AppSubscribers, MemberPresence, MembersPage, Stat, StatPage, SubscribersPage};

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::error::MessageError;
 use crate::frame::{Envelope, Frame};
 use crate::ids::{AppName, MemberId};
+use crate::position::{Epoch, Position, Recovery, Since, positioned_frame};
 
 /// Deserializes `payload` as `T`, accepting only a JSON object.
 ///
@@ -89,6 +90,9 @@ impl SubscribeRequest {
 pub enum ClientRequest {
     /// `{"app":"match"}` or `{"app":"match","action":"subscribe"}`.
     Subscribe(AppName),
+    /// A subscribe request with `"recover":true` or `"since":{"offset":N,"epoch":"e"}`: the
+    /// subscription's pushes carry positions, and with `since` the missed ones come first.
+    SubscribeWithHistory(AppName, Recovery),
     /// `{"app":"match","action":"unsubscribe"}`.
     Unsubscribe(AppName),
     /// `{"action":"ping"}`: an application-level liveness check (an `app`, if any, is ignored).
@@ -104,6 +108,38 @@ struct RawRequest {
     app: Option<String>,
     #[serde(default, deserialize_with = "string_if_present")]
     action: Option<String>,
+    #[serde(default, deserialize_with = "bool_if_present")]
+    recover: Option<bool>,
+    #[serde(default, deserialize_with = "since_if_present")]
+    since: Option<RawSince>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince {
+    offset: u64,
+    epoch: String,
+}
+
+fn bool_if_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    bool::deserialize(d).map(Some)
+}
+
+fn since_if_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RawSince>, D::Error> {
+    RawSince::deserialize(d).map(Some)
+}
+
+impl RawSince {
+    /// `{"offset":0,"epoch":""}` is "before the first push"; any other empty epoch, or an
+    /// epoch the gateway could not have made, is a bad message.
+    fn parse(self) -> Result<Since, MessageError> {
+        if self.epoch.is_empty() && self.offset == 0 {
+            return Ok(Since::Start);
+        }
+        let epoch = Epoch::parse(&self.epoch)
+            .map_err(|e| MessageError::Malformed(format!("since: {e}")))?;
+        Ok(Since::After(Position::new(self.offset, epoch)))
+    }
 }
 
 fn string_if_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -121,7 +157,22 @@ impl ClientRequest {
             None => Err(MessageError::Malformed("missing field `app`".to_owned())),
         };
         match raw.action.as_deref() {
-            None | Some("subscribe") => Ok(ClientRequest::Subscribe(app()?)),
+            None | Some("subscribe") => {
+                let app = app()?;
+                match (raw.recover, raw.since) {
+                    (_, Some(since)) if raw.recover != Some(false) => Ok(
+                        ClientRequest::SubscribeWithHistory(app, Recovery::Since(since.parse()?)),
+                    ),
+                    (Some(false), Some(_)) => Err(MessageError::Malformed(
+                        "`since` with `\"recover\":false`".to_owned(),
+                    )),
+                    (Some(true), None) => Ok(ClientRequest::SubscribeWithHistory(
+                        app,
+                        Recovery::Positions,
+                    )),
+                    _ => Ok(ClientRequest::Subscribe(app)),
+                }
+            }
             Some("unsubscribe") => Ok(ClientRequest::Unsubscribe(app()?)),
             Some("ping") => Ok(ClientRequest::Ping),
             Some(_) => Ok(ClientRequest::UnknownAction),
@@ -169,7 +220,21 @@ impl PushMessage {
 pub struct Publication {
     pub app: AppName,
     pub member_id: i64,
+    /// The seed's envelope, exactly what a subscriber without positions receives.
     pub frame: Frame,
+    /// The push's place in its stream, when its app keeps history (given by the history
+    /// store: the node's own, or the broker's); `None` otherwise.
+    pub position: Option<Position>,
+}
+
+impl Publication {
+    /// The frame for subscribers that asked for positions: [`Publication::frame`] with
+    /// `"offset"` and `"epoch"` appended, or `None` when the push has no position.
+    pub fn positioned_frame(&self) -> Option<Frame> {
+        self.position
+            .as_ref()
+            .map(|position| positioned_frame(&self.frame, position))
+    }
 }
 
 impl From<PushMessage> for Publication {
@@ -184,6 +249,7 @@ impl From<PushMessage> for Publication {
             app: push.app,
             member_id: push.member_id,
             frame,
+            position: None,
         }
     }
 }

@@ -128,6 +128,7 @@ impl PushBatch {
                         text: &item.text,
                     }
                     .encode(),
+                    position: None,
                 })
         })
     }

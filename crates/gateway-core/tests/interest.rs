@@ -67,6 +67,7 @@ fn interest_is_declared_before_the_reply_that_confirms_the_subscription() {
                 conn: ConnId::new(1),
                 topic: public("match"),
                 frame: Reply::Subscribed(app("match")).frame(),
+                recovery: None,
             },
         ]
     );

@@ -60,6 +60,7 @@ impl Node {
             publish_timeout,
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(200),
+            history: gateway_core::HistoryPolicy::default(),
         };
         // Fast failure detection, so that fault tests finish quickly.
         let options = RedisOptions {

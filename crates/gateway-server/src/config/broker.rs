@@ -286,6 +286,7 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
             file.reconnect_max_ms,
             d.reconnect_max,
         )?,
+        history: d.history.clone(),
     };
     if settings.reconnect_max < settings.reconnect_min {
         return Err(r.invalid(

@@ -329,6 +329,7 @@ impl Resolver<'_> {
                     private_apps,
                     max_app_name_len,
                     max_subscriptions,
+                    history: broker.settings.history.clone(),
                 },
                 timeouts,
                 limits,

@@ -151,6 +151,7 @@ fn control_publication(topic: &Topic, json: Vec<u8>) -> Publication {
         app: topic.app().clone(),
         member_id: NO_MEMBER,
         frame: Frame::from_utf8(Bytes::from(json)).expect("serde_json writes UTF-8"),
+        position: None,
     }
 }
 

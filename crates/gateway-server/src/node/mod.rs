@@ -31,9 +31,10 @@ use gateway_broker::local::LocalBroker;
 use gateway_broker::{
     Broker, BrokerError, BrokerEvent, BrokerState, Inbound, SharedBroker, Subscription,
 };
+use gateway_core::history::History;
 use gateway_core::{
-    Action, AppName, CloseCode, ConnId, Frame, Hub, HubConfig, Input, Publication, Stat, StatPage,
-    Topic,
+    Action, AppName, CloseCode, ConnId, Epoch, Frame, HistoryRead, Hub, HubConfig, Input,
+    Publication, Since, Stat, StatPage, Timestamp, Topic,
 };
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{error, info, warn};
@@ -62,6 +63,9 @@ struct Inner {
     /// lock); `/metrics` subtracts the frames the connections took to get the outboxes' depth.
     queued_frames: u64,
     counters: Arc<Counters>,
+    /// The node's own history, when its broker keeps none (the local broker): positions are
+    /// given here, under the lock, in the order pushes reach the hub.
+    history: Option<History>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +87,8 @@ pub struct Node {
     log_gate: LogGate,
     /// The cluster's questions and answers (`/disconnect`, `/presence`).
     control: control::Control,
+    /// The origin of the node's [`Timestamp`]s (history's TTLs).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Node {
@@ -137,18 +143,55 @@ impl Node {
                 held_limits,
                 queued_frames: 0,
                 counters: counters.clone(),
+                history: None,
             }),
             broker: OnceLock::new(),
             counters,
             log_gate: LogGate::default(),
             control: control::Control::default(),
+            started: Instant::now(),
         });
         let weak: Weak<dyn Inbound> = Arc::downgrade(&node) as Weak<dyn Inbound>;
         let broker = connect(weak)?;
+        if !broker.keeps_history() {
+            // A new seed per process: a restarted node starts new runs, never reuses an
+            // epoch whose pushes it forgot.
+            let seed = Epoch::from_random(fastrand::u64(..));
+            node.lock().history =
+                Some(History::new(node.hub_config.history.clone(), seed.as_str()));
+        }
         node.broker
             .set(broker)
             .expect("the broker is set once, here");
         Ok(node)
+    }
+
+    /// Now, as the history's clock reads it.
+    pub(crate) fn now(&self) -> Timestamp {
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Timestamp::from_millis(millis)
+    }
+
+    /// Reads `topic`'s history (see [`Broker::history`]): from the node's own memory with the
+    /// local broker, else from the broker.
+    pub async fn history(
+        &self,
+        topic: &Topic,
+        since: Option<Since>,
+        limit: usize,
+    ) -> Result<HistoryRead, BrokerError> {
+        let now = self.now();
+        let read = {
+            let mut inner = self.lock();
+            inner
+                .history
+                .as_mut()
+                .map(|history| history.read(topic, since.as_ref(), limit, now))
+        };
+        match read {
+            Some(read) => Ok(read),
+            None => self.broker().history(topic, since, limit).await,
+        }
     }
 
     pub fn broker(&self) -> &dyn Broker {
@@ -304,7 +347,18 @@ impl Inbound for Node {
         if publication.app.is_reserved() {
             return self.control_message(publication);
         }
-        self.handle(Input::Push(publication));
+        let mut inner = self.lock();
+        let publication = match inner.history.as_mut() {
+            Some(history) if publication.position.is_none() => {
+                match self.hub_config.topic_of(&publication) {
+                    Some(topic) => history.append(&topic, publication, self.now()),
+                    None => publication,
+                }
+            }
+            _ => publication,
+        };
+        inner.hub.handle(Input::Push(publication));
+        inner.apply(self.broker());
     }
 
     fn event(&self, event: BrokerEvent) {
@@ -423,7 +477,9 @@ impl Inner {
         while let Some(action) = self.hub.poll_action() {
             match action {
                 Action::Reply { conn, frame } => self.send(conn, to_message(frame)),
-                Action::Subscribed { conn, topic, frame } => {
+                Action::Subscribed {
+                    conn, topic, frame, ..
+                } => {
                     // Nothing is ever pending with the local broker: skip hashing the topic.
                     if !self.pending.is_empty() && self.pending.contains_key(&topic) {
                         let message = to_message(frame);
