@@ -244,6 +244,15 @@ impl Node {
         self.unlock(inner);
     }
 
+    /// Drops what outlived its TTL from the node's own history (the local broker), so idle
+    /// streams give their memory back without waiting for a push or a read.
+    pub(crate) fn expire_history(&self) {
+        let now = self.now();
+        if let Some(history) = self.lock().history.as_mut() {
+            history.expire(now);
+        }
+    }
+
     /// Reads `topic`'s history (see [`Broker::history`]): from the node's own memory with the
     /// local broker, else from the broker.
     pub async fn history(
