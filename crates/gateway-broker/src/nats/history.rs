@@ -379,24 +379,26 @@ mod tests {
 
     #[test]
     fn the_stream_fits_the_largest_limits_of_apps_with_history() {
-        let mut policy = HistoryPolicy::default();
-        policy.overrides = vec![
-            (
-                AppPattern::new("big-*"),
-                StreamLimits {
-                    size: 1_000,
-                    ttl: Duration::from_secs(60),
-                },
-            ),
-            // Off: its huge TTL does not count.
-            (
-                AppPattern::new("off"),
-                StreamLimits {
-                    size: 0,
-                    ttl: Duration::from_secs(86_400),
-                },
-            ),
-        ];
+        let policy = HistoryPolicy {
+            overrides: vec![
+                (
+                    AppPattern::new("big-*"),
+                    StreamLimits {
+                        size: 1_000,
+                        ttl: Duration::from_secs(60),
+                    },
+                ),
+                // Off: its huge TTL does not count.
+                (
+                    AppPattern::new("off"),
+                    StreamLimits {
+                        size: 0,
+                        ttl: Duration::from_secs(86_400),
+                    },
+                ),
+            ],
+            ..HistoryPolicy::default()
+        };
         let config = stream_config("p-history", "p", &policy).unwrap();
         assert_eq!(config.subjects, ["p.h.>"]);
         assert_eq!(config.max_messages_per_subject, 1_000);
