@@ -23,7 +23,7 @@ use crate::frame::{CloseCode, Frame, Reply};
 use crate::history::HistoryPolicy;
 use crate::ids::{AppName, ConnId, MemberId};
 use crate::message::{ClientRequest, Publication};
-use crate::position::{Recovery, positioned_frame};
+use crate::position::{Position, Recovery, positioned_frame};
 use crate::topic::{Timestamp, Topic};
 use crate::views::{AppSubscribers, MemberPresence, MembersPage, Stat, StatPage, SubscribersPage};
 
@@ -163,6 +163,16 @@ pub enum Action {
     Reply { conn: ConnId, frame: Frame },
     /// Send the same `frame` to each of `conns`.
     Deliver { conns: Vec<ConnId>, frame: Frame },
+    /// Send the same `frame`, a push of `app` with its `position` (the positioned frame), to
+    /// each of `conns`: subscriptions with history. A driver that replays history to a
+    /// connection uses the position to leave out what it replayed already.
+    DeliverAt {
+        conns: Vec<ConnId>,
+        frame: Frame,
+        app: AppName,
+        /// Boxed: every action is as large as the largest.
+        position: Box<Position>,
+    },
     /// Close the connection with `code` after the frames already queued to it. The hub has
     /// already forgotten it.
     Close { conn: ConnId, code: CloseCode },
@@ -716,9 +726,11 @@ impl Hub {
                 conns.into_iter().partition(|c| positioned.contains(c));
             conns = without;
             if !with.is_empty() {
-                self.actions.push_back(Action::Deliver {
+                self.actions.push_back(Action::DeliverAt {
                     conns: with,
                     frame: positioned_frame(&publication.frame, position),
+                    app: publication.app.clone(),
+                    position: Box::new(position.clone()),
                 });
             }
         }

@@ -161,6 +161,35 @@ pub struct Counters {
     client_closes: AtomicU64,
     /// Connections that ended without a close frame (reset, EOF, a failed write).
     lost_connections: AtomicU64,
+    /// Subscriptions with history: recoveries, repaired holes, losses.
+    pub history: HistoryCounters,
+}
+
+/// What history and recovery did (`/metrics`: `ws_gateway_history_*`).
+#[derive(Debug, Default)]
+pub struct HistoryCounters {
+    /// Subscriptions with `recover` or `since` answered (reply sent).
+    pub subscriptions: AtomicU64,
+    /// Of those with `since`: answered `"recovered":true` …
+    pub recovered: AtomicU64,
+    /// … and `"recovered":false`.
+    pub not_recovered: AtomicU64,
+    /// History reads that failed (the broker did not answer): the recovery says
+    /// `"recovered":false`, a hole is reported lost.
+    pub reads_failed: AtomicU64,
+    /// Publications that reached this node twice (or out of order) and were dropped.
+    pub duplicates_dropped: AtomicU64,
+    /// Holes in a stream (lost on the way from the broker) that a history read filled.
+    pub holes_filled: AtomicU64,
+    /// Holes the history could no longer fill: subscribers with positions were sent
+    /// `409 pushes to <app> lost`.
+    pub holes_lost: AtomicU64,
+}
+
+impl HistoryCounters {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Counters {
@@ -196,6 +225,7 @@ impl Default for Counters {
             closes: Default::default(),
             client_closes: AtomicU64::new(0),
             lost_connections: AtomicU64::new(0),
+            history: HistoryCounters::default(),
         }
     }
 }

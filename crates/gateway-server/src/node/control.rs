@@ -213,6 +213,7 @@ impl Node {
                 let mut inner = self.lock();
                 let connections = inner.hub.disconnect_member(member, app.as_ref());
                 inner.apply(self.broker());
+                self.unlock(inner);
                 Answer::Disconnect { connections }
             }
             Query::AppMembers { app, after, limit } => {

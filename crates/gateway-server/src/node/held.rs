@@ -7,12 +7,17 @@
 //! (a connection's frames never overtake each other), until the broker says the topic is live
 //! ([`gateway_broker::BrokerEvent::Subscribed`]) or the interest is gone.
 //!
+//! A recovery (a subscription with `recover` or `since`, see `node::recovery`) holds the same
+//! way: its place in the connection's queue is kept by an entry that becomes the reply and the
+//! replayed pushes once the history is read, and the live pushes queued behind it that the
+//! replay already carried are left out then.
+//!
 //! Nothing is held on a single node (the local broker's topics are live at once), and a
 //! delivery checks one empty map before taking the usual path, so the push path is unchanged.
 
 use std::collections::{HashMap, VecDeque};
 
-use gateway_core::{ConnId, Topic};
+use gateway_core::{AppName, ConnId, Position, Topic};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Held frames per connection, and which connections wait for each pending topic.
@@ -28,9 +33,41 @@ pub(super) struct Held {
 
 #[derive(Debug, Default)]
 struct Queue {
-    entries: VecDeque<(Option<Topic>, Message)>,
+    entries: VecDeque<(Option<Topic>, Item)>,
     /// The payload bytes of `entries`.
     bytes: usize,
+}
+
+/// What a held entry is.
+#[derive(Debug)]
+pub(super) enum Item {
+    /// A frame, sent as it is.
+    Frame(Message),
+    /// A push of a subscription with history: a recovery completed behind it may leave it out.
+    Push {
+        message: Message,
+        app: AppName,
+        position: Position,
+    },
+    /// The place of recovery `id`'s reply and replay: it blocks everything behind it until
+    /// [`Held::complete_recovery`] replaces it.
+    Recovery(u64),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Frame(message) | Item::Push { message, .. } => message.len(),
+            Item::Recovery(_) => 0,
+        }
+    }
+
+    fn into_message(self) -> Option<Message> {
+        match self {
+            Item::Frame(message) | Item::Push { message, .. } => Some(message),
+            Item::Recovery(_) => None,
+        }
+    }
 }
 
 /// The most a connection may have held: `limits.outbox_messages` and `limits.outbox_bytes`,
@@ -66,8 +103,19 @@ impl Held {
         message: Message,
         limits: HeldLimits,
     ) -> Result<(), Overflow> {
+        self.hold_item(conn, until, Item::Frame(message), limits)
+    }
+
+    /// Holds `item` for `conn` (see [`Held::hold`]).
+    pub(super) fn hold_item(
+        &mut self,
+        conn: ConnId,
+        until: Option<Topic>,
+        item: Item,
+        limits: HeldLimits,
+    ) -> Result<(), Overflow> {
         let queue = self.queues.entry(conn).or_default();
-        let len = message.len();
+        let len = item.len();
         if queue.entries.len() >= limits.messages
             || (!queue.entries.is_empty() && queue.bytes + len > limits.bytes)
         {
@@ -77,8 +125,71 @@ impl Held {
             self.waiting.entry(topic.clone()).or_default().push(conn);
         }
         queue.bytes += len;
-        queue.entries.push_back((until, message));
+        queue.entries.push_back((until, item));
         Ok(())
+    }
+
+    /// Recovery `id` of `conn` is done: its entry becomes `frames` (the reply, then the
+    /// replayed pushes), the pushes held behind it for which `replayed` is true are left out,
+    /// and what is no longer blocked is returned, in order.
+    pub(super) fn complete_recovery(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        frames: Vec<Message>,
+        replayed: impl Fn(&AppName, &Position) -> bool,
+        pending: impl Fn(&Topic) -> bool,
+    ) -> Vec<(ConnId, Message)> {
+        let Some(queue) = self.queues.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let Some(at) = queue
+            .entries
+            .iter()
+            .position(|(_, item)| matches!(item, Item::Recovery(r) if *r == id))
+        else {
+            return Vec::new();
+        };
+        let (until, _) = queue.entries.remove(at).expect("found above");
+        let mut behind: VecDeque<(Option<Topic>, Item)> = queue.entries.split_off(at);
+        behind.retain(|(_, item)| match item {
+            Item::Push { app, position, .. } => !replayed(app, position),
+            _ => true,
+        });
+        let mut first = true;
+        for message in frames {
+            // The first frame (the reply) keeps the entry's topic gate, if any.
+            let gate = if first { until.clone() } else { None };
+            first = false;
+            queue.entries.push_back((gate, Item::Frame(message)));
+        }
+        queue.entries.append(&mut behind);
+        queue.bytes = queue.entries.iter().map(|(_, item)| item.len()).sum();
+        let mut released = Vec::new();
+        Self::drain_front(conn, queue, &pending, &mut released);
+        if queue.entries.is_empty() {
+            self.queues.remove(&conn);
+        }
+        released
+    }
+
+    /// Takes entries from the front of `queue` up to the first one still blocked.
+    fn drain_front(
+        conn: ConnId,
+        queue: &mut Queue,
+        pending: &impl Fn(&Topic) -> bool,
+        released: &mut Vec<(ConnId, Message)>,
+    ) {
+        while let Some((until, item)) = queue.entries.front() {
+            if until.as_ref().is_some_and(pending) || matches!(item, Item::Recovery(_)) {
+                break;
+            }
+            let (_, item) = queue.entries.pop_front().expect("front exists");
+            queue.bytes -= item.len();
+            if let Some(message) = item.into_message() {
+                released.push((conn, message));
+            }
+        }
     }
 
     /// Takes the connections waiting for `topic` (their frames stay held; the caller closes
@@ -99,14 +210,7 @@ impl Held {
             let Some(queue) = self.queues.get_mut(&conn) else {
                 continue;
             };
-            while let Some((until, _)) = queue.entries.front() {
-                if until.as_ref().is_some_and(&pending) {
-                    break;
-                }
-                let (_, message) = queue.entries.pop_front().expect("front exists");
-                queue.bytes -= message.len();
-                released.push((conn, message));
-            }
+            Self::drain_front(conn, queue, &pending, &mut released);
             if queue.entries.is_empty() {
                 self.queues.remove(&conn);
             }

@@ -17,8 +17,12 @@
 mod batch;
 pub(crate) mod control;
 mod held;
+#[cfg(test)]
+mod history_tests;
 pub(crate) mod outbox;
+mod recovery;
 mod report;
+mod sequencer;
 #[cfg(test)]
 mod tests;
 
@@ -33,17 +37,19 @@ use gateway_broker::{
 };
 use gateway_core::history::History;
 use gateway_core::{
-    Action, AppName, CloseCode, ConnId, Epoch, Frame, HistoryRead, Hub, HubConfig, Input,
-    Publication, Since, Stat, StatPage, Timestamp, Topic,
+    Action, AppName, CloseCode, ConnId, Epoch, Frame, HistoryPolicy, HistoryRead, Hub, HubConfig,
+    Input, Position, Publication, Recovery, Reply, Since, Stat, StatPage, Timestamp, Topic,
 };
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{error, info, warn};
 
-use crate::counters::Counters;
-use held::Held;
+use crate::counters::{Counters, HistoryCounters};
 pub(crate) use held::HeldLimits;
+use held::{Held, Item};
 use outbox::Outbox;
+use recovery::{Job, Purpose, Read, Recoveries};
 pub(crate) use report::run_reporter;
+use sequencer::Sequencer;
 
 #[derive(Debug)]
 struct Inner {
@@ -66,6 +72,14 @@ struct Inner {
     /// The node's own history, when its broker keeps none (the local broker): positions are
     /// given here, under the lock, in the order pushes reach the hub.
     history: Option<History>,
+    /// Which apps keep history (the hub's copy of `[history]`).
+    policy: HistoryPolicy,
+    /// Subscriptions with history waiting for their read, and what their replays covered.
+    recoveries: Recoveries,
+    /// The broker's positioned publications put back in order (brokers that keep history).
+    sequencer: Sequencer,
+    /// The origin of [`Timestamp`]s (the node's `started`).
+    started: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +103,8 @@ pub struct Node {
     control: control::Control,
     /// The origin of the node's [`Timestamp`]s (history's TTLs).
     started: Instant,
+    /// The node itself, for the tasks it starts (history reads).
+    me: OnceLock<Weak<Node>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -97,6 +113,10 @@ impl std::fmt::Debug for Node {
             .field("broker", &self.broker.get())
             .finish_non_exhaustive()
     }
+}
+
+fn timestamp(started: Instant) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_message(frame: Frame) -> Message {
@@ -131,6 +151,8 @@ impl Node {
         counters: Arc<Counters>,
         connect: impl FnOnce(Weak<dyn Inbound>) -> Result<SharedBroker, BrokerError>,
     ) -> Result<Arc<Node>, BrokerError> {
+        let started = Instant::now();
+        let policy = config.history.clone();
         let node = Arc::new(Node {
             hub_config: config.clone(),
             inner: Mutex::new(Inner {
@@ -144,13 +166,19 @@ impl Node {
                 queued_frames: 0,
                 counters: counters.clone(),
                 history: None,
+                policy: policy.clone(),
+                recoveries: Recoveries::default(),
+                sequencer: Sequencer::default(),
+                started,
             }),
             broker: OnceLock::new(),
             counters,
             log_gate: LogGate::default(),
             control: control::Control::default(),
-            started: Instant::now(),
+            started,
+            me: OnceLock::new(),
         });
+        node.me.set(Arc::downgrade(&node)).expect("set once, here");
         let weak: Weak<dyn Inbound> = Arc::downgrade(&node) as Weak<dyn Inbound>;
         let broker = connect(weak)?;
         if !broker.keeps_history() {
@@ -168,8 +196,61 @@ impl Node {
 
     /// Now, as the history's clock reads it.
     pub(crate) fn now(&self) -> Timestamp {
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Timestamp::from_millis(millis)
+        timestamp(self.started)
+    }
+
+    /// Releases the lock, then starts the history reads that what was done under it asked
+    /// for (they await the broker, which must never happen under the lock).
+    fn unlock(&self, mut inner: MutexGuard<'_, Inner>) {
+        let reads = std::mem::take(&mut inner.recoveries.reads);
+        drop(inner);
+        if reads.is_empty() {
+            return;
+        }
+        let (Some(node), Ok(runtime)) = (
+            self.me.get().and_then(Weak::upgrade),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        for read in reads {
+            let node = node.clone();
+            runtime.spawn(async move {
+                let since = read.since.clone();
+                let result = node.broker().history(&read.topic, since, read.limit).await;
+                node.read_done(read, result);
+            });
+        }
+    }
+
+    /// A history read started by [`Node::unlock`] answered.
+    fn read_done(&self, read: Read, result: Result<HistoryRead, BrokerError>) {
+        let result = match result {
+            Ok(found) => Some(found),
+            Err(err) => {
+                HistoryCounters::add(&self.counters.history.reads_failed);
+                if self.log_gate.allow() {
+                    warn!(topic = %read.topic, %err, "history read failed");
+                }
+                None
+            }
+        };
+        let mut inner = self.lock();
+        match read.purpose {
+            Purpose::Recovery(id) => inner.complete_recovery(id, result),
+            Purpose::Hole => inner.fill_hole(&read.topic, result),
+        }
+        inner.apply(self.broker());
+        self.unlock(inner);
+    }
+
+    /// Drops what outlived its TTL from the node's own history (the local broker), so idle
+    /// streams give their memory back without waiting for a push or a read.
+    pub(crate) fn expire_history(&self) {
+        let now = self.now();
+        if let Some(history) = self.lock().history.as_mut() {
+            history.expire(now);
+        }
     }
 
     /// Reads `topic`'s history (see [`Broker::history`]): from the node's own memory with the
@@ -241,6 +322,7 @@ impl Node {
         inner.held.forget(conn);
         inner.hub.handle(Input::Disconnected { conn });
         inner.apply(self.broker());
+        self.unlock(inner);
     }
 
     /// Feeds one input to the hub and carries out what it asks for. Pushes go through
@@ -249,6 +331,7 @@ impl Node {
         let mut inner = self.lock();
         inner.hub.handle(input);
         inner.apply(self.broker());
+        self.unlock(inner);
     }
 
     /// Sends a push to every subscriber of its topic, on every node, through the broker.
@@ -338,6 +421,7 @@ impl Node {
             warn!(closed, topics = overdue.len(), sample = ?sample, "closed connections (1013) whose subscriptions the broker did not confirm in time");
         }
         inner.apply(self.broker());
+        self.unlock(inner);
         closed
     }
 }
@@ -348,17 +432,40 @@ impl Inbound for Node {
             return self.control_message(publication);
         }
         let mut inner = self.lock();
-        let publication = match inner.history.as_mut() {
-            Some(history) if publication.position.is_none() => {
-                match self.hub_config.topic_of(&publication) {
+        match inner.history.as_mut() {
+            Some(history) => {
+                let publication = match self.hub_config.topic_of(&publication) {
                     Some(topic) => history.append(&topic, publication, self.now()),
                     None => publication,
+                };
+                inner.hub.handle(Input::Push(publication));
+            }
+            None if publication.position.is_some() => {
+                let Some(topic) = self.hub_config.topic_of(&publication) else {
+                    return;
+                };
+                let accepted = inner.sequencer.accept(&topic, publication);
+                if accepted.duplicate {
+                    HistoryCounters::add(&self.counters.history.duplicates_dropped);
+                }
+                if let Some(since) = accepted.fetch {
+                    let limit = inner.policy.limits(topic.app()).size;
+                    inner.recoveries.reads.push(Read {
+                        purpose: Purpose::Hole,
+                        topic,
+                        since: Some(since),
+                        limit,
+                    });
+                }
+                for publication in accepted.deliver {
+                    inner.hub.handle(Input::Push(publication));
+                    inner.apply(self.broker());
                 }
             }
-            _ => publication,
-        };
-        inner.hub.handle(Input::Push(publication));
+            None => inner.hub.handle(Input::Push(publication)),
+        }
         inner.apply(self.broker());
+        self.unlock(inner);
     }
 
     fn event(&self, event: BrokerEvent) {
@@ -372,16 +479,32 @@ impl Inbound for Node {
                 let mut inner = self.lock();
                 inner.confirmed(&topic, seq);
                 inner.apply(broker.as_ref());
+                self.unlock(inner);
             }
             BrokerEvent::Gap { topics, cause } => {
                 let total = self.counters.broker_gap(topics.len());
+                let mut inner = self.lock();
+                if !inner.sequencer.is_empty() {
+                    for topic in &topics {
+                        if let Some(since) = inner.sequencer.gap(topic) {
+                            let limit = inner.policy.limits(topic.app()).size;
+                            inner.recoveries.reads.push(Read {
+                                purpose: Purpose::Hole,
+                                topic: topic.clone(),
+                                since: Some(since),
+                                limit,
+                            });
+                        }
+                    }
+                }
+                self.unlock(inner);
                 let sample: Vec<String> = topics.iter().take(5).map(Topic::to_string).collect();
                 warn!(
                     topics = topics.len(),
                     total,
                     cause = cause.as_str(),
                     sample = ?sample,
-                    "pushes to these topics may have been lost on the way from the broker"
+                    "pushes to these topics may have been lost on the way from the broker; those with history are read back from it"
                 );
             }
             BrokerEvent::State { state, error } => match state {
@@ -421,6 +544,7 @@ impl Inner {
     /// Forgets an outbox; the table gives its memory back once it is mostly empty (amortized,
     /// like the hub's tables), so RSS falls after a crowd of connections left.
     fn remove_outbox(&mut self, conn: ConnId) -> Option<Arc<Outbox>> {
+        self.recoveries.forget(conn);
         let outbox = self.outboxes.remove(&conn);
         let capacity = self.outboxes.capacity();
         if capacity > 64 && self.outboxes.len() <= capacity / 4 {
@@ -448,20 +572,228 @@ impl Inner {
         }
     }
 
+    /// A push with its position to subscriptions with history: each connection gets it unless
+    /// a recovery replayed it already; where frames are held it is held with its position, so
+    /// a recovery completed later can leave it out.
+    fn deliver_at(&mut self, conns: Vec<ConnId>, frame: Frame, app: AppName, position: Position) {
+        let message = to_message(frame);
+        let at = Instant::now();
+        let mut delivered = 0;
+        for conn in conns {
+            if self.recoveries.already_sent(conn, &app, &position) {
+                continue;
+            }
+            if self.held.holds(conn) {
+                let item = Item::Push {
+                    message: message.clone(),
+                    app: app.clone(),
+                    position: position.clone(),
+                };
+                if self
+                    .held
+                    .hold_item(conn, None, item, self.held_limits)
+                    .is_err()
+                {
+                    self.hub.handle(Input::OutboxFull { conn });
+                }
+            } else if let Some(outbox) = self.outboxes.get(&conn) {
+                if outbox.push_delivery(message.clone(), at).is_ok() {
+                    delivered += 1;
+                } else {
+                    self.hub.handle(Input::OutboxFull { conn });
+                }
+            }
+        }
+        self.queued_frames += delivered;
+        self.counters.delivered(delivered);
+    }
+
     /// The broker confirmed `topic` (request `seq`): release what waited for it.
     fn confirmed(&mut self, topic: &Topic, seq: u64) {
         match self.pending.get(topic) {
             Some(latest) if seq >= latest.seq => {
                 self.pending.remove(topic);
                 self.release(topic);
+                for id in self.recoveries.confirmed(topic) {
+                    self.start_read(id);
+                }
             }
             _ => {}
+        }
+    }
+
+    /// Sends the reply to a subscription (`frame`): held until the broker confirmed `topic`
+    /// if it has not yet, else queued.
+    fn subscribed(&mut self, conn: ConnId, topic: Topic, frame: Frame) {
+        // Nothing is ever pending with the local broker: skip hashing the topic.
+        if !self.pending.is_empty() && self.pending.contains_key(&topic) {
+            let message = to_message(frame);
+            if self
+                .held
+                .hold(conn, Some(topic), message, self.held_limits)
+                .is_err()
+            {
+                self.hub.handle(Input::OutboxFull { conn });
+            }
+        } else {
+            self.send(conn, to_message(frame));
+        }
+    }
+
+    /// A subscription with history: its place in the connection's queue is held until the
+    /// history is read (once the topic is live here), see [`recovery`].
+    fn subscribed_with_history(&mut self, conn: ConnId, topic: Topic, recovery: Recovery) {
+        let app = topic.app().clone();
+        if !self.policy.enabled(&app) {
+            // No history for this app: no positions, nothing to recover.
+            let recovered = recovery.since().map(|_| false);
+            HistoryCounters::add(&self.counters.history.subscriptions);
+            if recovered.is_some() {
+                HistoryCounters::add(&self.counters.history.not_recovered);
+            }
+            let reply = Reply::SubscribedAt {
+                app,
+                recovered,
+                position: None,
+            };
+            return self.subscribed(conn, topic, reply.frame());
+        }
+        let waiting = !self.pending.is_empty() && self.pending.contains_key(&topic);
+        let gate = waiting.then(|| topic.clone());
+        let id = self.recoveries.start(Job {
+            conn,
+            topic,
+            recovery,
+            waiting,
+        });
+        if self
+            .held
+            .hold_item(conn, gate, Item::Recovery(id), self.held_limits)
+            .is_err()
+        {
+            self.recoveries.finish(id);
+            self.hub.handle(Input::OutboxFull { conn });
+            return;
+        }
+        if !waiting {
+            self.start_read(id);
+        }
+    }
+
+    /// Reads the history recovery `id` needs: at once from the node's own history, else on a
+    /// task once the lock is released.
+    fn start_read(&mut self, id: u64) {
+        let Some(job) = self.recoveries.job(id) else {
+            return;
+        };
+        let since = job.recovery.since().cloned();
+        // The whole kept history fits in one read; without `since` only the top is needed.
+        let limit = if since.is_some() {
+            self.policy.limits(job.topic.app()).size
+        } else {
+            0
+        };
+        let topic = job.topic.clone();
+        if let Some(history) = self.history.as_mut() {
+            let read = history.read(&topic, since.as_ref(), limit, timestamp(self.started));
+            self.complete_recovery(id, Some(read));
+        } else {
+            self.recoveries.reads.push(Read {
+                purpose: Purpose::Recovery(id),
+                topic,
+                since,
+                limit,
+            });
+        }
+    }
+
+    /// Recovery `id`'s read answered (`None`: it failed): the reply and the replay take the
+    /// recovery's place in the connection's queue, and what the replay covered is left out of
+    /// the live stream.
+    fn complete_recovery(&mut self, id: u64, read: Option<HistoryRead>) {
+        let Some(job) = self.recoveries.finish(id) else {
+            return;
+        };
+        let conn = job.conn;
+        if !self.outboxes.contains_key(&conn) {
+            return;
+        }
+        let app = job.topic.app().clone();
+        let (recovered, top, replay) = recovery::outcome(&job.recovery, read);
+        let history = &self.counters.history;
+        HistoryCounters::add(&history.subscriptions);
+        match recovered {
+            Some(true) => HistoryCounters::add(&history.recovered),
+            Some(false) => HistoryCounters::add(&history.not_recovered),
+            None => {}
+        }
+        let mut frames = Vec::with_capacity(1 + replay.len());
+        let reply = Reply::SubscribedAt {
+            app: app.clone(),
+            recovered,
+            position: top.clone(),
+        };
+        frames.push(to_message(reply.frame()));
+        frames.extend(
+            replay
+                .iter()
+                .filter_map(Publication::positioned_frame)
+                .map(to_message),
+        );
+        if let Some(top) = &top {
+            self.recoveries.replayed_up_to(conn, &app, top);
+        }
+        let covered = |a: &AppName, p: &Position| {
+            top.as_ref()
+                .is_some_and(|t| *a == app && p.epoch == t.epoch && p.offset <= t.offset)
+        };
+        let pending = &self.pending;
+        let released = self
+            .held
+            .complete_recovery(conn, id, frames, covered, |t| pending.contains_key(t));
+        self.queue_released(released);
+    }
+
+    /// A read to fill a hole of `topic` answered (`None`: it failed): what it filled goes
+    /// to the hub in order; subscribers with positions hear of what it could not.
+    fn fill_hole(&mut self, topic: &Topic, read: Option<HistoryRead>) {
+        let filled = self.sequencer.fetched(topic, read);
+        let history = &self.counters.history;
+        if filled.lost.is_some() {
+            HistoryCounters::add(&history.holes_lost);
+        } else if !filled.deliver.is_empty() {
+            HistoryCounters::add(&history.holes_filled);
+        }
+        for (index, publication) in filled.deliver.into_iter().enumerate() {
+            if let Some((at, position)) = &filled.lost
+                && *at == index
+            {
+                self.tell_lost(topic, position);
+            }
+            self.hub.handle(Input::Push(publication));
+        }
+    }
+
+    /// `409 pushes to <app> lost` to `topic`'s subscribers with positions.
+    fn tell_lost(&mut self, topic: &Topic, position: &Position) {
+        let frame = Reply::PushesLost {
+            app: topic.app().clone(),
+            position: position.clone(),
+        }
+        .frame();
+        for conn in self.hub.positioned_subscribers(topic) {
+            self.send(conn, to_message(frame.clone()));
         }
     }
 
     fn release(&mut self, topic: &Topic) {
         let pending = &self.pending;
         let released = self.held.release(topic, |t| pending.contains_key(t));
+        self.queue_released(released);
+    }
+
+    /// Queues frames no longer held to their outboxes.
+    fn queue_released(&mut self, released: Vec<(ConnId, Message)>) {
         for (conn, message) in released {
             if let Some(outbox) = self.outboxes.get(&conn) {
                 if outbox.push(message).is_ok() {
@@ -478,22 +810,20 @@ impl Inner {
             match action {
                 Action::Reply { conn, frame } => self.send(conn, to_message(frame)),
                 Action::Subscribed {
-                    conn, topic, frame, ..
-                } => {
-                    // Nothing is ever pending with the local broker: skip hashing the topic.
-                    if !self.pending.is_empty() && self.pending.contains_key(&topic) {
-                        let message = to_message(frame);
-                        if self
-                            .held
-                            .hold(conn, Some(topic), message, self.held_limits)
-                            .is_err()
-                        {
-                            self.hub.handle(Input::OutboxFull { conn });
-                        }
-                    } else {
-                        self.send(conn, to_message(frame));
-                    }
-                }
+                    conn,
+                    topic,
+                    frame,
+                    recovery,
+                } => match recovery {
+                    None => self.subscribed(conn, topic, frame),
+                    Some(recovery) => self.subscribed_with_history(conn, topic, *recovery),
+                },
+                Action::DeliverAt {
+                    conns,
+                    frame,
+                    app,
+                    position,
+                } => self.deliver_at(conns, frame, app, *position),
                 Action::Deliver { conns, frame } => {
                     let message = to_message(frame);
                     // One clock read per publication, copied into each outbox: the start of
@@ -543,8 +873,14 @@ impl Inner {
                 }
                 Action::InterestLost(topic) => {
                     broker.unsubscribe(&topic);
+                    if !self.sequencer.is_empty() {
+                        self.sequencer.forget(&topic);
+                    }
                     if self.pending.remove(&topic).is_some() {
                         self.release(&topic);
+                        for id in self.recoveries.confirmed(&topic) {
+                            self.start_read(id);
+                        }
                     }
                 }
                 other => debug_assert!(false, "an action this driver does not know: {other:?}"),

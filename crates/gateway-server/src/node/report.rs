@@ -94,6 +94,7 @@ pub(crate) async fn run_reporter(
             now: Timestamp::from_millis(unix_millis()),
         });
         node.expire_pending(std::time::Instant::now(), subscribe_timeout);
+        node.expire_history();
         // One node alone answers the cluster view from its own counts (see `admin`); a broker
         // not connected (yet, or any more) cannot take a report: nothing to warn about twice.
         if node.broker().kind() == "local" || node.broker_state() != BrokerState::Connected {

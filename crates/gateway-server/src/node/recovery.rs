@@ -1,0 +1,168 @@
+//! Subscriptions with history: the reply that says where the stream stands, and with `since`
+//! the replay of what the client missed, merged with the live stream without a gap or a
+//! duplicate (`docs/protocol.md`, "History and recovery").
+//!
+//! The hub registers the subscription first, so live pushes reach the connection from that
+//! moment; the node holds them (behind an [`Item::Recovery`] entry of the connection's held
+//! queue) and reads the history only once the topic is live on this node (with a broker: once
+//! it confirmed the subscription). Whatever was published before the read is in the read; what
+//! was published after it arrives live. The reply and the replay then take the entry's place,
+//! and every live push the replay already carried — same epoch, offset up to the top the read
+//! saw — is left out, both those held and those still on their way from the broker
+//! ([`Recoveries::replayed`]).
+//!
+//! With the local broker the history is the node's own and the read happens at once, under the
+//! node's lock; with Redis or NATS it runs on a task ([`Read`]) and its answer comes back
+//! through [`super::Node::read_done`].
+
+use std::collections::HashMap;
+
+use gateway_core::{AppName, ConnId, Epoch, HistoryRead, Position, Recovery, Since, Topic};
+
+/// A subscription's recovery, from the hub's action until its read answered.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub(super) conn: ConnId,
+    pub(super) topic: Topic,
+    pub(super) recovery: Recovery,
+    /// Waiting for the broker to confirm the topic before reading.
+    pub(super) waiting: bool,
+}
+
+/// A history read to run once the node's lock is released.
+#[derive(Debug)]
+pub(super) struct Read {
+    pub(super) purpose: Purpose,
+    pub(super) topic: Topic,
+    pub(super) since: Option<Since>,
+    pub(super) limit: usize,
+}
+
+/// Who asked for a [`Read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Recovery job `id`.
+    Recovery(u64),
+    /// The sequencer, to fill a hole of the topic.
+    Hole,
+}
+
+/// What the replay of a completed recovery covered: the connection's pushes of `app` in
+/// `epoch` up to `offset` were replayed (or predate the subscription), so live copies of them
+/// are left out until a newer one passes.
+#[derive(Debug, Clone)]
+struct Replayed {
+    app: AppName,
+    epoch: Epoch,
+    offset: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Recoveries {
+    next_id: u64,
+    jobs: HashMap<u64, Job>,
+    /// Reads to start once the lock is released.
+    pub(super) reads: Vec<Read>,
+    replayed: HashMap<ConnId, Vec<Replayed>>,
+}
+
+impl Recoveries {
+    pub(super) fn start(&mut self, job: Job) -> u64 {
+        self.next_id += 1;
+        self.jobs.insert(self.next_id, job);
+        self.next_id
+    }
+
+    pub(super) fn job(&self, id: u64) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    pub(super) fn finish(&mut self, id: u64) -> Option<Job> {
+        self.jobs.remove(&id)
+    }
+
+    /// The jobs that waited for `topic` to be confirmed: they may read now.
+    pub(super) fn confirmed(&mut self, topic: &Topic) -> Vec<u64> {
+        let mut ready: Vec<u64> = self
+            .jobs
+            .iter_mut()
+            .filter(|(_, job)| job.waiting && job.topic == *topic)
+            .map(|(id, job)| {
+                job.waiting = false;
+                *id
+            })
+            .collect();
+        ready.sort_unstable();
+        ready
+    }
+
+    /// From now on, `conn`'s live pushes of `app` up to `top` are left out.
+    pub(super) fn replayed_up_to(&mut self, conn: ConnId, app: &AppName, top: &Position) {
+        let entries = self.replayed.entry(conn).or_default();
+        entries.retain(|r| r.app != *app);
+        entries.push(Replayed {
+            app: app.clone(),
+            epoch: top.epoch.clone(),
+            offset: top.offset,
+        });
+    }
+
+    /// Whether `conn` already has the push of `app` at `position` (from a replay). A newer
+    /// push, or one of another run, ends the check for that app: the stream reaches this node
+    /// in order, so nothing older follows it.
+    pub(super) fn already_sent(
+        &mut self,
+        conn: ConnId,
+        app: &AppName,
+        position: &Position,
+    ) -> bool {
+        if self.replayed.is_empty() {
+            return false;
+        }
+        let Some(entries) = self.replayed.get_mut(&conn) else {
+            return false;
+        };
+        let Some(at) = entries.iter().position(|r| r.app == *app) else {
+            return false;
+        };
+        let entry = &entries[at];
+        if entry.epoch == position.epoch && position.offset <= entry.offset {
+            return true;
+        }
+        entries.swap_remove(at);
+        if entries.is_empty() {
+            self.replayed.remove(&conn);
+        }
+        false
+    }
+
+    /// `conn` is gone.
+    pub(super) fn forget(&mut self, conn: ConnId) {
+        if !self.replayed.is_empty() {
+            self.replayed.remove(&conn);
+        }
+    }
+}
+
+/// What to answer a recovery whose read returned `read` (`None`: the read failed): whether it
+/// recovered (`since` only), the stream's top, and the pushes to replay.
+pub(super) fn outcome(
+    recovery: &Recovery,
+    read: Option<HistoryRead>,
+) -> (
+    Option<bool>,
+    Option<Position>,
+    Vec<gateway_core::Publication>,
+) {
+    let since = recovery.since();
+    let Some(read) = read else {
+        return (since.map(|_| false), None, Vec::new());
+    };
+    let recovered = since.map(|since| read.recovered(since));
+    let replay = if recovered == Some(true) {
+        read.publications
+    } else {
+        Vec::new()
+    };
+    (recovered, read.top, replay)
+}

@@ -1,0 +1,312 @@
+//! Puts a broker's positioned publications back in offset order before the hub sees them, and
+//! turns lost ones into a history read.
+//!
+//! A broker that keeps history gives each publication of a stream the next offset, but what
+//! reaches this node may still have holes or come out of order: a reconnect or a slow-consumer
+//! drop loses publications (Redis, NATS core), and with NATS two publishers' announcements may
+//! arrive in either order, or not at all when a publisher died between storing and announcing.
+//! So per topic this node remembers the last offset it passed on. The next one goes straight
+//! through; an older one is a duplicate and is dropped; a newer one means a hole: it waits, with
+//! what follows it, while the missing ones are read from the history ([`Sequencer::fetched`]),
+//! and then everything goes out in order. A broker's gap report starts the same read
+//! ([`Sequencer::gap`]). What the history cannot give back any more is reported, so the node
+//! can tell the subscribers that asked for positions (`409 pushes to x lost`).
+//!
+//! Only streams this node has seen a publication of are tracked; a topic is forgotten when the
+//! node's interest in it ends.
+
+use std::collections::{BTreeMap, HashMap};
+
+use gateway_core::{HistoryRead, Position, Publication, Since, Topic};
+
+/// Publications that may wait behind one hole; past this the hole is given up (reported as
+/// lost) rather than hold more.
+const MAX_WAITING: usize = 10_000;
+
+#[derive(Debug, Default)]
+pub(super) struct Sequencer {
+    streams: HashMap<Topic, Stream>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// The last position passed on.
+    last: Position,
+    /// A history read for this topic is running: arrivals wait in `waiting`.
+    fetching: bool,
+    /// Publications that arrived after a hole, by offset.
+    waiting: BTreeMap<u64, Publication>,
+}
+
+/// What [`Sequencer::accept`] decided.
+#[derive(Debug, Default)]
+pub(super) struct Accepted {
+    /// To hand to the hub, in this order.
+    pub(super) deliver: Vec<Publication>,
+    /// Read the topic's history after this position (a hole was found).
+    pub(super) fetch: Option<Since>,
+    /// The arrival was a duplicate.
+    pub(super) duplicate: bool,
+}
+
+/// What a history read filled in.
+#[derive(Debug, Default)]
+pub(super) struct Filled {
+    pub(super) deliver: Vec<Publication>,
+    /// Pushes were lost for good before `deliver[index]`: the position right before that one
+    /// (what subscribers with positions continue from).
+    pub(super) lost: Option<(usize, Position)>,
+}
+
+impl Sequencer {
+    pub(super) fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// A positioned publication of `topic` arrived from the broker.
+    pub(super) fn accept(&mut self, topic: &Topic, publication: Publication) -> Accepted {
+        let Some(position) = publication.position.clone() else {
+            return Accepted {
+                deliver: vec![publication],
+                ..Accepted::default()
+            };
+        };
+        let Some(stream) = self.streams.get_mut(topic) else {
+            self.streams.insert(
+                topic.clone(),
+                Stream {
+                    last: position,
+                    fetching: false,
+                    waiting: BTreeMap::new(),
+                },
+            );
+            return Accepted {
+                deliver: vec![publication],
+                ..Accepted::default()
+            };
+        };
+        if stream.fetching {
+            if position.epoch == stream.last.epoch && position.offset <= stream.last.offset {
+                return Accepted {
+                    duplicate: true,
+                    ..Accepted::default()
+                };
+            }
+            stream.waiting.insert(position.offset, publication);
+            if stream.waiting.len() > MAX_WAITING {
+                // The read takes too long: stop holding; the hole (if any) is lost.
+                stream.fetching = false;
+                let filled = stream.drain(Vec::new());
+                return Accepted {
+                    deliver: filled.deliver,
+                    ..Accepted::default()
+                };
+            }
+            return Accepted::default();
+        }
+        if position.epoch != stream.last.epoch {
+            // A new run (the stream's history was reset): start over from it.
+            stream.last = position;
+            return Accepted {
+                deliver: vec![publication],
+                ..Accepted::default()
+            };
+        }
+        if position.offset <= stream.last.offset {
+            return Accepted {
+                duplicate: true,
+                ..Accepted::default()
+            };
+        }
+        if position.offset == stream.last.offset + 1 {
+            stream.last = position;
+            return Accepted {
+                deliver: vec![publication],
+                ..Accepted::default()
+            };
+        }
+        stream.fetching = true;
+        stream.waiting.insert(position.offset, publication);
+        Accepted {
+            fetch: Some(Since::After(stream.last.clone())),
+            ..Accepted::default()
+        }
+    }
+
+    /// The broker reported that publications of `topic` may have been lost: the position to
+    /// read the history after, unless a read is running already or nothing was seen yet.
+    pub(super) fn gap(&mut self, topic: &Topic) -> Option<Since> {
+        let stream = self.streams.get_mut(topic)?;
+        if stream.fetching {
+            return None;
+        }
+        stream.fetching = true;
+        Some(Since::After(stream.last.clone()))
+    }
+
+    /// The history read of `topic` ended (`Err`: it failed): what can go out now, in order.
+    pub(super) fn fetched(&mut self, topic: &Topic, read: Option<HistoryRead>) -> Filled {
+        let Some(stream) = self.streams.get_mut(topic) else {
+            return Filled::default();
+        };
+        if !stream.fetching {
+            return Filled::default();
+        }
+        stream.fetching = false;
+        let found = read.map(|read| read.publications).unwrap_or_default();
+        stream.drain(found)
+    }
+
+    /// The node's interest in `topic` ended.
+    pub(super) fn forget(&mut self, topic: &Topic) {
+        self.streams.remove(topic);
+    }
+}
+
+impl Stream {
+    /// Passes on `found` (from the history) and what waited, in offset order, without
+    /// duplicates; reports a hole that neither filled.
+    fn drain(&mut self, found: Vec<Publication>) -> Filled {
+        let mut ordered = std::mem::take(&mut self.waiting);
+        for publication in found {
+            if let Some(position) = &publication.position
+                && position.epoch == self.last.epoch
+                && position.offset > self.last.offset
+            {
+                ordered.entry(position.offset).or_insert(publication);
+            }
+        }
+        let mut filled = Filled::default();
+        for (offset, publication) in ordered {
+            let Some(position) = publication.position.clone() else {
+                continue;
+            };
+            let same_run = position.epoch == self.last.epoch;
+            if same_run && offset <= self.last.offset {
+                continue;
+            }
+            if (!same_run || offset != self.last.offset + 1) && filled.lost.is_none() {
+                let before = Position::new(offset - 1, position.epoch.clone());
+                filled.lost = Some((filled.deliver.len(), before));
+            }
+            self.last = position;
+            filled.deliver.push(publication);
+        }
+        filled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use gateway_core::{AppName, Epoch, PushMessage};
+
+    fn topic() -> Topic {
+        Topic::App(AppName::parse("match", 128).unwrap())
+    }
+
+    fn push(offset: u64, epoch: &str) -> Publication {
+        let mut p = Publication::from(PushMessage {
+            app: AppName::parse("match", 128).unwrap(),
+            member_id: -1,
+            text: offset.to_string(),
+        });
+        p.position = Some(Position::new(offset, Epoch::parse(epoch).unwrap()));
+        p
+    }
+
+    fn offsets(publications: &[Publication]) -> Vec<u64> {
+        publications
+            .iter()
+            .map(|p| p.position.as_ref().unwrap().offset)
+            .collect()
+    }
+
+    #[test]
+    fn in_order_arrivals_pass_and_duplicates_are_dropped() {
+        let mut s = Sequencer::default();
+        for offset in [5, 6, 7] {
+            assert_eq!(
+                offsets(&s.accept(&topic(), push(offset, "e")).deliver),
+                [offset]
+            );
+        }
+        let again = s.accept(&topic(), push(6, "e"));
+        assert!(again.duplicate && again.deliver.is_empty());
+    }
+
+    #[test]
+    fn a_hole_waits_for_the_history_and_everything_goes_out_in_order() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(1, "e"));
+        // 4 arrives before 2 and 3 (another publisher's, or they were lost).
+        let hole = s.accept(&topic(), push(4, "e"));
+        assert!(hole.deliver.is_empty());
+        assert_eq!(
+            hole.fetch,
+            Some(Since::After(Position::new(1, Epoch::parse("e").unwrap())))
+        );
+        // 5 waits behind the hole; 2 arrives live meanwhile and waits too.
+        assert!(s.accept(&topic(), push(5, "e")).deliver.is_empty());
+        assert!(s.accept(&topic(), push(2, "e")).deliver.is_empty());
+        let read = HistoryRead {
+            publications: vec![push(2, "e"), push(3, "e"), push(4, "e")],
+            ..HistoryRead::default()
+        };
+        let filled = s.fetched(&topic(), Some(read));
+        assert_eq!(offsets(&filled.deliver), [2, 3, 4, 5]);
+        assert_eq!(filled.lost, None);
+        // The late live copy of 3 is a duplicate now.
+        assert!(s.accept(&topic(), push(3, "e")).duplicate);
+        assert_eq!(offsets(&s.accept(&topic(), push(6, "e")).deliver), [6]);
+    }
+
+    #[test]
+    fn what_the_history_no_longer_holds_is_reported_lost() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(1, "e"));
+        let _ = s.accept(&topic(), push(9, "e"));
+        let read = HistoryRead {
+            publications: vec![push(7, "e"), push(8, "e")],
+            ..HistoryRead::default()
+        };
+        let filled = s.fetched(&topic(), Some(read));
+        assert_eq!(offsets(&filled.deliver), [7, 8, 9]);
+        assert_eq!(
+            filled.lost,
+            Some((0, Position::new(6, Epoch::parse("e").unwrap())))
+        );
+        // A failed read gives out what waited, and reports the hole.
+        let _ = s.accept(&topic(), push(12, "e"));
+        let filled = s.fetched(&topic(), None);
+        assert_eq!(offsets(&filled.deliver), [12]);
+        assert_eq!(filled.lost.unwrap().1.offset, 11);
+    }
+
+    #[test]
+    fn a_gap_report_reads_after_the_last_position_once() {
+        let mut s = Sequencer::default();
+        assert_eq!(s.gap(&topic()), None, "nothing seen: nothing to read after");
+        let _ = s.accept(&topic(), push(3, "e"));
+        assert!(s.gap(&topic()).is_some());
+        assert_eq!(s.gap(&topic()), None, "a read is running");
+        let filled = s.fetched(
+            &topic(),
+            Some(HistoryRead {
+                publications: vec![push(3, "e"), push(4, "e")],
+                ..HistoryRead::default()
+            }),
+        );
+        assert_eq!(offsets(&filled.deliver), [4]);
+        assert_eq!(filled.lost, None);
+    }
+
+    #[test]
+    fn a_new_run_starts_over() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(40, "e1"));
+        assert_eq!(offsets(&s.accept(&topic(), push(1, "e2")).deliver), [1]);
+        assert_eq!(offsets(&s.accept(&topic(), push(2, "e2")).deliver), [2]);
+    }
+}
