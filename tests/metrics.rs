@@ -142,6 +142,15 @@ async fn a_known_sequence_moves_every_counter_by_exactly_its_events() {
         .send(r#"{"member_id":123456,"token":"wrong"}"#)
         .await;
     refused.expect(&common::unauthorized()).await;
+    // Two subscriptions with history: one recovers (nothing was ever pushed), one cannot.
+    refused
+        .send(r#"{"app":"news","since":{"offset":0,"epoch":""}}"#)
+        .await;
+    assert!(refused.recv().await.contains(r#"\"recovered\":true"#));
+    refused
+        .send(r#"{"app":"news","since":{"offset":5,"epoch":"gone"}}"#)
+        .await;
+    assert!(refused.recv().await.contains(r#"\"recovered\":false"#));
     server.push_ok("match", -1, "hello").await;
     reader
         .expect(r#"{"app":"match","member_id":-1,"text":"hello"}"#)
@@ -195,9 +204,13 @@ async fn a_known_sequence_moves_every_counter_by_exactly_its_events() {
         1.0 + (slow_pushes - 1) as f64
     );
     assert_eq!(delta("ws_gateway_slow_consumer_closes_total"), 1.0);
+    assert_eq!(delta("ws_gateway_history_subscriptions_total"), 2.0);
+    assert_eq!(delta("ws_gateway_history_recovered_total"), 1.0);
+    assert_eq!(delta("ws_gateway_history_not_recovered_total"), 1.0);
+    assert_eq!(delta("ws_gateway_history_holes_lost_total"), 0.0);
     assert_eq!(after.get(r#"ws_gateway_subscriptions{app="match"}"#), 1.0);
     assert!(!after.has(r#"ws_gateway_subscriptions{app="slow"}"#));
-    assert_eq!(after.get("ws_gateway_apps"), 1.0);
+    assert_eq!(after.get("ws_gateway_apps"), 2.0, "match and news");
     // At least the reader's batch was written; the stuck client's batches depend on the
     // socket buffers.
     assert!(delta("ws_gateway_push_to_write_seconds_count") >= 1.0);

@@ -321,6 +321,51 @@ impl Collector for Scrape {
             )?;
         }
 
+        // History and recovery.
+        let h = &c.history;
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        for (name, help, value) in [
+            (
+                "ws_gateway_history_subscriptions",
+                "Subscriptions with recover or since answered.",
+                load(&h.subscriptions),
+            ),
+            (
+                "ws_gateway_history_recovered",
+                "Subscriptions with since answered recovered:true.",
+                load(&h.recovered),
+            ),
+            (
+                "ws_gateway_history_not_recovered",
+                "Subscriptions with since answered recovered:false.",
+                load(&h.not_recovered),
+            ),
+            (
+                "ws_gateway_history_reads_failed",
+                "History reads the broker did not answer.",
+                load(&h.reads_failed),
+            ),
+            (
+                "ws_gateway_history_duplicates_dropped",
+                "Publications that reached this node twice and were dropped.",
+                load(&h.duplicates_dropped),
+            ),
+            (
+                "ws_gateway_history_holes_filled",
+                "Holes in a stream on the way from the broker that the history filled.",
+                load(&h.holes_filled),
+            ),
+            (
+                "ws_gateway_history_holes_lost",
+                "Holes the history could not fill (409 pushes lost sent).",
+                load(&h.holes_lost),
+            ),
+        ] {
+            counter(e, name, help, value)?;
+        }
+
         // The process.
         if let Some(p) = &self.process {
             counter_f64(
