@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod faults;
+mod history;
 mod support;
 
 use std::collections::BTreeMap;
