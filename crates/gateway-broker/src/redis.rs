@@ -26,6 +26,8 @@
 //! | no answer within `publish_timeout` | `TimedOut` |
 //! | the connection failed after the `PUBLISH` was handed to it | `Failed` |
 //! | Redis answered with an error, or with something other than an integer | `Failed` |
+//! | (history) the script was missing (`NOSCRIPT`): it did not run, and is sent again at once as `EVAL`, within the same deadline | as that `EVAL`'s |
+//! | (history, `publish_all`) `NOSCRIPT`, and a later push of the same stream in the same pipeline ran (the script came back meanwhile): sending it now would overtake that one | `Unavailable` (not published) |
 //!
 //! Once a command is handed to the redis crate's multiplexed connection, a failure cannot
 //! tell whether its bytes were written: a connection that broke before the write and one that
@@ -77,8 +79,29 @@
 //! the keys, and drops from the set the nodes whose key expired (a node that dropped out this
 //! way while it was reporting again comes back with its next report).
 //!
-//! This broker does not keep history, does not use Redis Cluster (sharding is by app, over
-//! independent servers) and does not need RESP3 (it speaks RESP2, which every Redis speaks).
+//! # History
+//! The broker [keeps history](Broker::keeps_history) for every app whose
+//! [`HistoryPolicy`](gateway_core::HistoryPolicy) (`BrokerSettings::history`) enables it
+//! (docs/protocol.md, "History in a cluster", "Redis"). Each stream (a topic) has two keys on
+//! its app's shard, next to its channel: `<channel>.meta`, a hash of the run's `epoch` and
+//! newest `offset`, and `<channel>.log`, a Redis stream of the kept pushes (entry ID
+//! `<offset>-0`, fields `t`, the server's time in ms, and `m`, the wire message).
+//! - A publication runs `publish.lua` instead of a bare `PUBLISH`: it takes the stream's run
+//!   (or starts one with the epoch the node drew, deleting any older log), gives the push the
+//!   next offset, appends it with `XADD … MAXLEN <size>`, refreshes the log's expiry (the app's
+//!   TTL) and the meta's ([`RedisOptions::history_meta_ttl`], at least the TTL), and
+//!   `PUBLISH`es it as wire version 2, and answers with the position. Redis runs a script
+//!   alone, so every node sees the same offsets, contiguous, in one order. Apps without history
+//!   publish as before: a `PUBLISH` of version 1, no keys.
+//! - [`Broker::history`] runs `read.lua`: the run, the oldest offset still within the TTL, and
+//!   the entries after a position of the current run, in one step.
+//! - The scripts are loaded (`SCRIPT LOAD`) on every new publisher connection, and called by
+//!   `EVALSHA`; a server that lost them answers `NOSCRIPT` (the script did not run), and the
+//!   call is sent again as `EVAL`, which also loads it.
+//!
+//! This broker does not use Redis Cluster (sharding is by app, over independent servers) and
+//! does not need RESP3 (it speaks RESP2, which every Redis speaks). History needs Redis 5 or
+//! later (streams) and the right to run scripts.
 //!
 //! ```no_run
 //! # use std::sync::Arc;

@@ -20,7 +20,7 @@ use gateway_broker::redis::RedisBroker;
 use gateway_broker::{
     Broker, BrokerError, BrokerEvent, BrokerSettings, BrokerState, Inbound, NodeReport, wire,
 };
-use gateway_core::{MemberId, Topic};
+use gateway_core::{HistoryPolicy, MemberId, Topic};
 use test_servers::RedisServer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -408,17 +408,29 @@ fn connecting_outside_a_runtime_is_a_configuration_error() {
 }
 
 /// The push path's throughput through one Redis: 50 concurrent pushers, as 50 HTTP clients
-/// would be. Run with:
+/// would be, with history off (a `PUBLISH` each) and on (a run of the publish script each:
+/// offset, `XADD` with `MAXLEN`, `PUBLISH`). Run with:
 /// `cargo test --release -p gateway-broker --test redis -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, not a check; run it in release"]
 async fn publish_throughput_through_one_redis() {
+    for (label, history) in [
+        ("history off", HistoryPolicy::off()),
+        ("history on ", HistoryPolicy::default()),
+        ("history off", HistoryPolicy::off()),
+        ("history on ", HistoryPolicy::default()),
+    ] {
+        measure_throughput(label, history).await;
+    }
+}
+
+async fn measure_throughput(label: &str, history: HistoryPolicy) {
     const PUSHERS: usize = 50;
     const EACH: usize = 4_000;
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    let mut sender = Node::start("a", &urls);
-    let mut receiver = Node::start("b", &urls);
+    let mut sender = Node::start_history("a", &urls, history.clone());
+    let mut receiver = Node::start_history("b", &urls, history);
     sender.state(BrokerState::Connected).await;
     let topic = public("match");
     receiver.subscribe(&topic, 1).await;
@@ -445,9 +457,12 @@ async fn publish_throughput_through_one_redis() {
     let delivered = started.elapsed();
     let total = (PUSHERS * EACH) as f64;
     println!(
-        "{} pushes: published at {:.0}/s, delivered at {:.0}/s",
+        "{label}: {} pushes: published at {:.0}/s, delivered at {:.0}/s; the log key: {} bytes",
         PUSHERS * EACH,
         total / published.as_secs_f64(),
-        total / delivered.as_secs_f64()
+        total / delivered.as_secs_f64(),
+        redis
+            .command(&["MEMORY", "USAGE", "gw.a.match.log"])
+            .unwrap_or_default()
     );
 }
