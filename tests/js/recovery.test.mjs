@@ -17,6 +17,8 @@ const OPTIONS = {
   pingIntervalMs: 0,
   reconnect: { initialDelayMs: 10, maxDelayMs: 100, factor: 2, jitter: 0.5, stableAfterMs: 60_000 },
 };
+// Every test ends within this, even when a reply it awaits never comes.
+const BOUNDED = { timeout: 30_000 };
 let cleanup = [];
 
 afterEach(async () => {
@@ -66,7 +68,7 @@ async function cutAway(client, proxy) {
   return () => { proxy.blocked = false; };
 }
 
-test("subscribe requests: recover first, then since with the last position on every reconnect", async () => {
+test("subscribe requests: recover first, then since with the last position on every reconnect", BOUNDED, async () => {
   const { gateway, proxy, module } = await gatewayAndProxy();
   const { client, sent, lost } = await clientThrough(module, proxy);
   assert.deepEqual(await client.subscribe("plain"), { code: 200, message: "subscribe plain success" });
@@ -139,7 +141,7 @@ test("subscribe requests: recover first, then since with the last position on ev
   assert.deepEqual(client.stats, { duplicatesDropped: 0, pushesLost: 0 });
 });
 
-test("pushes sent while the connection was cut are replayed once, in order, with positions", async () => {
+test("pushes sent while the connection was cut are replayed once, in order, with positions", BOUNDED, async () => {
   const { gateway, proxy, module } = await gatewayAndProxy();
   const { client, lost } = await clientThrough(module, proxy, { memberId: MEMBER, token: TOKEN });
   await client.subscribe("match", { recover: true });
@@ -217,7 +219,7 @@ async function pushThroughCuts(recover, ms = 2_000) {
   return { numbers, positions, sent, lost, stats: client.stats, sockets: proxy.accepted };
 }
 
-test("steady pushes through repeated cuts: with recovery every push arrives once and in order", async () => {
+test("steady pushes through repeated cuts: with recovery every push arrives once and in order", BOUNDED, async () => {
   const { numbers, positions, sent, lost, stats, sockets } = await pushThroughCuts(true);
   assert.ok(sockets >= 5, `only ${sockets} connections: the proxy did not cut`);
   assert.deepEqual(numbers, Array.from({ length: sent }, (_, i) => i + 1));
@@ -226,7 +228,7 @@ test("steady pushes through repeated cuts: with recovery every push arrives once
   assert.deepEqual(stats, { duplicatesDropped: 0, pushesLost: 0 });
 });
 
-test("steady pushes through repeated cuts: without recovery pushes are lost (the test above can fail)", async () => {
+test("steady pushes through repeated cuts: without recovery pushes are lost (the test above can fail)", BOUNDED, async () => {
   const { numbers, sent, sockets } = await pushThroughCuts(false);
   assert.ok(sockets >= 5, `only ${sockets} connections: the proxy did not cut`);
   assert.ok(numbers.length < sent, `all ${sent} arrived without recovery`);
@@ -265,11 +267,11 @@ async function tooFarBack(config, away) {
   assert.deepEqual(client.stats, { duplicatesDropped: 0, pushesLost: 1 });
 }
 
-test("away longer than the history reaches (100 pushes by default): recovered false, pushesLost", async () => {
+test("away longer than the history reaches (100 pushes by default): recovered false, pushesLost", BOUNDED, async () => {
   await tooFarBack(CONFIG, 101);
 });
 
-test("away longer than a small history ([history] size = 2): recovered false, pushesLost", async (t) => {
+test("away longer than a small history ([history] size = 2): recovered false, pushesLost", BOUNDED, async (t) => {
   const config = `${CONFIG}\n[history]\nsize = 2\n`;
   try {
     await (await startGateway(config)).stop();
@@ -285,7 +287,7 @@ test("away longer than a small history ([history] size = 2): recovered false, pu
   await tooFarBack(config, 3);
 });
 
-test("the gateway restarted (its history lost): the new epoch comes with pushesLost", async () => {
+test("the gateway restarted (its history lost): the new epoch comes with pushesLost", BOUNDED, async () => {
   const { started, gateway, proxy, module } = await gatewayAndProxy();
   const { client, lost } = await clientThrough(module, proxy);
   await client.subscribe("match", { recover: true });
@@ -353,7 +355,7 @@ class ScriptedSocket {
   }
 }
 
-test("the 409 notice and a duplicate push (scripted gateway): events, stats, the next since", async () => {
+test("the 409 notice and a duplicate push (scripted gateway): events, stats, the next since", BOUNDED, async () => {
   const { module } = await gatewayAndProxy();
   const client = new module.GatewayClient("ws://scripted/", {
     ...OPTIONS, WebSocket: ScriptedSocket, reconnect: { initialDelayMs: 1, maxDelayMs: 1, jitter: 0 },
