@@ -305,6 +305,72 @@ async fn a_host_name_is_resolved_and_served() {
     assert!(status.success());
 }
 
+/// `[history]` through every layer: its defaults, the file (overrides by pattern), the
+/// environment over the file, and refusals naming the key and the layer.
+#[tokio::test]
+async fn history_keys_come_from_every_layer_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        r#"
+[history]
+size = 50
+[history.apps."chat-*"]
+size = 500
+ttl_s = 60
+"#,
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let output = run(
+        &["check-config", "--config", path],
+        &[("WS_GATEWAY_HISTORY__TTL_S", "90")],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    let from_file = format!("file {path}");
+    assert_eq!(line(&printed, "history.size"), ("50", from_file.as_str()));
+    assert_eq!(
+        line(&printed, "history.ttl_s"),
+        ("90", "env WS_GATEWAY_HISTORY__TTL_S")
+    );
+    assert_eq!(line(&printed, "history.max_bytes"), ("67108864", "default"));
+    assert_eq!(
+        line(&printed, "history.apps.chat-*.size"),
+        ("500", from_file.as_str())
+    );
+    assert_eq!(
+        line(&printed, "limits.max_history_page"),
+        ("1000", "default")
+    );
+
+    let too_big = run(
+        &["check-config", "--config", path],
+        &[("WS_GATEWAY_HISTORY__SIZE", "100001")],
+    )
+    .await;
+    assert_eq!(too_big.status.code(), Some(2));
+    assert!(
+        stderr(&too_big).starts_with(
+            "error: environment variable `WS_GATEWAY_HISTORY__SIZE`: key `history.size`: at most 100000"
+        ),
+        "{}",
+        stderr(&too_big)
+    );
+    std::fs::write(&file, "[history.apps.\"chat-*\"]\nttl_s = 0\n").unwrap();
+    let no_ttl = run(&["check-config", "--config", path], &[]).await;
+    assert_eq!(no_ttl.status.code(), Some(2));
+    assert!(
+        stderr(&no_ttl).contains(&format!(
+            "config file `{path}`: key `history.apps.chat-*.ttl_s`: must be at least 1"
+        )),
+        "{}",
+        stderr(&no_ttl)
+    );
+}
+
 /// Every example configuration loads, so that none of them rots.
 #[test]
 fn every_example_configuration_loads() {

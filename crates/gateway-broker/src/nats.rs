@@ -1,5 +1,11 @@
-//! The NATS broker: NATS core pub/sub, one subject per topic ([`wire::channel`]), the cluster
-//! view in a JetStream key-value bucket.
+//! The NATS broker: NATS core pub/sub, one subject per topic ([`wire::channel`]); the history
+//! of apps that keep one in a JetStream stream (`nats/history.rs`), the cluster view in a
+//! JetStream key-value bucket.
+//!
+//! A publication to an app with history is first stored in JetStream with its position
+//! (offsets given by compare-and-set, the same on every node), and only once JetStream has it
+//! published on the topic's live subject, as wire version 2; everything below holds for that
+//! live publication. Apps without history publish on the live subject alone, wire version 1.
 //!
 //! # What NATS guarantees, and what it does not
 //! - **Order.** A NATS server reads each connection in order and fans each message out before
@@ -87,8 +93,8 @@
 //! # The cluster view
 //! Reports live in the JetStream key-value bucket `<prefix>-nodes` (history 1, maximum age the
 //! report's TTL), one key per node; see [`NatsBroker::report`]. The NATS server needs
-//! JetStream (`nats-server -js`) for the cluster view only: publications and subscriptions
-//! work without it.
+//! JetStream (`nats-server -js`) for the cluster view and for history; with history off for
+//! every app (`HistoryPolicy::off`), publications and subscriptions work without it.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -96,12 +102,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use async_nats::client::PublishErrorKind;
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use futures_util::FutureExt;
-use gateway_core::{Publication, Topic};
-use tokio::sync::mpsc;
+use gateway_core::{HistoryRead, Publication, Since, Topic};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -111,8 +116,13 @@ use crate::{
 };
 
 mod cluster;
+mod history;
+mod publish;
 mod subscriptions;
 
+use history::HistoryStore;
+pub use history::{MAX_ATTEMPTS, TAIL_CACHE_CAPACITY};
+use publish::{confirm, ensure_history_on_connect, published, send};
 use subscriptions::Interest;
 
 /// Messages one subscription may hold in this process before async-nats drops new ones and
@@ -204,6 +214,8 @@ pub struct NatsBroker {
     /// confirming round trip came back over a later connection may have been lost with the
     /// earlier one.
     disconnections: Arc<AtomicU64>,
+    /// The apps' history on JetStream (see `nats/history.rs`).
+    history: Arc<HistoryStore>,
     shutdown: CancellationToken,
     closed: AtomicBool,
 }
@@ -241,6 +253,8 @@ impl NatsBroker {
         let slow = slow_consumer_reported.clone();
         let disconnections = Arc::new(AtomicU64::new(0));
         let counted = disconnections.clone();
+        let connected = Arc::new(Notify::new());
+        let connected_now = connected.clone();
         let backoff = Mutex::new(Backoff::new(settings.reconnect_min, settings.reconnect_max));
         let options = auth
             .apply(ConnectOptions::new())?
@@ -265,8 +279,12 @@ impl NatsBroker {
                 }
             })
             .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Disconnected) {
-                    counted.fetch_add(1, Ordering::AcqRel);
+                match event {
+                    async_nats::Event::Disconnected => {
+                        counted.fetch_add(1, Ordering::AcqRel);
+                    }
+                    async_nats::Event::Connected => connected_now.notify_one(),
+                    _ => {}
                 }
                 subscriptions::on_event(event, &events, &slow);
                 std::future::ready(())
@@ -285,6 +303,19 @@ impl NatsBroker {
             }
         };
         let shutdown = CancellationToken::new();
+        let history = Arc::new(HistoryStore::new(
+            client.clone(),
+            &settings.prefix,
+            settings.history.clone(),
+            settings.publish_timeout,
+            disconnections.clone(),
+        ));
+        runtime.spawn(ensure_history_on_connect(
+            history.clone(),
+            connected,
+            settings.publish_timeout,
+            shutdown.clone(),
+        ));
         let interest = Arc::new(Interest::default());
         runtime.spawn(subscriptions::run(
             subscriptions::Worker::new(
@@ -303,6 +334,7 @@ impl NatsBroker {
             settings,
             interest,
             disconnections,
+            history,
             shutdown,
             closed: AtomicBool::new(false),
         }))
@@ -310,50 +342,6 @@ impl NatsBroker {
 
     fn connected(&self) -> bool {
         !self.closed.load(Ordering::Acquire) && self.client.connection_state() == State::Connected
-    }
-}
-
-/// Queues one message on the client's connection. Any failure means it was not queued, so
-/// nothing was sent.
-async fn queue(
-    client: &Client,
-    subject: String,
-    payload: bytes::Bytes,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-) -> Result<(), BrokerError> {
-    // `Client::publish` fails only before it queues the message, and its queue's `send`
-    // queues nothing when the timeout gives it up.
-    match tokio::time::timeout_at(deadline, client.publish(subject, payload)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(BrokerError::Unavailable(match e.kind() {
-            PublishErrorKind::Send => "the NATS client has stopped".to_owned(),
-            _ => format!("not sent: {e}"),
-        })),
-        Err(_) => Err(BrokerError::Unavailable(format!(
-            "not sent: the NATS client took no message within {timeout:?}"
-        ))),
-    }
-}
-
-/// Confirms the messages queued so far: the server has them once a round trip behind them
-/// comes back on the connection they were queued on (`epoch`: no disconnection since).
-async fn confirm(
-    client: &Client,
-    disconnections: &AtomicU64,
-    epoch: u64,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-) -> Result<Published, BrokerError> {
-    match tokio::time::timeout_at(deadline, subscriptions::round_trip(client)).await {
-        Ok(Ok(())) if disconnections.load(Ordering::Acquire) == epoch => Ok(Published::new()),
-        Ok(Ok(())) => Err(BrokerError::Failed(
-            "the connection to NATS was lost after the push was queued".into(),
-        )),
-        Ok(Err(e)) => Err(BrokerError::Failed(format!(
-            "no confirmation from NATS: {e}"
-        ))),
-        Err(_) => Err(BrokerError::TimedOut(timeout)),
     }
 }
 
@@ -372,15 +360,26 @@ impl Broker for NatsBroker {
             )));
         }
         let client = self.client.clone();
-        let subject = wire::channel(&self.settings.prefix, topic);
-        let payload = wire::encode(&publication);
+        let history = self.history.clone();
+        let prefix = self.settings.prefix.clone();
+        let topic = topic.clone();
         let timeout = self.settings.publish_timeout;
         let disconnections = self.disconnections.clone();
         Publishing::Pending(Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             let epoch = disconnections.load(Ordering::Acquire);
-            queue(&client, subject, payload, deadline, timeout).await?;
-            confirm(&client, &disconnections, epoch, deadline, timeout).await
+            let position = send(
+                &client,
+                &history,
+                &prefix,
+                &topic,
+                publication,
+                deadline,
+                timeout,
+            )
+            .await?;
+            confirm(&client, &disconnections, epoch, deadline, timeout).await?;
+            Ok(published(position))
         }))
     }
 
@@ -400,27 +399,69 @@ impl Broker for NatsBroker {
             let timeout = self.settings.publish_timeout;
             let deadline = tokio::time::Instant::now() + timeout;
             let epoch = self.disconnections.load(Ordering::Acquire);
-            let mut queued = 0;
+            let mut queued = Vec::with_capacity(publications.len());
             let mut refused = None;
             for (topic, publication) in publications {
-                let subject = wire::channel(&self.settings.prefix, &topic);
-                let payload = wire::encode(&publication);
-                match queue(&self.client, subject, payload, deadline, timeout).await {
-                    Ok(()) => queued += 1,
+                let prefix = &self.settings.prefix;
+                let sent = send(
+                    &self.client,
+                    &self.history,
+                    prefix,
+                    &topic,
+                    publication,
+                    deadline,
+                    timeout,
+                );
+                match sent.await {
+                    Ok(position) => queued.push(position),
                     Err(error) => {
                         refused = Some(error);
                         break;
                     }
                 }
             }
-            let confirmed = if queued > 0 {
-                confirm(&self.client, &self.disconnections, epoch, deadline, timeout).await
+            let confirmed = if queued.is_empty() {
+                Ok(())
             } else {
-                Ok(Published::new())
+                confirm(&self.client, &self.disconnections, epoch, deadline, timeout).await
             };
-            let mut outcomes: Vec<_> = (0..queued).map(|_| confirmed.clone()).collect();
+            let mut outcomes: Vec<_> = queued
+                .into_iter()
+                .map(|position| confirmed.clone().map(|()| published(position)))
+                .collect();
             outcomes.extend(refused.map(Err));
             outcomes
+        })
+    }
+
+    /// Always: apps with history keep it in JetStream (docs/protocol.md, "NATS JetStream").
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    /// Reads `topic`'s history from JetStream, within `publish_timeout` (see
+    /// `nats/history/read.rs`).
+    fn history(
+        &self,
+        topic: &Topic,
+        since: Option<Since>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<HistoryRead, BrokerError>> {
+        let ready = if self.connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(
+                "not connected to a NATS server".into(),
+            ))
+        };
+        let history = self.history.clone();
+        let topic = topic.clone();
+        let live = wire::channel(&self.settings.prefix, &topic);
+        let timeout = self.settings.publish_timeout;
+        Box::pin(async move {
+            ready?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            history.read(&topic, &live, since, limit, deadline).await
         })
     }
 

@@ -26,6 +26,8 @@
 //! | no answer within `publish_timeout` | `TimedOut` |
 //! | the connection failed after the `PUBLISH` was handed to it | `Failed` |
 //! | Redis answered with an error, or with something other than an integer | `Failed` |
+//! | (history) the script was missing (`NOSCRIPT`): it did not run, and is sent again at once as `EVAL`, within the same deadline | as that `EVAL`'s |
+//! | (history, `publish_all`) `NOSCRIPT`, and a later push of the same stream in the same pipeline ran (the script came back meanwhile): sending it now would overtake that one | `Unavailable` (not published) |
 //!
 //! Once a command is handed to the redis crate's multiplexed connection, a failure cannot
 //! tell whether its bytes were written: a connection that broke before the write and one that
@@ -77,8 +79,29 @@
 //! the keys, and drops from the set the nodes whose key expired (a node that dropped out this
 //! way while it was reporting again comes back with its next report).
 //!
-//! This broker does not keep history, does not use Redis Cluster (sharding is by app, over
-//! independent servers) and does not need RESP3 (it speaks RESP2, which every Redis speaks).
+//! # History
+//! The broker [keeps history](Broker::keeps_history) for every app whose
+//! [`HistoryPolicy`](gateway_core::HistoryPolicy) (`BrokerSettings::history`) enables it
+//! (docs/protocol.md, "History in a cluster", "Redis"). Each stream (a topic) has two keys on
+//! its app's shard, next to its channel: `<channel>.meta`, a hash of the run's `epoch` and
+//! newest `offset`, and `<channel>.log`, a Redis stream of the kept pushes (entry ID
+//! `<offset>-0`, fields `t`, the server's time in ms, and `m`, the wire message).
+//! - A publication runs `publish.lua` instead of a bare `PUBLISH`: it takes the stream's run
+//!   (or starts one with the epoch the node drew, deleting any older log), gives the push the
+//!   next offset, appends it with `XADD … MAXLEN <size>`, refreshes the log's expiry (the app's
+//!   TTL) and the meta's ([`RedisOptions::history_meta_ttl`], at least the TTL), and
+//!   `PUBLISH`es it as wire version 2, and answers with the position. Redis runs a script
+//!   alone, so every node sees the same offsets, contiguous, in one order. Apps without history
+//!   publish as before: a `PUBLISH` of version 1, no keys.
+//! - [`Broker::history`] runs `read.lua`: the run, the oldest offset still within the TTL, and
+//!   the entries after a position of the current run, in one step.
+//! - The scripts are loaded (`SCRIPT LOAD`) on every new publisher connection, and called by
+//!   `EVALSHA`; a server that lost them answers `NOSCRIPT` (the script did not run), and the
+//!   call is sent again as `EVAL`, which also loads it.
+//!
+//! This broker does not use Redis Cluster (sharding is by app, over independent servers) and
+//! does not need RESP3 (it speaks RESP2, which every Redis speaks). History needs Redis 5 or
+//! later (streams) and the right to run scripts.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -96,8 +119,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ::redis::{Client, Value};
-use gateway_core::{Publication, Topic};
+use ::redis::Client;
+use gateway_core::{HistoryRead, Publication, Since, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +129,9 @@ use crate::{
     Published, Publishing, Subscription, wire,
 };
 
+mod history;
 mod publisher;
+mod publishing;
 mod subscriber;
 
 use publisher::Publisher;
@@ -127,6 +152,11 @@ pub struct RedisOptions {
     /// Most channels in one `SUBSCRIBE` or `UNSUBSCRIBE`, so that resubscribing a node with
     /// many topics is a few bounded commands rather than one huge one. Default 1000.
     pub batch: usize,
+    /// How long a stream's run (its epoch and newest offset) outlives the stream's last push,
+    /// when that is longer than the app's history TTL. Default 24 h. While the run is kept, a
+    /// client that saw the newest push of an idle stream is told `recovered:true`; after it,
+    /// the next push starts a new epoch and such a client is told `recovered:false`.
+    pub history_meta_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -136,6 +166,7 @@ impl Default for RedisOptions {
             ping_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             batch: 1000,
+            history_meta_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -144,6 +175,7 @@ impl Default for RedisOptions {
 /// stops its tasks and closes its connections.
 pub struct RedisBroker {
     settings: BrokerSettings,
+    options: RedisOptions,
     shards: Vec<Shard>,
     shared: Arc<Shared>,
 }
@@ -184,9 +216,11 @@ impl RedisBroker {
             || options.ping_interval.is_zero()
             || options.ping_timeout.is_zero()
             || options.connect_timeout.is_zero()
+            || options.history_meta_ttl.is_zero()
         {
             return Err(BrokerError::Config(
-                "redis: batch, ping_interval, ping_timeout and connect_timeout must be positive"
+                "redis: batch, ping_interval, ping_timeout, connect_timeout and \
+                 history_meta_ttl must be positive"
                     .into(),
             ));
         }
@@ -228,6 +262,7 @@ impl RedisBroker {
         }
         Ok(Arc::new(RedisBroker {
             settings,
+            options,
             shards,
             shared,
         }))
@@ -298,16 +333,6 @@ fn command_error(error: &::redis::RedisError) -> BrokerError {
     BrokerError::Failed(error.to_string())
 }
 
-/// The number of subscribers that got it (zero is a success too), or why not.
-fn publish_answer(answer: Value) -> Result<Published, BrokerError> {
-    match answer {
-        Value::Int(_) => Ok(Published::new()),
-        other => Err(BrokerError::Failed(format!(
-            "unexpected answer to PUBLISH: {other:?}"
-        ))),
-    }
-}
-
 /// A command handed to the connection failed: it may have been executed.
 fn sent_and_failed(error: &::redis::RedisError, publisher: &Publisher) -> BrokerError {
     if is_connection_error(error) {
@@ -338,103 +363,15 @@ impl Broker for RedisBroker {
     }
 
     fn publish(&self, topic: &Topic, publication: Publication) -> Publishing {
-        let shard = self.shard(topic);
-        let connection = match shard.publisher.connection() {
-            Some(connection) if !self.shared.is_closed() => connection,
-            _ => return Publishing::Done(Err(not_connected(&shard.addr))),
-        };
-        let mut command = ::redis::cmd("PUBLISH");
-        command
-            .arg(wire::channel(&self.settings.prefix, topic))
-            .arg(&wire::encode(&publication)[..]);
-        let timeout = self.settings.publish_timeout;
-        let publisher = shard.publisher.clone();
-        Publishing::Pending(Box::pin(async move {
-            let mut connection = connection;
-            match tokio::time::timeout(timeout, connection.send_packed_command(&command)).await {
-                Err(_) => Err(BrokerError::TimedOut(timeout)),
-                Ok(Ok(answer)) => publish_answer(answer),
-                Ok(Err(error)) => Err(sent_and_failed(&error, &publisher)),
-            }
-        }))
+        self.publish_one(topic, publication)
     }
 
-    /// One pipeline of `PUBLISH`es per shard, in the order given (Redis runs one
-    /// connection's commands in order, and the pipeline goes to the connection's queue as one
-    /// message); the shards' pipelines are sent at once, since a topic lives on one shard.
-    /// A shard that is not connected fails its publications with `Unavailable`; a pipeline
-    /// that fails after it was handed over fails all of its publications alike.
+    /// One pipeline per shard, in the order given; see [`RedisBroker::publish_many`].
     fn publish_all(
         &self,
         publications: Vec<(Topic, Publication)>,
     ) -> BoxFuture<'_, Vec<Result<Published, BrokerError>>> {
-        let count = publications.len();
-        // Per shard used: its index, the positions of its publications, their pipeline.
-        let mut groups: Vec<(usize, Vec<usize>, ::redis::Pipeline)> = Vec::new();
-        for (position, (topic, publication)) in publications.into_iter().enumerate() {
-            let shard = wire::shard_of(topic.app(), self.shards.len());
-            let group = match groups.iter().position(|(s, _, _)| *s == shard) {
-                Some(i) => &mut groups[i],
-                None => {
-                    groups.push((shard, Vec::new(), ::redis::pipe()));
-                    groups.last_mut().expect("just pushed")
-                }
-            };
-            group.1.push(position);
-            group
-                .2
-                .cmd("PUBLISH")
-                .arg(wire::channel(&self.settings.prefix, &topic))
-                .arg(&wire::encode(&publication)[..]);
-        }
-        let timeout = self.settings.publish_timeout;
-        let closed = self.shared.is_closed();
-        let sends: Vec<_> = groups
-            .into_iter()
-            .map(|(shard, positions, pipeline)| {
-                let shard = &self.shards[shard];
-                let connection = shard.publisher.connection().filter(|_| !closed);
-                let (publisher, addr) = (shard.publisher.clone(), shard.addr.clone());
-                async move {
-                    let Some(mut connection) = connection else {
-                        return (positions, Err(not_connected(&addr)));
-                    };
-                    let sent = connection.send_packed_commands(&pipeline, 0, positions.len());
-                    let answers = match tokio::time::timeout(timeout, sent).await {
-                        Err(_) => Err(BrokerError::TimedOut(timeout)),
-                        Ok(Ok(answers)) => Ok(answers),
-                        Ok(Err(error)) => Err(sent_and_failed(&error, &publisher)),
-                    };
-                    (positions, answers)
-                }
-            })
-            .collect();
-        Box::pin(async move {
-            let mut outcomes: Vec<Option<Result<Published, BrokerError>>> =
-                (0..count).map(|_| None).collect();
-            for (positions, answers) in futures_util::future::join_all(sends).await {
-                match answers {
-                    Ok(answers) => {
-                        for (position, answer) in positions.into_iter().zip(answers) {
-                            outcomes[position] = Some(publish_answer(answer));
-                        }
-                    }
-                    Err(error) => {
-                        for position in positions {
-                            outcomes[position] = Some(Err(error.clone()));
-                        }
-                    }
-                }
-            }
-            outcomes
-                .into_iter()
-                .map(|outcome| {
-                    outcome.unwrap_or_else(|| {
-                        Err(BrokerError::Failed("no answer to this PUBLISH".into()))
-                    })
-                })
-                .collect()
-        })
+        self.publish_many(publications)
     }
 
     fn subscribe(&self, topic: &Topic, seq: u64) -> Subscription {
@@ -552,6 +489,19 @@ impl Broker for RedisBroker {
         for shard in &self.shards {
             shard.publisher.clear();
         }
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    fn history(
+        &self,
+        topic: &Topic,
+        since: Option<Since>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<HistoryRead, BrokerError>> {
+        self.read_history(topic, since, limit)
     }
 }
 

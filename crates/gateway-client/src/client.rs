@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientBuilder;
 use crate::error::Error;
-use crate::event::{AuthOutcome, Event, Push};
+use crate::event::{AuthOutcome, ClientStats, Event, Push};
 use crate::protocol::{Request, check_app};
+use crate::recovery::Counters;
 
 /// What a [`Client`] asks of the background task.
 #[derive(Debug)]
@@ -43,6 +45,36 @@ pub struct Client {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) status: watch::Receiver<Status>,
     pub(crate) request_timeout: Duration,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// How to subscribe: [`Client::subscribe_with`]. The default is [`Client::subscribe`]'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Ask the gateway for positions and, after every reconnection, for the pushes missed
+    /// meanwhile (see [`SubscribeOptions::recover`]).
+    pub recover: bool,
+}
+
+impl SubscribeOptions {
+    pub fn new() -> SubscribeOptions {
+        SubscribeOptions::default()
+    }
+
+    /// Subscribe with recovery. The first subscribe sends `{"app":"x","recover":true}`; the
+    /// client then remembers the position of every push it hands out ([`Push::position`]),
+    /// and after a reconnection subscribes again with
+    /// `{"app":"x","since":{"offset":N,"epoch":"e"}}`, so the gateway sends every push
+    /// missed meanwhile before the live ones, in order, as long as its history reaches back
+    /// that far (by default the last 100 pushes of the stream, for 5 minutes). When it does
+    /// not, [`Event::PushesLost`] says so and the client continues from where the stream
+    /// stands. A push whose offset is not past the last one handed out is dropped (and
+    /// counted in [`ClientStats::duplicates_dropped`]), so none is handed out twice.
+    pub fn recover(mut self, recover: bool) -> SubscribeOptions {
+        self.recover = recover;
+        self
+    }
 }
 
 impl Client {
@@ -62,8 +94,25 @@ impl Client {
     /// [`Error::Refused`] (any other refusal), [`Error::InvalidApp`], [`Error::RequestTimeout`],
     /// [`Error::QueueFull`], [`Error::Closed`].
     pub async fn subscribe(&self, app: &str) -> Result<(), Error> {
+        self.subscribe_with(app, SubscribeOptions::default()).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with options, such as recovery of the pushes missed
+    /// while reconnecting ([`SubscribeOptions::recover`]). The last subscribe of an app
+    /// decides: subscribing again without recovery stops it.
+    pub async fn subscribe_with(&self, app: &str, options: SubscribeOptions) -> Result<(), Error> {
         check_app(app)?;
-        self.request(Request::Subscribe(app.to_owned())).await
+        self.request(Request::Subscribe {
+            app: app.to_owned(),
+            recover: options.recover,
+        })
+        .await
+    }
+
+    /// The counters of the streams subscribed with recovery: duplicates dropped, offsets
+    /// skipped silently, losses announced by the gateway.
+    pub fn stats(&self) -> ClientStats {
+        self.counters.snapshot()
     }
 
     /// Unsubscribes from `app` and waits for the gateway's answer; the client stops keeping

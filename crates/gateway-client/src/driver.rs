@@ -18,9 +18,10 @@ use crate::backoff::Backoff;
 use crate::client::{Client, Command, Events, Pushes, Status};
 use crate::config::ClientBuilder;
 use crate::error::Error;
-use crate::event::{AuthOutcome, DisconnectCause, Event, Push};
+use crate::event::{AuthOutcome, DisconnectCause, Event, Position, Push};
 use crate::pacing::Pacing;
-use crate::protocol::{Incoming, Request};
+use crate::protocol::{Incoming, Reply, Request};
+use crate::recovery::{Counters, Streams};
 use crate::transport::{Target, Ws};
 
 /// Requests waiting for the background task. Senders wait when it is full, so this bounds
@@ -43,6 +44,7 @@ pub(crate) async fn start(builder: ClientBuilder) -> Result<(Client, Pushes, Eve
         auth: Some(auth),
         ..Status::default()
     });
+    let counters = Arc::new(Counters::default());
     let driver = Driver {
         target,
         connect_timeout: builder.connect_timeout,
@@ -61,12 +63,14 @@ pub(crate) async fn start(builder: ClientBuilder) -> Result<(Client, Pushes, Eve
         backoff: Backoff::new(builder.reconnect_min, builder.reconnect_max),
         held: None,
         close_waiters: Vec::new(),
+        streams: Streams::new(counters.clone()),
     };
     tokio::spawn(driver.run(ws, auth));
     let client = Client {
         commands: commands_tx,
         status,
         request_timeout: builder.request_timeout,
+        counters,
     };
     Ok((client, Pushes(pushes), Events(events)))
 }
@@ -150,6 +154,8 @@ struct Driver {
     held: Option<Push>,
     /// `Client::close` callers, told (by the drop) when the task has finished.
     close_waiters: Vec<oneshot::Sender<()>>,
+    /// The positions of the kept apps subscribed with recovery.
+    streams: Streams,
 }
 
 impl Driver {
@@ -295,16 +301,30 @@ impl Driver {
                 self.put_back(session, pending);
                 return Ok(());
             }
-            if let Request::Subscribe(app) = &pending.request {
+            let since = self.since(session, &pending);
+            if let Request::Subscribe { app, .. } = &pending.request {
                 session.apps.insert(app.clone());
             } else {
                 session.apps.remove(pending.request.app());
             }
-            let message = pending.request.message();
+            let message = pending.request.message(since.as_ref());
             session.awaiting.push_back(pending);
             self.send(&mut session.ws, Message::text(message)).await?;
         }
         Ok(())
+    }
+
+    /// Where a subscribe with recovery starts: after the position the client last handed out
+    /// when this connection does not hold the app yet (a resubscription after a
+    /// reconnection); from now on (`recover`) when it is a first subscribe, or the connection
+    /// holds the app already (nothing was missed on it).
+    fn since(&self, session: &Session, pending: &Pending) -> Option<Position> {
+        match &pending.request {
+            Request::Subscribe { app, recover: true } if !session.apps.contains(app) => {
+                self.streams.since(app).cloned()
+            }
+            _ => None,
+        }
     }
 
     /// The next request worth sending. Skipped on the way: resubscriptions of apps
@@ -314,8 +334,9 @@ impl Driver {
     fn next_to_send(&mut self, session: &mut Session) -> Option<Pending> {
         while let Some(app) = session.to_resubscribe.pop_front() {
             if self.status.borrow().subscriptions.contains(&app) {
+                let recover = self.streams.is_recovering(&app);
                 return Some(Pending {
-                    request: Request::Subscribe(app),
+                    request: Request::Subscribe { app, recover },
                     origin: Origin::Resubscribe,
                     was_kept: true,
                 });
@@ -328,7 +349,7 @@ impl Driver {
             };
             // An abandoned unsubscribe still goes if the connection holds the app (below),
             // since the client no longer keeps it.
-            if matches!(pending.request, Request::Subscribe(_))
+            if matches!(pending.request, Request::Subscribe { .. })
                 && answers.iter().all(oneshot::Sender::is_closed)
             {
                 continue;
@@ -473,7 +494,11 @@ impl Driver {
 
     fn on_text(&mut self, session: &mut Session, text: &str) {
         match Incoming::parse(text) {
-            Some(Incoming::Push(push)) => self.deliver(push),
+            Some(Incoming::Push(push)) => {
+                if self.streams.admit(&push) {
+                    self.deliver(push);
+                }
+            }
             Some(Incoming::Reply(reply)) => match session.awaiting.pop_front() {
                 Some(pending) => self.answer(session, pending, &reply),
                 None => warn!(?reply, "a gateway reply to no request; ignored"),
@@ -482,6 +507,15 @@ impl Driver {
                 session.apps.remove(&app);
                 self.forget(&app);
                 self.emit(Event::UnsubscribedByServer { app });
+            }
+            Some(Incoming::PushesLost { app, position }) => {
+                warn!(
+                    app,
+                    ?position,
+                    "the gateway lost pushes of a recovered stream"
+                );
+                let event = self.streams.lost(&app, position);
+                self.emit(event);
             }
             None => warn!(frame = text, "a frame that is not the gateway's; ignored"),
         }
@@ -497,10 +531,18 @@ impl Driver {
         }
     }
 
-    fn answer(&mut self, session: &mut Session, pending: Pending, reply: &crate::protocol::Reply) {
+    fn answer(&mut self, session: &mut Session, pending: Pending, reply: &Reply) {
         let mut outcome = pending.request.outcome(reply);
         match (&pending.request, &outcome) {
-            (Request::Subscribe(app), Ok(())) => self.keep(app),
+            (Request::Subscribe { app, recover }, Ok(())) => {
+                self.keep(app);
+                if !recover {
+                    self.streams.forget(app);
+                } else if let Some(lost) = self.streams.subscribed(app, reply) {
+                    warn!(app, "the gateway could not recover every missed push");
+                    self.emit(lost);
+                }
+            }
             (Request::Unsubscribe(app), _) => {
                 // A subscribe answered between the request and this reply kept it again.
                 self.forget(app);
@@ -508,7 +550,7 @@ impl Driver {
                     outcome = Ok(());
                 }
             }
-            (Request::Subscribe(app), Err(_)) => {
+            (Request::Subscribe { app, .. }, Err(_)) => {
                 session.apps.remove(app);
             }
         }
@@ -576,7 +618,7 @@ impl Driver {
     fn accept(&mut self, request: Request, answer: oneshot::Sender<Result<(), Error>>) -> Pending {
         let was_kept = match &request {
             Request::Unsubscribe(app) => self.forget(app),
-            Request::Subscribe(_) => false,
+            Request::Subscribe { .. } => false,
         };
         Pending {
             request,
@@ -615,8 +657,9 @@ impl Driver {
         });
     }
 
-    /// Stops keeping `app`; whether it was kept.
-    fn forget(&self, app: &str) -> bool {
+    /// Stops keeping `app` (and its position); whether it was kept.
+    fn forget(&mut self, app: &str) -> bool {
+        self.streams.forget(app);
         self.status
             .send_if_modified(|status| status.subscriptions.remove(app))
     }

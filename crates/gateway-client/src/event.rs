@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// One push from a backend, as the gateway delivered it: `{"app","member_id","text"}`.
+/// One push from a backend, as the gateway delivered it: `{"app","member_id","text"}`, and
+/// for a subscription with recovery its place in the stream (`"offset"`, `"epoch"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Push {
@@ -14,6 +15,51 @@ pub struct Push {
     pub member_id: i64,
     /// The backend's text, unchanged (often JSON itself).
     pub text: String,
+    /// Where the push stands in its stream: `Some` for an app subscribed with
+    /// [`SubscribeOptions::recover`](crate::SubscribeOptions::recover) whose gateway keeps
+    /// history for it, `None` otherwise.
+    pub position: Option<Position>,
+}
+
+/// A place in a stream (one per public app, one per member of a private app): the
+/// `offset`-th push of the run named `epoch`. Offsets start at 1 and grow by one per push;
+/// a new epoch means the gateway lost the stream's history and started a new run.
+/// [`Position::start`] (`{"offset":0,"epoch":""}`) stands before the first push of whatever
+/// run the stream is in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+impl Position {
+    pub fn new(offset: u64, epoch: impl Into<String>) -> Position {
+        Position {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    /// Before the first push of the stream's current run: what a client remembers when it
+    /// subscribed to a stream that had no push yet.
+    pub fn start() -> Position {
+        Position::new(0, "")
+    }
+}
+
+/// What the client counts about the streams it recovers, for monitoring and for tests (see
+/// [`Client::stats`](crate::Client::stats)). Counts since the client was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Pushes dropped because their offset was not past the last one handed out in the same
+    /// epoch (a duplicate). The gateway promises none; this stays 0 unless it breaks that.
+    pub duplicates_dropped: u64,
+    /// Offsets missing between two consecutive pushes of one epoch that the gateway did not
+    /// announce as lost: pushes that went missing silently. The gateway promises none.
+    pub offsets_skipped: u64,
+    /// [`Event::PushesLost`] events: announced losses (`recovered:false`, or the 409 notice).
+    pub losses_announced: u64,
 }
 
 /// How the gateway answered the auth message of one connection.
@@ -58,6 +104,16 @@ pub enum Event {
     /// After a reconnection, the gateway refused to subscribe to `app` again (for example
     /// `403` because the token is no longer valid). The client forgets the app.
     ResubscribeFailed { app: String, error: Error },
+    /// Pushes of `app`, subscribed with recovery, were lost and will not come: the gateway
+    /// answered a resubscription with `"recovered":false` (its history no longer reaches back
+    /// to the client's position, or the stream started a new epoch), or sent the unasked
+    /// `409 pushes to <app> lost` (pushes lost between its broker and its node). The client
+    /// continues from `position`, where the stream stands now (`None`: the gateway named no
+    /// position, i.e. the stream has had no push in its current run).
+    PushesLost {
+        app: String,
+        position: Option<Position>,
+    },
 }
 
 /// Why a connection ended.

@@ -36,8 +36,15 @@
 //! `NotSubscribed`, …). `ws://` and `wss://` (rustls, Mozilla's roots or your
 //! [`ClientBuilder::tls_config`]) are supported.
 //!
-//! It does **not** replay pushes missed while disconnected (the gateway keeps no history), and
-//! the first connection is not retried: [`ClientBuilder::connect`] returns its error.
+//! - **Recovers missed pushes** for apps subscribed with
+//!   [`SubscribeOptions::recover`]: it remembers the position (`offset`, `epoch`) of every
+//!   push it hands out and resubscribes with `since` after a reconnection, so the gateway
+//!   sends what was missed, in order, before the live pushes. When the gateway's history no
+//!   longer covers the gap, [`Event::PushesLost`] says so. Duplicates are dropped and counted
+//!   ([`Client::stats`]).
+//!
+//! Without recovery, pushes sent while the client reconnects are lost. The first connection
+//! is not retried: [`ClientBuilder::connect`] returns its error.
 //!
 //! ```no_run
 //! use gateway_client::{Client, Event};
@@ -73,9 +80,12 @@ mod error;
 mod event;
 mod pacing;
 mod protocol;
+mod recovery;
 mod transport;
 
-pub use client::{Client, Events, Pushes};
+pub use client::{Client, Events, Pushes, SubscribeOptions};
 pub use config::ClientBuilder;
 pub use error::Error;
-pub use event::{AuthOutcome, DisconnectCause, Event, FINAL_CLOSE_CODES, Push};
+pub use event::{
+    AuthOutcome, ClientStats, DisconnectCause, Event, FINAL_CLOSE_CODES, Position, Push,
+};

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::event::{AuthOutcome, Push};
+use crate::event::{AuthOutcome, Position, Push};
 
 /// The `app` of the gateway's own frames (replies), whose `member_id` is always -1.
 const GATEWAY_APP: &str = "gateway";
@@ -45,16 +45,36 @@ impl Credentials {
 /// A request that the gateway answers with exactly one reply, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
-    Subscribe(String),
+    /// `recover`: the subscription asks for positions, and after a reconnection for the
+    /// pushes it missed.
+    Subscribe {
+        app: String,
+        recover: bool,
+    },
     Unsubscribe(String),
 }
 
 impl Request {
     /// The message on the wire, with its keys in the documented order. Subscribe is the
-    /// seed's `{"app":"x"}` (no `action`), so it works with every gateway, old or new.
-    pub(crate) fn message(&self) -> String {
+    /// seed's `{"app":"x"}` (no `action`), so it works with every gateway, old or new; with
+    /// recovery it is `{"app":"x","recover":true}`, or with `since` (the last position the
+    /// client handed out) `{"app":"x","since":{"offset":41,"epoch":"e1"}}`. `since` is only
+    /// used by a subscribe with `recover`.
+    pub(crate) fn message(&self, since: Option<&Position>) -> String {
         match self {
-            Request::Subscribe(app) => format!(r#"{{"app":{}}}"#, json_string(app)),
+            Request::Subscribe {
+                app,
+                recover: false,
+            } => format!(r#"{{"app":{}}}"#, json_string(app)),
+            Request::Subscribe { app, recover: true } => match since {
+                None => format!(r#"{{"app":{},"recover":true}}"#, json_string(app)),
+                Some(since) => format!(
+                    r#"{{"app":{},"since":{{"offset":{},"epoch":{}}}}}"#,
+                    json_string(app),
+                    since.offset,
+                    json_string(&since.epoch)
+                ),
+            },
             Request::Unsubscribe(app) => {
                 format!(r#"{{"app":{},"action":"unsubscribe"}}"#, json_string(app))
             }
@@ -63,7 +83,7 @@ impl Request {
 
     pub(crate) fn app(&self) -> &str {
         match self {
-            Request::Subscribe(app) | Request::Unsubscribe(app) => app,
+            Request::Subscribe { app, .. } | Request::Unsubscribe(app) => app,
         }
     }
 
@@ -71,13 +91,17 @@ impl Request {
     pub(crate) fn outcome(&self, reply: &Reply) -> Result<(), Error> {
         let message = reply.message.as_str();
         match (self, reply.code) {
-            (Request::Subscribe(app), 200) if message == format!("subscribe {app} success") => {
+            (Request::Subscribe { app, .. }, 200)
+                if message == format!("subscribe {app} success") =>
+            {
                 Ok(())
             }
-            (Request::Subscribe(app), 403) if message == format!("subscribe {app} forbidden") => {
+            (Request::Subscribe { app, .. }, 403)
+                if message == format!("subscribe {app} forbidden") =>
+            {
                 Err(Error::Forbidden { app: app.clone() })
             }
-            (Request::Subscribe(_), 429) => Err(Error::TooManySubscriptions),
+            (Request::Subscribe { .. }, 429) => Err(Error::TooManySubscriptions),
             (Request::Unsubscribe(app), 200) if message == format!("unsubscribe {app} success") => {
                 Ok(())
             }
@@ -94,11 +118,16 @@ impl Request {
     }
 }
 
-/// The `text` of a gateway frame: `{"code":…,"message":"…"}`.
+/// The `text` of a gateway frame: `{"code":…,"message":"…"}`, and for a subscription with
+/// recovery `"recovered"` (only when the request had `since`), `"offset"` and `"epoch"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reply {
     pub(crate) code: u16,
     pub(crate) message: String,
+    pub(crate) recovered: Option<bool>,
+    /// Where the stream stands; `None` when the reply names no position (the stream had no
+    /// push in its current run, or the app keeps no history).
+    pub(crate) position: Option<Position>,
 }
 
 impl Reply {
@@ -135,6 +164,13 @@ pub(crate) enum Incoming {
     /// `410 unsubscribe <app> by server`: sent without a request, after a backend's
     /// `POST /disconnect` with an `app`.
     UnsubscribedByServer { app: String },
+    /// `409 pushes to <app> lost`: sent without a request to a subscription with recovery
+    /// when pushes of its stream were lost on their way to the gateway's node and its history
+    /// could not replace them; `position` is where the stream stands now.
+    PushesLost {
+        app: String,
+        position: Option<Position>,
+    },
 }
 
 impl Incoming {
@@ -154,28 +190,51 @@ impl Incoming {
             && member_id == -1
             && let Some(reply) = parse_reply(&text)
         {
-            let by_server = (reply.code == 410)
-                .then(|| {
-                    reply
-                        .message
-                        .strip_prefix("unsubscribe ")?
-                        .strip_suffix(" by server")
-                })
-                .flatten();
-            return Some(match by_server {
-                Some(app) => Incoming::UnsubscribedByServer {
-                    app: app.to_owned(),
-                },
-                None => Incoming::Reply(reply),
-            });
+            return Some(unasked(reply));
         }
         // A backend may push to an app named "gateway"; only a reply-shaped text is a reply.
+        let position = parse_position(&envelope);
         Some(Incoming::Push(Push {
             app,
             member_id,
             text,
+            position,
         }))
     }
+}
+
+/// The gateway's frames that answer no request (410, 409) are told apart from replies by
+/// their code and message; everything else answers the oldest request.
+fn unasked(reply: Reply) -> Incoming {
+    let about = |prefix: &str, suffix: &str| {
+        reply
+            .message
+            .strip_prefix(prefix)?
+            .strip_suffix(suffix)
+            .map(str::to_owned)
+    };
+    match reply.code {
+        410 => match about("unsubscribe ", " by server") {
+            Some(app) => Incoming::UnsubscribedByServer { app },
+            None => Incoming::Reply(reply),
+        },
+        409 => match about("pushes to ", " lost") {
+            Some(app) => Incoming::PushesLost {
+                app,
+                position: reply.position,
+            },
+            None => Incoming::Reply(reply),
+        },
+        _ => Incoming::Reply(reply),
+    }
+}
+
+/// `"offset"` (an unsigned integer) and `"epoch"` (a string) of a push or a reply text; `None`
+/// unless both are there and well-formed (a position is useless without either).
+fn parse_position(object: &serde_json::Map<String, Value>) -> Option<Position> {
+    let offset = object.get("offset")?.as_u64()?;
+    let epoch = object.get("epoch")?.as_str()?;
+    Some(Position::new(offset, epoch))
 }
 
 /// `s` as a JSON string literal, quotes and escapes included.
@@ -183,11 +242,20 @@ fn json_string(s: &str) -> String {
     Value::from(s).to_string()
 }
 
+/// A reply text; keys past `code` and `message` are read when they are the documented ones
+/// and ignored otherwise, so a newer gateway's replies are still replies.
 fn parse_reply(text: &str) -> Option<Reply> {
-    let reply: Value = serde_json::from_str(text).ok()?;
+    let Value::Object(reply) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
     let code = u16::try_from(reply.get("code")?.as_u64()?).ok()?;
     let message = reply.get("message")?.as_str()?.to_owned();
-    Some(Reply { code, message })
+    Some(Reply {
+        code,
+        message,
+        recovered: reply.get("recovered").and_then(Value::as_bool),
+        position: parse_position(&reply),
+    })
 }
 
 /// The gateway's rule for app names that this client checks before sending: non-empty, no
@@ -207,6 +275,15 @@ mod tests {
         Reply {
             code,
             message: message.to_owned(),
+            recovered: None,
+            position: None,
+        }
+    }
+
+    fn subscribe(app: &str, recover: bool) -> Request {
+        Request::Subscribe {
+            app: app.into(),
+            recover,
         }
     }
 
@@ -233,12 +310,29 @@ mod tests {
         );
         assert_eq!(format!("{member:?}"), "Member(123456, token redacted)");
         assert_eq!(
-            Request::Subscribe("match".into()).message(),
+            subscribe("match", false).message(None),
             r#"{"app":"match"}"#
         );
         assert_eq!(
-            Request::Unsubscribe("match".into()).message(),
+            Request::Unsubscribe("match".into()).message(None),
             r#"{"app":"match","action":"unsubscribe"}"#
+        );
+        assert_eq!(
+            subscribe("match", true).message(None),
+            r#"{"app":"match","recover":true}"#
+        );
+        assert_eq!(
+            subscribe("match", true).message(Some(&Position::new(41, "e1"))),
+            r#"{"app":"match","since":{"offset":41,"epoch":"e1"}}"#
+        );
+        assert_eq!(
+            subscribe("m\"", true).message(Some(&Position::start())),
+            r#"{"app":"m\"","since":{"offset":0,"epoch":""}}"#
+        );
+        // `since` belongs to recovery only.
+        assert_eq!(
+            subscribe("match", false).message(Some(&Position::start())),
+            r#"{"app":"match"}"#
         );
     }
 
@@ -249,7 +343,8 @@ mod tests {
             Some(Incoming::Push(Push {
                 app: "match".into(),
                 member_id: -1,
-                text: "goal".into()
+                text: "goal".into(),
+                position: None,
             }))
         );
         assert_eq!(
@@ -266,8 +361,58 @@ mod tests {
             Some(Incoming::Push(Push {
                 app: "gateway".into(),
                 member_id: -1,
-                text: "hi".into()
+                text: "hi".into(),
+                position: None,
             }))
+        );
+    }
+
+    #[test]
+    fn positions_are_read_from_pushes_replies_and_the_loss_notice() {
+        assert_eq!(
+            Incoming::parse(
+                r#"{"app":"im","member_id":7,"text":"{\"n\":1}","offset":42,"epoch":"e1"}"#
+            ),
+            Some(Incoming::Push(Push {
+                app: "im".into(),
+                member_id: 7,
+                text: r#"{"n":1}"#.into(),
+                position: Some(Position::new(42, "e1")),
+            }))
+        );
+        // Half a position, or a malformed one, is none.
+        for frame in [
+            r#"{"app":"a","member_id":-1,"text":"t","offset":42}"#,
+            r#"{"app":"a","member_id":-1,"text":"t","offset":-1,"epoch":"e"}"#,
+            r#"{"app":"a","member_id":-1,"text":"t","offset":1,"epoch":5}"#,
+        ] {
+            match Incoming::parse(frame) {
+                Some(Incoming::Push(push)) => assert_eq!(push.position, None, "{frame}"),
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
+        let positioned = r#"{"app":"gateway","member_id":-1,"text":"{\"code\":200,\"message\":\"subscribe match success\",\"recovered\":true,\"offset\":44,\"epoch\":\"e1\"}"}"#;
+        assert_eq!(
+            Incoming::parse(positioned),
+            Some(Incoming::Reply(Reply {
+                code: 200,
+                message: "subscribe match success".into(),
+                recovered: Some(true),
+                position: Some(Position::new(44, "e1")),
+            }))
+        );
+        let lost = r#"{"app":"gateway","member_id":-1,"text":"{\"code\":409,\"message\":\"pushes to match lost\",\"recovered\":false,\"offset\":50,\"epoch\":\"e1\"}"}"#;
+        assert_eq!(
+            Incoming::parse(lost),
+            Some(Incoming::PushesLost {
+                app: "match".into(),
+                position: Some(Position::new(50, "e1")),
+            })
+        );
+        // Another 409 is a reply like any other.
+        assert_eq!(
+            Incoming::parse(&gateway_frame(409, "conflict")),
+            Some(Incoming::Reply(reply(409, "conflict")))
         );
     }
 
@@ -311,7 +456,7 @@ mod tests {
 
     #[test]
     fn replies_become_typed_outcomes() {
-        let subscribe = Request::Subscribe("im".into());
+        let subscribe = subscribe("im", true);
         let unsubscribe = Request::Unsubscribe("im".into());
         assert!(
             subscribe

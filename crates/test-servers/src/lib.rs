@@ -6,6 +6,14 @@
 //! and `restart` (same port) let fault tests take the broker away and bring it back.
 //! Both binaries come from Debian's packages (`redis-server`, `nats-server`); `.ci/run`
 //! installs them when missing.
+//!
+//! [`FaultProxy`] (module [`proxy`]) sits between a client and a server and cuts their
+//! connections on command or at random intervals, for tests of what survives a dropped
+//! connection.
+
+pub mod proxy;
+
+pub use proxy::{Cut, FaultProxy};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

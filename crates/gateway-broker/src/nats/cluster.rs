@@ -30,7 +30,7 @@ pub(super) fn key(node: &str) -> String {
 /// JetStream bucket names allow `[A-Za-z0-9_-]`: letters, digits and `-` stay, every other
 /// byte becomes `_XX` (upper-case hex). Reversible, so distinct ids stay distinct; the same as
 /// [`crate::wire::escape`] for the usual names (`ws-gateway`, `node-1`).
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {

@@ -8,7 +8,7 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 
-use super::{RedisOptions, Role, Shared};
+use super::{RedisOptions, Role, Shared, history};
 use crate::BrokerSettings;
 use crate::backoff::Backoff;
 
@@ -74,6 +74,11 @@ pub(super) async fn run(task: Task) {
         .set_response_timeout(None);
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let cancel = shared.cancel.clone();
+    // Scripts are loaded only where some app keeps history: a server that refuses scripting
+    // still carries the pushes of a cluster without history.
+    let history = &settings.history;
+    let history_on =
+        history.default.enabled() || history.overrides.iter().any(|(_, l)| l.enabled());
     loop {
         let attempt = tokio::select! {
             () = cancel.cancelled() => break,
@@ -85,23 +90,33 @@ pub(super) async fn run(task: Task) {
         let error = match attempt {
             Err(_) => format!("no connection within {:?}", options.connect_timeout),
             Ok(Err(error)) => error.to_string(),
-            Ok(Ok(connection)) => {
+            Ok(Ok(mut connection)) => {
                 tracing::debug!(shard, %addr, "redis publisher connected");
-                slot.set(Some(connection.clone()));
-                shared.set_up(shard, Role::Publisher, true, None);
-                let Some(error) = watch(connection, &slot, &shared, &options).await else {
-                    break;
+                let loaded = if history_on {
+                    load_scripts(&mut connection, &options).await
+                } else {
+                    Ok(())
                 };
-                slot.clear();
-                shared.set_up(
-                    shard,
-                    Role::Publisher,
-                    false,
-                    Some(format!("redis {addr} (shard {shard}) publisher: {error}")),
-                );
-                // It was up: the next failure starts over from the shortest wait.
-                backoff.reset();
-                error
+                match loaded {
+                    Err(error) => error,
+                    Ok(()) => {
+                        slot.set(Some(connection.clone()));
+                        shared.set_up(shard, Role::Publisher, true, None);
+                        let Some(error) = watch(connection, &slot, &shared, &options).await else {
+                            break;
+                        };
+                        slot.clear();
+                        shared.set_up(
+                            shard,
+                            Role::Publisher,
+                            false,
+                            Some(format!("redis {addr} (shard {shard}) publisher: {error}")),
+                        );
+                        // It was up: the next failure starts over from the shortest wait.
+                        backoff.reset();
+                        error
+                    }
+                }
             }
         };
         tracing::warn!(shard, %addr, %error, "redis publisher connection down, reconnecting");
@@ -111,6 +126,28 @@ pub(super) async fn run(task: Task) {
         }
     }
     slot.clear();
+}
+
+/// Loads the history scripts on a new connection, so that publications find them (a server
+/// that restarted or was flushed has forgotten them). A connection that fails meanwhile is an
+/// error (connect again); a server that refuses the scripts is logged, and each publication
+/// with history then tries `EVAL` and fails with the server's answer.
+async fn load_scripts(
+    connection: &mut MultiplexedConnection,
+    options: &RedisOptions,
+) -> Result<(), String> {
+    match tokio::time::timeout(options.connect_timeout, history::load(connection)).await {
+        Err(_) => Err(format!(
+            "no answer to SCRIPT LOAD within {:?}",
+            options.connect_timeout
+        )),
+        Ok(Err(error)) if super::is_connection_error(&error) => Err(error.to_string()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "redis refused the history scripts");
+            Ok(())
+        }
+        Ok(Ok(())) => Ok(()),
+    }
 }
 
 /// Returns why the connection failed, or `None` when the broker closed.

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod faults;
+mod history;
 mod support;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use gateway_broker::redis::RedisBroker;
 use gateway_broker::{
     Broker, BrokerError, BrokerEvent, BrokerSettings, BrokerState, Inbound, NodeReport, wire,
 };
-use gateway_core::{MemberId, Topic};
+use gateway_core::{HistoryPolicy, MemberId, Topic};
 use test_servers::RedisServer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -41,7 +42,9 @@ async fn a_publication_reaches_each_interested_node_once_byte_for_byte() {
     a.publish(&match_, &goal).await;
     let (received, before) = b.publication().await;
     no_publications(&before);
-    assert_eq!(received, goal);
+    // Apps keep history by default: the push comes with the stream's first position.
+    assert_eq!(received.position.as_ref().map(|p| p.offset), Some(1));
+    assert_eq!(unpositioned(received.clone()), goal);
     assert_eq!(received.frame.as_bytes(), goal.frame.as_bytes());
     assert_eq!(
         received.frame.as_bytes(),
@@ -55,14 +58,14 @@ async fn a_publication_reaches_each_interested_node_once_byte_for_byte() {
     a.publish(&match_, &marker).await;
     let (received, before) = b.publication().await;
     no_publications(&before);
-    assert_eq!(received, marker);
+    assert_eq!(unpositioned(received), marker);
 
     // A had no interest in `match`: its first publication is its own marker.
     let own = push(&other, "own marker");
     b.publish(&other, &own).await;
     let (received, before) = a.publication().await;
     no_publications(&before);
-    assert_eq!(received, own);
+    assert_eq!(unpositioned(received), own);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +128,7 @@ async fn interest_shows_on_the_server_and_leaves_with_the_unsubscribe() {
     node.publish(room, &hello).await;
     let (received, before) = node.publication().await;
     no_publications(&before);
-    assert_eq!(received, hello);
+    assert_eq!(unpositioned(received), hello);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,7 +233,7 @@ async fn apps_spread_over_two_shards_and_each_push_arrives_once() {
     a.publish(&topics[0], &marker).await;
     let (p, before) = b.publication().await;
     no_publications(&before);
-    assert_eq!(p, marker);
+    assert_eq!(unpositioned(p), marker);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +244,7 @@ async fn a_message_of_another_wire_version_is_reported_not_delivered() {
     node.subscribe(&topic, 1).await;
 
     let chan = channel(&topic);
-    let raw = "\u{2}\0\0\0\0\0\0\0\u{1}\0\u{5}match{\"text\":\"from the future\"}";
+    let raw = "\u{3}\0\0\0\0\0\0\0\u{1}\0\u{5}match{\"text\":\"from the future\"}";
     assert_eq!(redis.command(&["PUBLISH", &chan, raw]).unwrap(), "1");
     let ((channel_name, error), before) = node
         .until("Unreadable", |seen| match seen {
@@ -253,13 +256,13 @@ async fn a_message_of_another_wire_version_is_reported_not_delivered() {
         .await;
     no_publications(&before);
     assert_eq!(channel_name, chan);
-    assert!(error.contains("version 2"), "{error}");
+    assert!(error.contains("version 3"), "{error}");
 
     let marker = push(&topic, "marker");
     node.publish(&topic, &marker).await;
     let (p, before) = node.publication().await;
     no_publications(&before);
-    assert_eq!(p, marker);
+    assert_eq!(unpositioned(p), marker);
 }
 
 fn report(node: &str, connections: u64) -> NodeReport {
@@ -405,17 +408,29 @@ fn connecting_outside_a_runtime_is_a_configuration_error() {
 }
 
 /// The push path's throughput through one Redis: 50 concurrent pushers, as 50 HTTP clients
-/// would be. Run with:
+/// would be, with history off (a `PUBLISH` each) and on (a run of the publish script each:
+/// offset, `XADD` with `MAXLEN`, `PUBLISH`). Run with:
 /// `cargo test --release -p gateway-broker --test redis -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, not a check; run it in release"]
 async fn publish_throughput_through_one_redis() {
+    for (label, history) in [
+        ("history off", HistoryPolicy::off()),
+        ("history on ", HistoryPolicy::default()),
+        ("history off", HistoryPolicy::off()),
+        ("history on ", HistoryPolicy::default()),
+    ] {
+        measure_throughput(label, history).await;
+    }
+}
+
+async fn measure_throughput(label: &str, history: HistoryPolicy) {
     const PUSHERS: usize = 50;
     const EACH: usize = 4_000;
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    let mut sender = Node::start("a", &urls);
-    let mut receiver = Node::start("b", &urls);
+    let mut sender = Node::start_history("a", &urls, history.clone());
+    let mut receiver = Node::start_history("b", &urls, history);
     sender.state(BrokerState::Connected).await;
     let topic = public("match");
     receiver.subscribe(&topic, 1).await;
@@ -442,9 +457,12 @@ async fn publish_throughput_through_one_redis() {
     let delivered = started.elapsed();
     let total = (PUSHERS * EACH) as f64;
     println!(
-        "{} pushes: published at {:.0}/s, delivered at {:.0}/s",
+        "{label}: {} pushes: published at {:.0}/s, delivered at {:.0}/s; the log key: {} bytes",
         PUSHERS * EACH,
         total / published.as_secs_f64(),
-        total / delivered.as_secs_f64()
+        total / delivered.as_secs_f64(),
+        redis
+            .command(&["MEMORY", "USAGE", "gw.a.match.log"])
+            .unwrap_or_default()
     );
 }

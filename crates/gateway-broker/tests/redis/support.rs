@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gateway_broker::redis::{RedisBroker, RedisOptions};
 use gateway_broker::{Broker, BrokerEvent, BrokerSettings, BrokerState, Inbound, wire};
-use gateway_core::{AppName, MemberId, Publication, PushMessage, Topic};
+use gateway_core::{AppName, HistoryPolicy, MemberId, Publication, PushMessage, Topic};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
@@ -52,6 +52,20 @@ impl Node {
     }
 
     pub fn start_with(name: &str, urls: &[String], publish_timeout: Duration) -> Node {
+        Node::start_full(name, urls, publish_timeout, HistoryPolicy::default())
+    }
+
+    /// A node whose apps keep history as `history` says.
+    pub fn start_history(name: &str, urls: &[String], history: HistoryPolicy) -> Node {
+        Node::start_full(name, urls, Duration::from_secs(2), history)
+    }
+
+    pub fn start_full(
+        name: &str,
+        urls: &[String],
+        publish_timeout: Duration,
+        history: HistoryPolicy,
+    ) -> Node {
         let (sender, seen) = mpsc::unbounded_channel();
         let inbound: Arc<dyn Inbound> = Arc::new(Recorder(sender));
         let settings = BrokerSettings {
@@ -60,7 +74,7 @@ impl Node {
             publish_timeout,
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(200),
-            history: gateway_core::HistoryPolicy::default(),
+            history,
         };
         // Fast failure detection, so that fault tests finish quickly.
         let options = RedisOptions {
@@ -68,6 +82,7 @@ impl Node {
             ping_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),
             batch: 3,
+            ..RedisOptions::default()
         };
         let broker =
             RedisBroker::connect_with(urls, settings, options, Arc::downgrade(&inbound)).unwrap();
@@ -232,6 +247,12 @@ pub fn push(topic: &Topic, text: &str) -> Publication {
         member_id: topic.member().map_or(-1, MemberId::get),
         text: text.to_owned(),
     })
+}
+
+/// `publication` without its position, to compare with what was pushed.
+pub fn unpositioned(mut publication: Publication) -> Publication {
+    publication.position = None;
+    publication
 }
 
 pub fn channel(topic: &Topic) -> String {

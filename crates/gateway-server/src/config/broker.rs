@@ -286,6 +286,7 @@ pub(super) fn resolve(file: FileBroker, r: &Resolver<'_>) -> Result<BrokerConfig
             file.reconnect_max_ms,
             d.reconnect_max,
         )?,
+        // Set from `[history]` by the caller (`resolve`): one policy for broker and hub.
         history: d.history.clone(),
     };
     if settings.reconnect_max < settings.reconnect_min {

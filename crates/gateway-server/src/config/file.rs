@@ -42,6 +42,8 @@ pub(super) struct FileConfig {
     pub(super) demo_page: Option<bool>,
     #[serde(default)]
     pub(super) memory: FileMemory,
+    #[serde(default)]
+    pub(super) history: super::history::FileHistory,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -83,6 +85,7 @@ pub(super) struct FileLimits {
     pub(super) max_push_members: Option<usize>,
     pub(super) max_control_requests: Option<usize>,
     pub(super) max_presence_page: Option<usize>,
+    pub(super) max_history_page: Option<usize>,
     pub(super) accept_backlog: Option<u32>,
     pub(super) max_auth_message_bytes: Option<usize>,
     pub(super) max_handshakes: Option<usize>,
@@ -200,6 +203,7 @@ pub(super) fn defaults() -> FileConfig {
             max_push_members: Some(l.max_push_members),
             max_control_requests: Some(l.max_control_requests),
             max_presence_page: Some(l.max_presence_page),
+            max_history_page: Some(l.max_history_page),
             accept_backlog: Some(l.accept_backlog),
             max_auth_message_bytes: Some(l.max_auth_message_bytes),
             max_handshakes: Some(l.max_handshakes),
@@ -229,5 +233,6 @@ pub(super) fn defaults() -> FileConfig {
             trim_interval_ms: ms(memory.trim_interval),
             trim_min_drop: Some(memory.trim_min_drop),
         },
+        history: super::history::FileHistory::defaults(),
     }
 }

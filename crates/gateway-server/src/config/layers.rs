@@ -232,8 +232,10 @@ impl Layers {
     /// As [`load`](Self::load), with the file's text given.
     pub(super) fn load_text(&self, text: Option<&str>) -> Result<Loaded, ConfigError> {
         let mut figment = Figment::new().merge(Layer::of(DEFAULT_LAYER, file::defaults()));
+        let mut history_order = Vec::new();
         if let (Some(text), Some(path)) = (text, &self.file) {
             figment = figment.merge(Layer::of(FILE_LAYER, read_file(text, path)?));
+            history_order = super::history::file_order(text);
         }
         figment = figment.merge(Layer {
             name: ENV_LAYER,
@@ -255,7 +257,11 @@ impl Layers {
         let merged: FileConfig = figment
             .extract()
             .map_err(|err| layer_error(err, &origins))?;
-        let config = Resolver { origins: &origins }.resolve(merged)?;
+        let config = Resolver {
+            origins: &origins,
+            history_order: &history_order,
+        }
+        .resolve(merged)?;
         let values: Dict = figment
             .extract()
             .map_err(|err| layer_error(err, &origins))?;
@@ -339,6 +345,7 @@ fn merge(mut a: Dict, b: Dict) -> Dict {
 fn holds_number_or_switch(key: &str) -> bool {
     key.starts_with("limits.")
         || key.starts_with("memory.")
+        || key.starts_with("history.")
         || key.ends_with("_ms")
         || key.ends_with("_s")
         || matches!(

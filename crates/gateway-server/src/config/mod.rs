@@ -10,7 +10,7 @@
 //! - `resolve`: validation, with errors naming the key and its source;
 //! - `effective`: the effective configuration as `check-config` prints it (secrets
 //!   redacted), and which keys a reload can apply;
-//! - `auth`, `broker`: the `[auth]` and `[broker]` tables.
+//! - `auth`, `broker`, `history`: the `[auth]`, `[broker]` and `[history]` tables.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +26,7 @@ mod auth;
 mod broker;
 mod effective;
 mod file;
+mod history;
 mod layers;
 mod resolve;
 
@@ -195,6 +196,9 @@ pub struct Limits {
     /// The most members one page of `GET /presence?app=` lists (`limit` may ask for fewer; 100
     /// when absent). Default 1000.
     pub max_presence_page: usize,
+    /// The most pushes one page of `GET /history` returns (`limit` may ask for fewer; 100
+    /// when absent; more is answered `400`). Default 1000.
+    pub max_history_page: usize,
     /// Connections the kernel queues for each listener before the gateway accepts them
     /// (capped by `net.core.somaxconn`); beyond it, connection attempts are dropped and
     /// retried by the client a second later. Default 4096.
@@ -245,6 +249,7 @@ impl Default for Limits {
             max_push_members: PushLimits::DEFAULT_MAX_MEMBERS,
             max_control_requests: 32,
             max_presence_page: 1000,
+            max_history_page: 1000,
             accept_backlog: 4096,
             max_auth_message_bytes: 16 * 1024,
             max_handshakes: 1024,

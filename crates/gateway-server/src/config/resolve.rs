@@ -24,6 +24,8 @@ const MAX_METRICS_TOP_APPS: usize = 10_000;
 
 pub(crate) struct Resolver<'a> {
     pub(super) origins: &'a Origins<'a>,
+    /// The patterns of `[history.apps]` in the file's order (TOML tables lose it).
+    pub(super) history_order: &'a [String],
 }
 
 impl Resolver<'_> {
@@ -233,6 +235,22 @@ impl Resolver<'_> {
                 l.max_presence_page,
                 dl.max_presence_page,
             )?,
+            max_history_page: match self.positive(
+                "limits.max_history_page",
+                l.max_history_page,
+                dl.max_history_page,
+            )? {
+                n if n > super::history::MAX_SIZE => {
+                    return Err(self.invalid(
+                        "limits.max_history_page",
+                        format!(
+                            "at most {}: no stream keeps more (history.size)",
+                            super::history::MAX_SIZE
+                        ),
+                    ));
+                }
+                n => n,
+            },
             accept_backlog: self.positive(
                 "limits.accept_backlog",
                 l.accept_backlog,
@@ -310,10 +328,15 @@ impl Resolver<'_> {
         let tls = self.tls("tls", file.tls)?;
         let stat_tls = self.tls("stat_tls", file.stat_tls)?;
 
-        let broker = match file.broker {
+        // One policy, given to the hub (the node's own history) and to the broker (which
+        // gives positions and keeps history in a cluster): they must agree.
+        let history =
+            super::history::resolve(file.history, self.history_order, max_app_name_len, self)?;
+        let mut broker = match file.broker {
             None => BrokerConfig::default(),
             Some(table) => broker::resolve(table, self)?,
         };
+        broker.settings.history = history.clone();
 
         let auth = match file.auth {
             None => AuthConfig::Anonymous,
@@ -329,7 +352,7 @@ impl Resolver<'_> {
                     private_apps,
                     max_app_name_len,
                     max_subscriptions,
-                    history: broker.settings.history.clone(),
+                    history,
                 },
                 timeouts,
                 limits,

@@ -88,6 +88,7 @@ max_push_batch = 17
 max_push_members = 18
 max_control_requests = 5
 max_presence_page = 6
+max_history_page = 19
 accept_backlog = 10
 max_auth_message_bytes = 11
 max_handshakes = 12
@@ -135,6 +136,7 @@ kind = "anonymous"
             max_push_members: 18,
             max_control_requests: 5,
             max_presence_page: 6,
+            max_history_page: 19,
             accept_backlog: 10,
             max_auth_message_bytes: 11,
             max_handshakes: 12,

@@ -1,11 +1,12 @@
 //! The HTTP side: routing of the main listener (WebSocket upgrade, `POST /push`, the backend's
-//! `/disconnect` and `/presence`, the demo page) and of the stat listener (`GET /stat`, …), and
+//! `/disconnect`, `/presence` and `/history`, the demo page) and of the stat listener (`GET /stat`, …), and
 //! the one place that maps refusals to HTTP responses.
 //!
 //! - [`handshake`]: a connection's first request, read by hand (the upgrade's fast path);
 //! - [`upgrade`]: judging an upgrade request, and upgrades that come to hyper;
 //! - [`push`]: `POST /push`, its body read within bounds before it takes a dispatch slot;
 //! - [`control`]: `POST /disconnect` and `GET /presence`, asked of every node;
+//! - [`history`]: `GET /history`, a stream's recent pushes for backends;
 //! - [`admin`]: the stat listener's pages (`GET /stat`);
 //! - [`pages`]: the embedded dashboard, the demo client (`GET /`) and the JavaScript client
 //!   module it is built on (`GET /ws-gateway.js`).
@@ -13,6 +14,7 @@
 pub(crate) mod admin;
 mod control;
 pub(crate) mod handshake;
+mod history;
 mod overview;
 mod pages;
 mod push;
@@ -92,6 +94,21 @@ pub(crate) enum Refusal {
         error: String,
         outcome_unknown: bool,
     },
+    /// A `/history` query parameter that is missing, unknown or wrong (named): nothing was
+    /// read. Answered with a JSON body, like every `/history` refusal after access control.
+    BadHistoryQuery {
+        parameter: String,
+        error: String,
+    },
+    /// `/history` of an app whose history is off by policy (`[history]`).
+    NoHistory(String),
+    /// The history could not be read: the broker is unreachable.
+    HistoryUnavailable(String),
+    /// The history could not be read: the broker failed or did not answer in time.
+    HistoryFailed(String),
+    /// `limits.max_control_requests` `/disconnect`, `/presence` and `/history` requests are
+    /// being answered.
+    HistoryOverloaded,
     /// The stat listener is answering `limits.max_stat_requests` requests already.
     StatOverloaded,
     /// A stat request's answer was not ready within `timeouts.stat_request_ms`.
@@ -179,6 +196,21 @@ impl Refusal {
             Refusal::BadControl(why) | Refusal::BadQuery(why) => {
                 (StatusCode::BAD_REQUEST, why.clone())
             }
+            Refusal::BadHistoryQuery { error, .. } => (StatusCode::BAD_REQUEST, error.clone()),
+            Refusal::NoHistory(app) => (StatusCode::NOT_FOUND, format!("no history for app {app}")),
+            Refusal::HistoryUnavailable(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("history unavailable: {why}"),
+            ),
+            Refusal::HistoryFailed(why) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("history not read: {why}"),
+            ),
+            Refusal::HistoryOverloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many /disconnect, /presence and /history requests at once (limits.max_control_requests)"
+                    .to_owned(),
+            ),
             Refusal::StatOverloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many stat requests at once (limits.max_stat_requests)".to_owned(),
@@ -259,6 +291,11 @@ impl Refusal {
                 | Refusal::ClusterUnavailable(_)
                 | Refusal::ClusterOutcomeUnknown(_)
                 | Refusal::BadControl(_)
+                | Refusal::BadHistoryQuery { .. }
+                | Refusal::NoHistory(_)
+                | Refusal::HistoryUnavailable(_)
+                | Refusal::HistoryFailed(_)
+                | Refusal::HistoryOverloaded
         );
         let mut response = match &self {
             // The pusher needs the count to know what to send again: a JSON body.
@@ -266,6 +303,17 @@ impl Refusal {
                 status,
                 serde_json::json!({"accepted": accepted, "error": text}).to_string(),
             ),
+            // `/history` answers JSON, its refusals too; a bad parameter is named.
+            Refusal::BadHistoryQuery { parameter, .. } => json_response(
+                status,
+                serde_json::json!({"error": text, "parameter": parameter}).to_string(),
+            ),
+            Refusal::NoHistory(_)
+            | Refusal::HistoryUnavailable(_)
+            | Refusal::HistoryFailed(_)
+            | Refusal::HistoryOverloaded => {
+                json_response(status, serde_json::json!({ "error": text }).to_string())
+            }
             _ => text_response(status, format!("{text}\n")),
         };
         let headers = response.headers_mut();
@@ -291,6 +339,8 @@ impl Refusal {
             | Refusal::BrokerUnavailable(_)
             | Refusal::ClusterUnavailable(_)
             | Refusal::ControlOverloaded
+            | Refusal::HistoryUnavailable(_)
+            | Refusal::HistoryOverloaded
             | Refusal::StatOverloaded
             | Refusal::StatTimeout(_)
             | Refusal::PushBodiesOverBudget
@@ -328,7 +378,7 @@ fn json_response(status: StatusCode, json: String) -> Response<Body> {
 }
 
 /// The main listener: any path that is a WebSocket upgrade, `POST /push`, the backend's
-/// `POST /disconnect` and `GET /presence`, and the demo page.
+/// `POST /disconnect`, `GET /presence` and `GET /history`, and the demo page.
 pub(crate) async fn main_service(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -350,6 +400,8 @@ pub(crate) async fn main_service(
         result
     } else if matches!(req.uri().path(), "/disconnect" | "/presence") {
         control::serve(req, shared, peer).await
+    } else if req.uri().path() == "/history" {
+        history::serve(req, shared, peer).await
     } else if req.uri().path() == "/" && shared.config.demo_page {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             Ok(pages::demo())

@@ -1,222 +1,21 @@
-//! The NATS broker against real `nats-server` processes (JetStream and monitoring on), one per
-//! test. Every step waits for what the broker reports (a recording `Inbound`) or polls the
-//! server's monitor, each under a deadline; nothing sleeps a fixed time.
-//!
-//! Run with: `cargo test -p gateway-broker --test nats` (needs `nats-server` on the PATH).
-#![allow(clippy::unwrap_used)]
+//! NATS core pub/sub, the cluster view and configuration, for apps without history (the
+//! settings of `support::settings` turn history off; `history.rs` tests it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_broker::nats::{NatsAuth, NatsBroker};
 use gateway_broker::{
-    Broker, BrokerError, BrokerEvent, BrokerSettings, BrokerState, GapCause, Inbound, NodeReport,
-    Subscription,
+    Broker, BrokerError, BrokerEvent, BrokerState, GapCause, Inbound, NodeReport, Subscription,
 };
-use gateway_core::{AppName, MemberId, Publication, PushMessage, Topic};
+use gateway_core::Topic;
 use test_servers::NatsServer;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 
-/// The longest wait for anything the broker or the server should do.
-const DEADLINE: Duration = Duration::from_secs(15);
-
-#[derive(Debug)]
-enum Seen {
-    Publication(Publication),
-    Event(BrokerEvent),
-}
-
-/// The node, as the broker sees it: everything it is told goes into a channel.
-struct Recorder {
-    seen: mpsc::UnboundedSender<Seen>,
-    /// While true, the node takes no publication (a stuck node): `publication` blocks.
-    stuck: Mutex<bool>,
-    unstuck: Condvar,
-}
-
-impl Recorder {
-    fn new(seen: mpsc::UnboundedSender<Seen>) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            seen,
-            stuck: Mutex::new(false),
-            unstuck: Condvar::new(),
-        })
-    }
-
-    fn set_stuck(&self, stuck: bool) {
-        *self.stuck.lock().unwrap() = stuck;
-        self.unstuck.notify_all();
-    }
-}
-
-impl Inbound for Recorder {
-    fn publication(&self, publication: Publication) {
-        let stuck = self.stuck.lock().unwrap();
-        drop(self.unstuck.wait_while(stuck, |stuck| *stuck).unwrap());
-        let _ = self.seen.send(Seen::Publication(publication));
-    }
-    fn event(&self, event: BrokerEvent) {
-        let _ = self.seen.send(Seen::Event(event));
-    }
-}
-
-struct Node {
-    name: String,
-    broker: Arc<NatsBroker>,
-    seen: mpsc::UnboundedReceiver<Seen>,
-    inbound: Arc<Recorder>,
-}
-
-fn settings(prefix: &str, node: &str) -> BrokerSettings {
-    BrokerSettings {
-        prefix: prefix.to_owned(),
-        node_id: node.to_owned(),
-        publish_timeout: Duration::from_secs(2),
-        reconnect_min: Duration::from_millis(20),
-        reconnect_max: Duration::from_millis(250),
-        history: gateway_core::HistoryPolicy::default(),
-    }
-}
-
-impl Node {
-    /// A broker on `url`, not waiting for it to connect.
-    fn start(url: &str, prefix: &str, name: &str) -> Node {
-        let (tx, seen) = mpsc::unbounded_channel();
-        let inbound = Recorder::new(tx);
-        let weak: Weak<dyn Inbound> = Arc::downgrade(&inbound) as Weak<Recorder>;
-        let broker =
-            NatsBroker::connect(url, NatsAuth::default(), settings(prefix, name), weak).unwrap();
-        Node {
-            name: name.to_owned(),
-            broker,
-            seen,
-            inbound,
-        }
-    }
-
-    /// A broker on `nats`, once it says it is connected.
-    async fn connected(nats: &NatsServer, prefix: &str, name: &str) -> Node {
-        let mut node = Node::start(&nats.url(), prefix, name);
-        node.state(BrokerState::Connected).await;
-        node
-    }
-
-    /// The next event `accept`s, skipping other events; a publication meanwhile is a failure.
-    async fn event(&mut self, what: &str, accept: impl Fn(&BrokerEvent) -> bool) -> BrokerEvent {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match timeout_at(deadline, self.seen.recv()).await {
-                Err(_) => panic!("{}: no {what} within {DEADLINE:?}", self.name),
-                Ok(None) => panic!("{}: the recorder is gone", self.name),
-                Ok(Some(Seen::Event(event))) if accept(&event) => return event,
-                Ok(Some(Seen::Event(_))) => {}
-                Ok(Some(Seen::Publication(p))) => {
-                    panic!("{}: publication {p:?} while waiting for {what}", self.name)
-                }
-            }
-        }
-    }
-
-    async fn state(&mut self, state: BrokerState) {
-        let what = format!("state {state:?}");
-        self.event(
-            &what,
-            |e| matches!(e, BrokerEvent::State { state: s, .. } if *s == state),
-        )
-        .await;
-    }
-
-    async fn subscribed(&mut self, topic: &Topic, seq: u64) {
-        let what = format!("Subscribed {{ {topic}, {seq} }}");
-        self.event(&what, |e| {
-            matches!(e, BrokerEvent::Subscribed { topic: t, seq: s } if t == topic && *s == seq)
-        })
-        .await;
-    }
-
-    /// Subscribes and waits until the subscription is live.
-    async fn subscribe(&mut self, topic: &Topic, seq: u64) {
-        assert_eq!(self.broker.subscribe(topic, seq), Subscription::Pending);
-        self.subscribed(topic, seq).await;
-    }
-
-    /// The next publication, skipping events.
-    async fn publication(&mut self) -> Publication {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match timeout_at(deadline, self.seen.recv()).await {
-                Err(_) => panic!("{}: no publication within {DEADLINE:?}", self.name),
-                Ok(None) => panic!("{}: the recorder is gone", self.name),
-                Ok(Some(Seen::Publication(p))) => return p,
-                Ok(Some(Seen::Event(_))) => {}
-            }
-        }
-    }
-
-    /// Publishes once this node is connected (it connects in the background, and a
-    /// publication before that is refused, as it should be).
-    ///
-    /// This polls the broker's state rather than waiting for its `State` event: async-nats
-    /// sends its `Connected` event just *before* it sets the state that `publish` checks, so
-    /// the event does not promise that a publication is taken yet.
-    async fn publish(&self, topic: &Topic, publication: &Publication) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.broker.state() != BrokerState::Connected {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never connected",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.broker
-            .publish(topic, publication.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{}: publish failed: {e}", self.name));
-    }
-}
-
-fn app(name: &str) -> AppName {
-    AppName::parse(name, 128).unwrap()
-}
-
-fn public(name: &str) -> Topic {
-    Topic::App(app(name))
-}
-
-fn private(name: &str, member: i64) -> Topic {
-    Topic::Member {
-        app: app(name),
-        member: MemberId::new(member).unwrap(),
-    }
-}
-
-fn publication(topic: &Topic, text: &str) -> Publication {
-    Publication::from(PushMessage {
-        app: topic.app().clone(),
-        member_id: topic.member().map_or(-1, MemberId::get),
-        text: text.to_owned(),
-    })
-}
-
-/// Polls the server's subscriptions under `prefix` until they are `expected` (sorted).
-async fn server_subscriptions_become(nats: &NatsServer, prefix: &str, expected: &[&str]) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let now = nats.subscriptions(prefix);
-        if now == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server subscriptions {now:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_reaches_a_subscribed_node_exactly_once_and_byte_for_byte() {
@@ -429,7 +228,7 @@ async fn a_message_of_another_wire_version_is_reported_not_delivered() {
 
     let raw = async_nats::connect(nats.url()).await.unwrap();
     let mut message = gateway_broker::wire::encode(&publication(&topic, "future")).to_vec();
-    message[0] = 2;
+    message[0] = 3; // versions 1 and 2 are read
     raw.publish("t6.a.match", Bytes::from(message))
         .await
         .unwrap();
@@ -444,7 +243,7 @@ async fn a_message_of_another_wire_version_is_reported_not_delivered() {
         unreachable!()
     };
     assert_eq!(channel, "t6.a.match");
-    assert!(error.contains("version 2"), "{error}");
+    assert!(error.contains("version 3"), "{error}");
 
     let a = Node::connected(&nats, "t6", "a").await;
     let fine = publication(&topic, "fine");

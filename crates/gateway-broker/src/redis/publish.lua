@@ -1,0 +1,39 @@
+-- Publishes one push of a stream with history (docs/protocol.md, "History in a cluster",
+-- "Redis"): gives it the stream's next offset, keeps it in the stream's log and publishes it
+-- as wire format version 2, all in one step, so every node sees the same offsets in one order.
+--
+-- KEYS[1]  the stream's meta hash: epoch, offset (the newest push's)
+-- KEYS[2]  the stream's log: a Redis stream, entry ID `<offset>-0`, fields t (ms), m (message)
+-- ARGV[1]  an epoch for a new run, used only when the stream has none
+-- ARGV[2]  MAXLEN: pushes kept
+-- ARGV[3]  the log's time to live, ms (refreshed by each push)
+-- ARGV[4]  the meta hash's time to live, ms (refreshed by each push)
+-- ARGV[5]  the channel
+-- ARGV[6]  the message's head (version 2, member id, app), ARGV[7] the frame
+-- Returns {offset, epoch}.
+
+-- Redis before 5 replicates scripts verbatim, and refuses a write after TIME unless told to
+-- replicate effects; later versions always do.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+local epoch, offset = meta[1], tonumber(meta[2])
+if not epoch or not offset then
+  -- A new run: whatever log is left belongs to a forgotten run.
+  epoch, offset = ARGV[1], 0
+  redis.call('DEL', KEYS[2])
+end
+offset = offset + 1
+-- '%d': Lua's default number format turns 10^14 into "1e+14".
+local id = string.format('%d', offset)
+local now = redis.call('TIME')
+local ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
+local message = ARGV[6] .. id .. ' ' .. epoch .. '\n' .. ARGV[7]
+-- The append first: if it fails, the script stops before the offset moved.
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 't', ms, 'm', message)
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', id)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], message)
+return {offset, epoch}
