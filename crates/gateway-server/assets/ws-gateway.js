@@ -132,7 +132,7 @@ export class GatewayClient extends EventTarget {
    * The apps to (re)subscribe, each with the callers waiting for its next reply and, with
    * recovery, the position of the last push received (null until the first reply tells it).
    * @type {Map<string, {waiters: Array<{resolve: Function, reject: Function}>, dropped: boolean,
-   *   recover: boolean, position: Position | null}>}
+   *   recover: boolean, position: Position | null, socket: WebSocket | null}>}
    */
   #wanted = new Map();
   /** What {@link GatewayClient#stats} reports. */
@@ -223,7 +223,8 @@ export class GatewayClient extends EventTarget {
    * `epoch`, the client keeps the last one's (or the reply's, `{offset: 0, epoch: ""}` when the
    * stream had no push yet), and every resubscription is `{"app":…,"since":{"offset":…,"epoch":…}}`,
    * so the pushes missed while disconnected come first, once and in order. Subscribing again
-   * keeps the position; without `recover` it turns recovery off.
+   * on the same connection sends `recover` again (nothing was missed); without `recover` it
+   * turns recovery off.
    * @param {string} app
    * @param {SubscribeOptions} [options]
    * @returns {Promise<Reply>}
@@ -236,7 +237,7 @@ export class GatewayClient extends EventTarget {
     }
     if (this.#state === "closed") return Promise.reject(new GatewayError(1000, "client closed"));
     let entry = this.#wanted.get(app);
-    if (!entry) this.#wanted.set(app, (entry = { waiters: [], dropped: false, recover: false, position: null }));
+    if (!entry) this.#wanted.set(app, (entry = { waiters: [], dropped: false, recover: false, position: null, socket: null }));
     const recover = Boolean(options.recover) || since !== undefined;
     if (!recover) entry.position = null;
     else if (since !== undefined) entry.position = { offset: since.offset, epoch: since.epoch };
@@ -463,8 +464,12 @@ export class GatewayClient extends EventTarget {
 
   #sendSubscribe(app, entry) {
     const waiters = entry.waiters.splice(0);
+    // `since` only on a connection that has not asked for the app yet: on one that has, nothing
+    // was missed, and a replay would repeat pushes still on their way.
+    const asked = entry.socket === this.#socket;
+    entry.socket = this.#socket;
     let message = { app };
-    if (entry.recover && entry.position) message = { app, since: { ...entry.position } };
+    if (entry.recover && entry.position && !asked) message = { app, since: { ...entry.position } };
     else if (entry.recover) message = { app, recover: true };
     this.#send(message, { kind: "subscribe", app, entry, waiters, since: message.since ?? null, recover: entry.recover });
   }
