@@ -77,9 +77,15 @@ impl Stream {
         stream_fixed_cost(&self.epoch)
     }
 
-    /// What the stream is charged now: the ring is charged for its capacity, not its length.
+    /// What the stream is charged now: the ring is charged for its capacity, not its length,
+    /// and only a stream that keeps pushes has a place in the deadline index.
     fn charge(&self) -> usize {
-        self.fixed() + self.entries.capacity() * size_of::<Entry>() + self.frames
+        let deadline = if self.entries.is_empty() {
+            0
+        } else {
+            DEADLINE_INDEX
+        };
+        self.fixed() + deadline + self.entries.capacity() * size_of::<Entry>() + self.frames
     }
 
     /// When the oldest kept push expires: the stream's key in [`History::by_deadline`].
@@ -147,16 +153,12 @@ impl Stream {
     }
 }
 
-/// What a stream costs besides its ring and frames, as an upper bound of the heap it holds:
-/// the boxed [`Stream`], its epoch's allocation, its slot in the map of streams at the map's
-/// lowest load (see [`History::shrink_map`]) and its entries in the two ordered indexes at
-/// their lowest fill (a B-tree node other than the root holds at least 5 of its 11 slots).
+/// What a stream costs besides its ring, frames and deadline, as an upper bound of the heap
+/// it holds: the boxed [`Stream`], its epoch's allocation, its slot in the map of streams at
+/// the map's lowest load (see [`History::shrink_map`]) and its entry in the write index at
+/// its lowest fill (a B-tree node other than the root holds at least 5 of its 11 slots).
 fn stream_fixed_cost(epoch: &Epoch) -> usize {
-    size_of::<Stream>()
-        + arc_str_cost(epoch.as_str().len())
-        + MAP_SLOT
-        + WRITE_INDEX
-        + DEADLINE_INDEX
+    size_of::<Stream>() + arc_str_cost(epoch.as_str().len()) + MAP_SLOT + WRITE_INDEX
 }
 
 /// An `Arc<str>`: two counters and the text, rounded up to the allocator's 8-byte alignment.
@@ -222,6 +224,9 @@ pub struct History {
     /// The latest `now` seen, in milliseconds.
     now: u64,
     bytes: usize,
+    /// Streams looked at by `expire` and `fit`: the tests check that neither scans.
+    #[cfg(test)]
+    visits: usize,
 }
 
 impl History {
@@ -237,6 +242,8 @@ impl History {
             writes: 0,
             now: 0,
             bytes: 0,
+            #[cfg(test)]
+            visits: 0,
         }
     }
 
@@ -287,7 +294,7 @@ impl History {
             member_id: publication.member_id,
             frame: publication.frame.clone(),
         };
-        if stream.fixed() + size_of::<Entry>() + entry.cost() > max_bytes {
+        if stream.fixed() + DEADLINE_INDEX + size_of::<Entry>() + entry.cost() > max_bytes {
             // Keeping it would evict every other stream and still not fit.
             stream.clear();
         } else {
@@ -370,6 +377,10 @@ impl History {
                 break;
             }
             let ((_, id), topic) = next.remove_entry();
+            #[cfg(test)]
+            {
+                self.visits += 1;
+            }
             let Some(stream) = self.streams.get_mut(&topic) else {
                 continue;
             };
@@ -424,6 +435,10 @@ impl History {
             let Some(entry) = self.by_write.first_entry() else {
                 break;
             };
+            #[cfg(test)]
+            {
+                self.visits += 1;
+            }
             if entry.get() == keep {
                 break;
             }
@@ -477,3 +492,6 @@ impl History {
             .expect("a seed of letters and digits and a hex number make an epoch")
     }
 }
+
+#[cfg(test)]
+mod tests;
