@@ -242,3 +242,112 @@ fn frames_with_spare_capacity_cost_more_than_charged() {
     );
     assert!(real as f64 <= 1.6 * charged as f64);
 }
+
+/// This thread's CPU time (the machine is shared: wall time would count other processes).
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    Duration::from_nanos(stat.split(' ').next().unwrap().parse().unwrap())
+}
+
+/// Not a check: what appends and expiry cost at scale, in CPU time per call, printed for
+/// BENCHMARKS.md ("History memory"). Linux only. Run with
+/// `cargo test --release -p gateway-core --test history_memory -- --ignored --nocapture`.
+#[test]
+#[ignore = "a timing, run by hand"]
+fn timing() {
+    let mut roomy = policy(100);
+    roomy.max_bytes = usize::MAX;
+    let streams: Vec<Topic> = (1..=1_000_000).map(private).collect();
+    let pushes: Vec<Publication> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| publication(topic, i, true))
+        .collect();
+    let append_all = |history: &mut History, range: std::ops::Range<usize>, at: u64| {
+        let started = cpu();
+        for i in range.clone() {
+            drop(history.append(&streams[i], pushes[i].clone(), Timestamp::from_millis(at)));
+        }
+        (started.elapsed_to(cpu()) / range.len() as u32, range.len())
+    };
+
+    // A million private streams, one push each: no eviction.
+    let mut history = History::new(roomy.clone(), "seed");
+    let (each, n) = append_all(&mut history, 0..1_000_000, 0);
+    eprintln!("append, new stream, {n} streams: {each:?} each");
+    // The node's once-a-second expiry when nothing is due.
+    let started = cpu();
+    for _ in 0..100 {
+        history.expire(Timestamp::from_millis(1_000));
+    }
+    eprintln!(
+        "expire, 1M streams, nothing due: {:?} per call",
+        started.elapsed_to(cpu()) / 100
+    );
+    // Pushes to streams that exist (the ring grows from 1 to 2).
+    let (each, n) = append_all(&mut history, 0..1_000_000, 1_000);
+    eprintln!("append, existing stream, 1M streams: {each:?} each ({n})");
+    drop(history);
+
+    // 1 % of a million streams expire: 10,000 streams, 20,000 pushes.
+    let mut history = History::new(roomy, "seed");
+    for i in (0..1_000_000).step_by(100) {
+        drop(history.append(&streams[i], pushes[i].clone(), Timestamp::from_millis(0)));
+        drop(history.append(&streams[i], pushes[i].clone(), Timestamp::from_millis(0)));
+    }
+    for i in (0..1_000_000).filter(|i| i % 100 != 0) {
+        drop(history.append(
+            &streams[i],
+            pushes[i].clone(),
+            Timestamp::from_millis(250_000),
+        ));
+    }
+    let started = cpu();
+    history.expire(Timestamp::from_millis(300_000));
+    eprintln!(
+        "expire, 1M streams, 10k streams (20k pushes) due: {:?}",
+        started.elapsed_to(cpu())
+    );
+    drop(history);
+
+    // The default 64 MiB: full after ~100k streams, then every new stream evicts one.
+    let mut full = policy(100);
+    full.max_bytes = HistoryPolicy::DEFAULT_MAX_BYTES;
+    let mut history = History::new(full, "seed");
+    append_all(&mut history, 0..200_000, 0);
+    // HISTORY_EVICTIONS: fewer, to time a store that scans every stream per eviction.
+    let evictions: usize =
+        std::env::var("HISTORY_EVICTIONS").map_or(200_000, |n| n.parse().unwrap());
+    let (each, n) = append_all(&mut history, 200_000..200_000 + evictions, 1);
+    eprintln!(
+        "append, new stream evicting one, {} streams kept: {each:?} each ({n})",
+        history.streams()
+    );
+    drop(history);
+
+    // 1k streams at their size: each append replaces the oldest push.
+    let topics: Vec<Topic> = (0..1_000).map(public).collect();
+    let mut history = History::new(policy(100), "seed");
+    fill(&mut history, &topics, 100, true);
+    let publications: Vec<Publication> = (0..100_000)
+        .map(|i| publication(&topics[i % 1_000], i, true))
+        .collect();
+    let started = cpu();
+    for (i, push) in publications.into_iter().enumerate() {
+        drop(history.append(&topics[i % 1_000], push, Timestamp::from_millis(200)));
+    }
+    eprintln!(
+        "append, full ring of 100, 1k streams: {:?} each",
+        started.elapsed_to(cpu()) / 100_000
+    );
+}
+
+trait Elapsed {
+    fn elapsed_to(self, now: Duration) -> Duration;
+}
+
+impl Elapsed for Duration {
+    fn elapsed_to(self, now: Duration) -> Duration {
+        now - self
+    }
+}
