@@ -70,8 +70,15 @@ pub(crate) struct Envelope<'a> {
 
 impl Envelope<'_> {
     pub(crate) fn encode(&self) -> Frame {
+        // Sized for the frame up front: serde_json's own buffer doubles as it goes, and a
+        // frame kept in history or a slow outbox would hold the spare half (a 143-byte frame
+        // in a 256-byte buffer). The estimate allows for the escapes a JSON text needs
+        // (its quotes); more grows the buffer as before.
+        let estimate = self.app.len() + self.text.len() + self.text.len() / 8 + 48;
+        let mut bytes = Vec::with_capacity(estimate);
         // Strings always serialize; the error type exists only for I/O writers.
-        Frame::from_string(serde_json::to_string(self).expect("a struct of strings serializes"))
+        serde_json::to_writer(&mut bytes, self).expect("a struct of strings serializes");
+        Frame::from_string(String::from_utf8(bytes).expect("serde_json writes UTF-8"))
     }
 }
 
