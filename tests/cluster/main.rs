@@ -71,8 +71,13 @@ impl BrokerServer {
             BrokerServer::Redis(redis) => redis.channels("ws-gateway.*"),
             BrokerServer::Nats(nats) => nats.subscriptions("ws-gateway."),
         };
+        // Not a node's interest: the cluster's control channels, and (NATS) the JetStream
+        // history stream's own subscription to the history subjects.
         all.into_iter()
-            .filter(|channel| !channel.starts_with("ws-gateway.a.~24ws-gateway~2F"))
+            .filter(|channel| {
+                !channel.starts_with("ws-gateway.a.~24ws-gateway~2F")
+                    && !channel.starts_with("ws-gateway.h.")
+            })
             .collect()
     }
 

@@ -180,13 +180,17 @@ test("a push to an app named gateway stays a push unless it is exactly a reply",
   client.addEventListener("reply", (event) => replies.push(event.detail));
   const pushes = client.pushes();
   // Each is JSON like a reply but not one (an extra key, a string code, a fraction, another
-  // member_id), or not JSON at all; the last is a marker.
+  // member_id, a malformed position), or not JSON at all; the last is a marker.
   const sent = [
     { text: '{"code":200,"message":"pong","extra":1}', memberId: -1 },
     { text: '{"code":"200","message":"pong"}', memberId: -1 },
     { text: '{"code":200.5,"message":"pong"}', memberId: -1 },
     { text: '{"code":200,"message":7}', memberId: -1 },
     { text: '{"code":200,"message":"pong"}', memberId: OTHER_MEMBER },
+    // The keys a recovery's reply may add, but not as it adds them.
+    { text: '{"code":200,"message":"pong","recovered":1}', memberId: -1 },
+    { text: '{"code":200,"message":"pong","offset":1}', memberId: -1 },
+    { text: '{"code":200,"message":"pong","offset":1.5,"epoch":"e"}', memberId: -1 },
     { text: "[200]", memberId: -1 },
     { text: "not JSON", memberId: -1 },
     { text: "the marker", memberId: -1 },

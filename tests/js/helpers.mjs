@@ -1,8 +1,10 @@
 // What the JavaScript client's tests share: the real binary (tests/browser/gateway.mjs starts
-// it), the client module as the gateway serves it, and waiting for an event with a deadline.
+// it), the client module as the gateway serves it, waiting for an event with a deadline, and a
+// TCP proxy that cuts connections the way a lost network does.
 
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -74,4 +76,78 @@ export function within(promise, what, ms = WAIT_MS) {
     timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
   });
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A TCP proxy on an ephemeral loopback port in front of `target` ("host:port"), whose
+ * connections the test cuts: with a reset on both sides, as when a phone changes networks, so
+ * neither the client nor the gateway gets a close frame. While `blocked`, new connections are
+ * reset at once (the client keeps retrying), so the test decides when the client is back.
+ */
+export class CutProxy {
+  /** @type {Set<net.Socket>} */ #sockets = new Set();
+  blocked = false;
+  /** Connections accepted so far (refused ones included). */
+  accepted = 0;
+
+  static async start(target) {
+    const proxy = new CutProxy(target);
+    await new Promise((resolve, reject) => {
+      proxy.server.once("error", reject);
+      proxy.server.listen(0, "127.0.0.1", resolve);
+    });
+    proxy.address = `127.0.0.1:${proxy.server.address().port}`;
+    return proxy;
+  }
+
+  constructor(target) {
+    const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
+    this.server = net.createServer((client) => {
+      this.accepted += 1;
+      if (this.blocked) {
+        client.resetAndDestroy();
+        return;
+      }
+      const upstream = net.connect(port, host);
+      for (const [from, to] of [[client, upstream], [upstream, client]]) {
+        this.#sockets.add(from);
+        from.pipe(to);
+        // A reset on one side is passed on as a reset, never as a clean close.
+        from.on("error", () => to.resetAndDestroy());
+        from.on("close", () => this.#sockets.delete(from));
+      }
+    });
+  }
+
+  /** Resets every connection through the proxy, both ways. */
+  cut() {
+    for (const socket of this.#sockets) socket.resetAndDestroy();
+    this.#sockets.clear();
+  }
+
+  async close() {
+    this.cut();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+/**
+ * A WebSocket class that records what each socket made from it sends: `sent[i]` is the i-th
+ * connection's frames, as strings.
+ */
+export function recordingWebSocket() {
+  const sent = [];
+  const Recording = class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      const mine = [];
+      sent.push(mine);
+      const send = this.send.bind(this);
+      this.send = (data) => {
+        mine.push(String(data));
+        send(data);
+      };
+    }
+  };
+  return { Recording, sent };
 }

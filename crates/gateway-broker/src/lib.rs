@@ -17,13 +17,16 @@
 //! - **Order.** All pushes of a topic pass through one broker channel. Redis serialises it:
 //!   every node receives a topic's pushes in one order. NATS keeps each publishing node's
 //!   order and causal order (a push published after another was confirmed comes after it), but
-//!   not one interleaving of concurrent publishers (see [`nats`]).
+//!   not one interleaving of concurrent publishers (see [`nats`]); with history, every
+//!   publication carries its offset and the node restores the one order.
 //! - **Failure is reported.** A publication the broker did not take is an error (the push API
 //!   answers 503); a reconnect or a slow-consumer drop is reported as a possible gap per topic
 //!   ([`BrokerEvent::Gap`]).
 //!
-//! Room for what comes next: publications will carry stream positions and brokers will keep
-//! history (the history issue); [`Published`] and the event enum are non-exhaustive for that.
+//! - **History.** A broker that [keeps history](Broker::keeps_history) (Redis: a Lua script
+//!   per push over a Redis stream; NATS: JetStream) gives each publication of an app with
+//!   history its [`Position`], the same at every node, and reads it back
+//!   ([`Broker::history`]) for recoveries and for holes in a node's live stream.
 
 use std::fmt;
 use std::future::Future;

@@ -7,11 +7,14 @@
 //   client.addEventListener("push", (event) => console.log(event.detail.app, event.detail.text));
 //   await client.connect();
 //   await client.subscribe("match");        // {code: 200, message: "subscribe match success"}
+//   await client.subscribe("score", { recover: true });   // pushes missed while away come after a reconnect
 //
 // The wire protocol is docs/protocol.md. What this client adds to it: replies matched to their
 // requests (they come in request order), automatic reconnects with capped, jittered backoff that
-// resubscribe every app still wanted, and an application-level ping (`{"action":"ping"}`),
-// because browsers cannot send WebSocket pings and so cannot notice a dead connection otherwise.
+// resubscribe every app still wanted, an application-level ping (`{"action":"ping"}`),
+// because browsers cannot send WebSocket pings and so cannot notice a dead connection otherwise,
+// and recovery: for an app subscribed with `recover`, it keeps the position of the last push and
+// resubscribes with `since` after every reconnect, so the gateway replays what it missed.
 
 /** Close codes after which retrying unchanged is useless (docs/protocol.md): no reconnect. */
 export const FINAL_CLOSE_CODES = Object.freeze([4403, 4400, 1002, 1007, 1009]);
@@ -54,15 +57,33 @@ export class GatewayError extends Error {
 
 /**
  * @typedef {object} Reply  A gateway reply: the `text` of an `app: "gateway"`, `member_id: -1` frame
- *   that is exactly `{"code": <integer>, "message": <string>}`. Any other frame is a {@link Push},
- *   including a backend's push to an app named `gateway`.
+ *   that is exactly `{"code": <integer>, "message": <string>}`, or that with a subscription's
+ *   position after them (`recovered`, a boolean, and/or `offset`, an integer >= 0, with `epoch`, a
+ *   string). Any other frame is a {@link Push}, including a backend's push to an app named `gateway`.
  * @property {number} code
  * @property {string} message
+ * @property {boolean} [recovered]  answer to `since` only: whether every missed push follows
+ * @property {number} [offset]  with `epoch`: the stream's newest position (subscriptions with recovery)
+ * @property {string} [epoch]
  *
  * @typedef {object} Push  A push as received.
  * @property {string} app
  * @property {number} memberId  the member it was sent to, -1 for everyone
  * @property {string} text  the backend's payload, as it sent it
+ * @property {number} [offset]  its position in the app's stream, present only for a subscription
+ *   with recovery (and an app that keeps history)
+ * @property {string} [epoch]  the run of offsets `offset` belongs to
+ *
+ * @typedef {object} Position  Where a client stands in a stream: the last push it received.
+ *   `{offset: 0, epoch: ""}`: before the stream's first push.
+ * @property {number} offset
+ * @property {string} epoch
+ *
+ * @typedef {object} SubscribeOptions
+ * @property {boolean} [recover]  pushes carry their position and, after a reconnect, the gateway
+ *   replays those missed meanwhile (as far as its history reaches; else a `pushesLost` event)
+ * @property {Position} [since]  recover, starting after this position (one kept from an earlier
+ *   client, say in `sessionStorage`): what followed it is replayed first
  *
  * @typedef {object} Options
  * @property {number} [memberId]  authenticate as this member (an integer > 0); absent or < 0: anonymous
@@ -91,6 +112,12 @@ export class GatewayError extends Error {
  * - `reply`: every gateway {@link Reply}, as it arrives (for logs);
  * - `unsubscribed`: `{app, code, message}` an app was dropped without `unsubscribe()`: the
  *   gateway's 410 notice, or a refused resubscription after a reconnect;
+ * - `pushesLost`: `{app, since, offset, epoch, code, message}` a subscription with recovery
+ *   missed pushes the gateway can no longer give: those after `since` (the last position this
+ *   client had) up to `offset` of `epoch`, where it continues (the next push comes after it).
+ *   `code` 200: the resubscription's reply said `"recovered":false` (the history no longer
+ *   reaches back, or the stream's history was lost: another epoch); 409: the gateway's unasked
+ *   `pushes to <app> lost` notice;
  * - `close`: `{code, reason, reconnectInMs}` a connection ended; `reconnectInMs` is null when the
  *   client has stopped for good (after `close()`, a final close code, or `reconnect: false`).
  *   A ping, connect or auth timeout shows as code 1006 with the timeout as the reason.
@@ -102,10 +129,14 @@ export class GatewayClient extends EventTarget {
   /** @type {WebSocket | null} */ #socket = null;
   /** @type {"idle" | "connecting" | "open" | "reconnecting" | "closed"} */ #state = "idle";
   /**
-   * The apps to (re)subscribe, each with the callers waiting for its next reply.
-   * @type {Map<string, {waiters: Array<{resolve: Function, reject: Function}>, dropped: boolean}>}
+   * The apps to (re)subscribe, each with the callers waiting for its next reply and, with
+   * recovery, the position of the last push received (null until the first reply tells it).
+   * @type {Map<string, {waiters: Array<{resolve: Function, reject: Function}>, dropped: boolean,
+   *   recover: boolean, position: Position | null, socket: WebSocket | null}>}
    */
   #wanted = new Map();
+  /** What {@link GatewayClient#stats} reports. */
+  #stats = { duplicatesDropped: 0, pushesLost: 0 };
   /** Requests sent on this connection whose replies have not come: replies come in this order. */
   #inFlight = [];
   /** Callers of `connect()` waiting for the next `open`. */
@@ -148,6 +179,26 @@ export class GatewayClient extends EventTarget {
   get subscriptions() { return [...this.#wanted.keys()]; }
 
   /**
+   * Counts since the client was made: `duplicatesDropped`, pushes of a subscription with
+   * recovery at or before the position already received in the same epoch, dropped (the
+   * gateway promises none: a defence, expected 0); `pushesLost`, `pushesLost` events.
+   * @returns {{duplicatesDropped: number, pushesLost: number}}
+   */
+  get stats() { return { ...this.#stats }; }
+
+  /**
+   * The position a subscription with recovery stands at (the last push received, or the
+   * stream's newest when it subscribed): what it resubscribes `since` after a reconnect. Null
+   * for an app not subscribed with recovery, or before its first reply.
+   * @param {string} app
+   * @returns {Position | null}
+   */
+  position(app) {
+    const position = this.#wanted.get(app)?.position;
+    return position ? { ...position } : null;
+  }
+
+  /**
    * Starts connecting (and reconnecting) if not yet started. Resolves with the `open` event's
    * detail once authenticated; rejects with a {@link GatewayError} if the client stops for good
    * first. A failed attempt is retried with backoff like any lost connection.
@@ -167,14 +218,30 @@ export class GatewayClient extends EventTarget {
    * {@link GatewayError} for any other reply (403 forbidden, 429 too many subscriptions, 400 bad
    * subscribe message), after which the app is no longer wanted. While disconnected the request
    * waits for the next connection.
+   *
+   * With `{recover: true}` it sends `{"app":…,"recover":true}`: pushes carry their `offset` and
+   * `epoch`, the client keeps the last one's (or the reply's, `{offset: 0, epoch: ""}` when the
+   * stream had no push yet), and every resubscription is `{"app":…,"since":{"offset":…,"epoch":…}}`,
+   * so the pushes missed while disconnected come first, once and in order. Subscribing again
+   * on the same connection sends `recover` again (nothing was missed); without `recover` it
+   * turns recovery off.
    * @param {string} app
+   * @param {SubscribeOptions} [options]
    * @returns {Promise<Reply>}
    */
-  subscribe(app) {
+  subscribe(app, options = {}) {
     if (typeof app !== "string" || app === "") throw new TypeError("app must be a non-empty string");
+    const since = options.since;
+    if (since !== undefined && !validPosition(since)) {
+      throw new TypeError("since must be {offset: an integer >= 0, epoch: a string}, the epoch empty only with offset 0");
+    }
     if (this.#state === "closed") return Promise.reject(new GatewayError(1000, "client closed"));
     let entry = this.#wanted.get(app);
-    if (!entry) this.#wanted.set(app, (entry = { waiters: [], dropped: false }));
+    if (!entry) this.#wanted.set(app, (entry = { waiters: [], dropped: false, recover: false, position: null, socket: null }));
+    const recover = Boolean(options.recover) || since !== undefined;
+    if (!recover) entry.position = null;
+    else if (since !== undefined) entry.position = { offset: since.offset, epoch: since.epoch };
+    entry.recover = recover;
     const answered = new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }));
     if (this.#state === "open") this.#sendSubscribe(app, entry);
     return answered;
@@ -343,15 +410,32 @@ export class GatewayClient extends EventTarget {
     // envelope (member_id -1) around exactly a reply is a reply; anything else is a push.
     const reply = frame?.app === "gateway" && frame.member_id === -1 ? replyIn(frame.text) : null;
     if (!reply) {
-      const push = { app: frame?.app, memberId: frame?.member_id, text: frame?.text };
-      this.#emit("push", push);
-      for (const sink of this.#iterators) sink.push(push);
+      this.#onPush(frame);
       return;
     }
     this.#emit("reply", reply);
     if (this.#state === "connecting") this.#authenticated(reply, member);
     else if (reply.code === 410) this.#droppedByServer(reply);
+    else if (reply.code === 409 && reply.recovered === false) this.#lostNotice(reply);
     else this.#settle(this.#inFlight.shift(), reply);
+  }
+
+  #onPush(frame) {
+    const push = { app: frame?.app, memberId: frame?.member_id, text: frame?.text };
+    const position = validPosition(frame) && frame.epoch !== "" ? { offset: frame.offset, epoch: frame.epoch } : null;
+    if (position) Object.assign(push, position);
+    const entry = position && this.#wanted.get(push.app);
+    if (entry?.recover && entry.position) {
+      // The gateway sends every position once; a second copy would be a bug somewhere on the
+      // way (a broker's redelivery, say): dropped, and counted so that it shows.
+      if (entry.position.epoch === position.epoch && position.offset <= entry.position.offset) {
+        this.#stats.duplicatesDropped += 1;
+        return;
+      }
+      entry.position = position;
+    }
+    this.#emit("push", push);
+    for (const sink of this.#iterators) sink.push(push);
   }
 
   /** The auth reply: 200 hello, or 401 and anonymous; a 400 is followed by close 4400. */
@@ -380,7 +464,14 @@ export class GatewayClient extends EventTarget {
 
   #sendSubscribe(app, entry) {
     const waiters = entry.waiters.splice(0);
-    this.#send({ app }, { kind: "subscribe", app, entry, waiters });
+    // `since` only on a connection that has not asked for the app yet: on one that has, nothing
+    // was missed, and a replay would repeat pushes still on their way.
+    const asked = entry.socket === this.#socket;
+    entry.socket = this.#socket;
+    let message = { app };
+    if (entry.recover && entry.position && !asked) message = { app, since: { ...entry.position } };
+    else if (entry.recover) message = { app, recover: true };
+    this.#send(message, { kind: "subscribe", app, entry, waiters, since: message.since ?? null, recover: entry.recover });
   }
 
   #request(message, request) {
@@ -401,6 +492,7 @@ export class GatewayClient extends EventTarget {
       if (reply.code === 200) {
         // Asked for again after a refusal: it is wanted again, unless unsubscribed since.
         if (!current && !request.entry.dropped) this.#wanted.set(request.app, request.entry);
+        if (request.recover && request.entry.recover) this.#subscribedAt(request, reply);
       } else if (current === request.entry) {
         this.#wanted.delete(request.app);
         for (const waiter of current.waiters.splice(0)) request.waiters.push(waiter);
@@ -413,6 +505,50 @@ export class GatewayClient extends EventTarget {
       if (reply.code === 200) waiter.resolve(reply);
       else waiter.reject(new GatewayError(reply.code, reply.message));
     }
+  }
+
+  /**
+   * A subscription with recovery answered: where the stream stands. After `recover` the live
+   * stream continues after the reply's position; after `since`, with `recovered: true`, the
+   * missed pushes follow (the client's own position stays), with `recovered: false` they are
+   * lost and the stream continues after the reply's position.
+   */
+  #subscribedAt(request, reply) {
+    const entry = request.entry;
+    const top = reply.epoch !== undefined ? { offset: reply.offset, epoch: reply.epoch } : { offset: 0, epoch: "" };
+    if (!request.since) {
+      entry.position = top;
+    } else if (reply.recovered === false) {
+      entry.position = top;
+      this.#pushesLost(request.app, request.since, reply);
+    }
+  }
+
+  /** `{"code":409,"message":"pushes to <app> lost","recovered":false,"offset":…,"epoch":…}`. */
+  #lostNotice(reply) {
+    const found = /^pushes to (.*) lost$/.exec(reply.message);
+    if (!found || reply.epoch === undefined) return;
+    const app = found[1];
+    const entry = this.#wanted.get(app);
+    const since = entry?.position ? { ...entry.position } : null;
+    // The notice comes before the first push after the hole; a position already past it (a
+    // push that got here anyway) is kept.
+    if (entry?.recover && !(since?.epoch === reply.epoch && since.offset >= reply.offset)) {
+      entry.position = { offset: reply.offset, epoch: reply.epoch };
+    }
+    this.#pushesLost(app, since, reply);
+  }
+
+  #pushesLost(app, since, reply) {
+    this.#stats.pushesLost += 1;
+    this.#emit("pushesLost", {
+      app,
+      since,
+      offset: reply.offset ?? 0,
+      epoch: reply.epoch ?? "",
+      code: reply.code,
+      message: reply.message,
+    });
   }
 
   /** `{"code":410,"message":"unsubscribe <app> by server"}`: not to be resubscribed. */
@@ -495,8 +631,9 @@ export class GatewayClient extends EventTarget {
 }
 
 /**
- * The {@link Reply} in a gateway frame's `text`: exactly `{"code":<integer>,"message":<string>}`
- * (docs/protocol.md); null for any other text.
+ * The {@link Reply} in a gateway frame's `text`: exactly `{"code":<integer>,"message":<string>}`,
+ * optionally followed by `"recovered":<boolean>` and/or `"offset":<integer>,"epoch":<string>`
+ * (docs/protocol.md, "History and recovery"); null for any other text.
  * @param {unknown} text
  * @returns {Reply | null}
  */
@@ -507,8 +644,27 @@ function replyIn(text) {
   } catch {
     return null;
   }
-  const shaped = reply !== null && typeof reply === "object" && !Array.isArray(reply)
-    && Object.keys(reply).length === 2
-    && Number.isSafeInteger(reply.code) && typeof reply.message === "string";
-  return shaped ? { code: reply.code, message: reply.message } : null;
+  if (reply === null || typeof reply !== "object" || Array.isArray(reply)) return null;
+  if (!Number.isSafeInteger(reply.code) || typeof reply.message !== "string") return null;
+  const shaped = { code: reply.code, message: reply.message };
+  let keys = 2;
+  if ("recovered" in reply) {
+    if (typeof reply.recovered !== "boolean") return null;
+    shaped.recovered = reply.recovered;
+    keys += 1;
+  }
+  if ("offset" in reply || "epoch" in reply) {
+    if (!validPosition(reply) || reply.epoch === "") return null;
+    shaped.offset = reply.offset;
+    shaped.epoch = reply.epoch;
+    keys += 2;
+  }
+  return Object.keys(reply).length === keys ? shaped : null;
+}
+
+/** Whether `value` has a position: `offset` an integer >= 0, `epoch` a string, empty only with 0. */
+function validPosition(value) {
+  return value !== null && typeof value === "object"
+    && Number.isSafeInteger(value.offset) && value.offset >= 0 && typeof value.epoch === "string"
+    && (value.epoch !== "" || value.offset === 0);
 }

@@ -105,6 +105,8 @@ pub struct Node {
     started: Instant,
     /// The node itself, for the tasks it starts (history reads).
     me: OnceLock<Weak<Node>>,
+    /// History reads running at once against the broker (see [`Node::MAX_HISTORY_READS`]).
+    read_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Node {
@@ -128,6 +130,11 @@ impl Node {
     /// Apps per page of `/stat`: the lock is held for one page (some tens of µs with 128-byte
     /// names), so pushes wait for that at most, whatever the number of apps.
     pub const STAT_PAGE_APPS: usize = 512;
+
+    /// History reads a node runs against its broker at once; more wait for a slot. Enough to
+    /// keep a Redis or NATS connection's pipeline busy, few enough that a reconnect with
+    /// thousands of topics does not flood the broker.
+    pub const MAX_HISTORY_READS: usize = 32;
 
     /// A node on its own: the local broker.
     pub fn local(config: HubConfig, counters: Arc<Counters>) -> Arc<Node> {
@@ -177,6 +184,7 @@ impl Node {
             control: control::Control::default(),
             started,
             me: OnceLock::new(),
+            read_slots: tokio::sync::Semaphore::new(Self::MAX_HISTORY_READS),
         });
         node.me.set(Arc::downgrade(&node)).expect("set once, here");
         let weak: Weak<dyn Inbound> = Arc::downgrade(&node) as Weak<dyn Inbound>;
@@ -216,6 +224,9 @@ impl Node {
         for read in reads {
             let node = node.clone();
             runtime.spawn(async move {
+                // Bounded: a broker reconnect can ask for one read per topic, and a crowd of
+                // clients reconnecting at once for one each.
+                let _slot = node.read_slots.acquire().await;
                 let since = read.since.clone();
                 let result = node.broker().history(&read.topic, since, read.limit).await;
                 node.read_done(read, result);
@@ -758,6 +769,14 @@ impl Inner {
     /// to the hub in order; subscribers with positions hear of what it could not.
     fn fill_hole(&mut self, topic: &Topic, read: Option<HistoryRead>) {
         let filled = self.sequencer.fetched(topic, read);
+        if let Some(since) = filled.fetch.clone() {
+            self.recoveries.reads.push(Read {
+                purpose: Purpose::Hole,
+                topic: topic.clone(),
+                since: Some(since),
+                limit: self.policy.limits(topic.app()).size,
+            });
+        }
         let history = &self.counters.history;
         if filled.lost.is_some() {
             HistoryCounters::add(&history.holes_lost);

@@ -136,10 +136,13 @@ impl Recoveries {
         false
     }
 
-    /// `conn` is gone.
+    /// `conn` is gone: its pending recoveries and replay marks with it.
     pub(super) fn forget(&mut self, conn: ConnId) {
         if !self.replayed.is_empty() {
             self.replayed.remove(&conn);
+        }
+        if !self.jobs.is_empty() {
+            self.jobs.retain(|_, job| job.conn != conn);
         }
     }
 }

@@ -56,6 +56,9 @@ pub(super) struct Filled {
     /// Pushes were lost for good before `deliver[index]`: the position right before that one
     /// (what subscribers with positions continue from).
     pub(super) lost: Option<(usize, Position)>,
+    /// A hole remains that the read could not have seen (it was stored after the read): read
+    /// again after this position; what follows the hole keeps waiting.
+    pub(super) fetch: Option<Since>,
 }
 
 impl Sequencer {
@@ -96,7 +99,7 @@ impl Sequencer {
             if stream.waiting.len() > MAX_WAITING {
                 // The read takes too long: stop holding; the hole (if any) is lost.
                 stream.fetching = false;
-                let filled = stream.drain(Vec::new());
+                let filled = stream.drain(Vec::new(), None);
                 return Accepted {
                     deliver: filled.deliver,
                     ..Accepted::default()
@@ -153,8 +156,21 @@ impl Sequencer {
             return Filled::default();
         }
         stream.fetching = false;
-        let found = read.map(|read| read.publications).unwrap_or_default();
-        stream.drain(found)
+        let Some(read) = read else {
+            // The read failed: what is missing cannot be had now.
+            return stream.drain(Vec::new(), None);
+        };
+        // Another run, or none: this run's history is gone, a hole in it cannot be filled.
+        let top = read
+            .top
+            .as_ref()
+            .filter(|top| top.epoch == stream.last.epoch)
+            .map(|top| top.offset);
+        let filled = stream.drain(read.publications, top);
+        if filled.fetch.is_some() {
+            stream.fetching = true;
+        }
+        filled
     }
 
     /// The node's interest in `topic` ended.
@@ -165,8 +181,11 @@ impl Sequencer {
 
 impl Stream {
     /// Passes on `found` (from the history) and what waited, in offset order, without
-    /// duplicates; reports a hole that neither filled.
-    fn drain(&mut self, found: Vec<Publication>) -> Filled {
+    /// duplicates. A hole that a read with newest offset `read_top` saw past (its pushes were
+    /// stored, and are no longer kept) or that no read can fill (`None`: the read failed, or
+    /// too much waits) is reported lost and passed over; a hole above `read_top` was stored
+    /// after the read: what follows it keeps waiting for another read.
+    fn drain(&mut self, found: Vec<Publication>, read_top: Option<u64>) -> Filled {
         let mut ordered = std::mem::take(&mut self.waiting);
         for publication in found {
             if let Some(position) = &publication.position
@@ -177,7 +196,8 @@ impl Stream {
             }
         }
         let mut filled = Filled::default();
-        for (offset, publication) in ordered {
+        let mut ordered = ordered.into_iter();
+        while let Some((offset, publication)) = ordered.next() {
             let Some(position) = publication.position.clone() else {
                 continue;
             };
@@ -185,7 +205,19 @@ impl Stream {
             if same_run && offset <= self.last.offset {
                 continue;
             }
-            if (!same_run || offset != self.last.offset + 1) && filled.lost.is_none() {
+            let hole = !same_run || offset != self.last.offset + 1;
+            if hole
+                && same_run
+                && let Some(top) = read_top
+                && top <= self.last.offset
+            {
+                // Stored after the read: read again; this and what follows wait.
+                self.waiting.insert(offset, publication);
+                self.waiting.extend(ordered);
+                filled.fetch = Some(Since::After(self.last.clone()));
+                return filled;
+            }
+            if hole && filled.lost.is_none() {
                 let before = Position::new(offset - 1, position.epoch.clone());
                 filled.lost = Some((filled.deliver.len(), before));
             }
@@ -251,6 +283,7 @@ mod tests {
         assert!(s.accept(&topic(), push(5, "e")).deliver.is_empty());
         assert!(s.accept(&topic(), push(2, "e")).deliver.is_empty());
         let read = HistoryRead {
+            top: Some(Position::new(5, Epoch::parse("e").unwrap())),
             publications: vec![push(2, "e"), push(3, "e"), push(4, "e")],
             ..HistoryRead::default()
         };
@@ -263,11 +296,42 @@ mod tests {
     }
 
     #[test]
+    fn a_hole_stored_after_the_read_waits_for_another_read() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(1, "e"));
+        let _ = s.accept(&topic(), push(3, "e"));
+        // While 2 is read, 5 arrives (4 is still on its way).
+        let _ = s.accept(&topic(), push(5, "e"));
+        let read = HistoryRead {
+            top: Some(Position::new(3, Epoch::parse("e").unwrap())),
+            publications: vec![push(2, "e"), push(3, "e")],
+            ..HistoryRead::default()
+        };
+        let filled = s.fetched(&topic(), Some(read));
+        assert_eq!(offsets(&filled.deliver), [2, 3]);
+        assert_eq!(filled.lost, None, "4 was stored after the read: not lost");
+        assert_eq!(
+            filled.fetch,
+            Some(Since::After(Position::new(3, Epoch::parse("e").unwrap())))
+        );
+        // The second read has it.
+        let read = HistoryRead {
+            top: Some(Position::new(5, Epoch::parse("e").unwrap())),
+            publications: vec![push(4, "e"), push(5, "e")],
+            ..HistoryRead::default()
+        };
+        let filled = s.fetched(&topic(), Some(read));
+        assert_eq!(offsets(&filled.deliver), [4, 5]);
+        assert_eq!((filled.lost, filled.fetch), (None, None));
+    }
+
+    #[test]
     fn what_the_history_no_longer_holds_is_reported_lost() {
         let mut s = Sequencer::default();
         let _ = s.accept(&topic(), push(1, "e"));
         let _ = s.accept(&topic(), push(9, "e"));
         let read = HistoryRead {
+            top: Some(Position::new(9, Epoch::parse("e").unwrap())),
             publications: vec![push(7, "e"), push(8, "e")],
             ..HistoryRead::default()
         };
@@ -294,6 +358,7 @@ mod tests {
         let filled = s.fetched(
             &topic(),
             Some(HistoryRead {
+                top: Some(Position::new(4, Epoch::parse("e").unwrap())),
                 publications: vec![push(3, "e"), push(4, "e")],
                 ..HistoryRead::default()
             }),
