@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod interest;
+mod recovery;
 mod verbs;
 mod view;
 
