@@ -117,6 +117,9 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Before each try of a history read: at once, then twice more, about 1.2 s in all.
+const READ_RETRY_DELAYS_MS: [u64; 3] = [0, 300, 900];
+
 fn timestamp(started: Instant) -> Timestamp {
     Timestamp::from_millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
@@ -227,8 +230,17 @@ impl Node {
                 // Bounded: a broker reconnect can ask for one read per topic, and a crowd of
                 // clients reconnecting at once for one each.
                 let _slot = node.read_slots.acquire().await;
-                let since = read.since.clone();
-                let result = node.broker().history(&read.topic, since, read.limit).await;
+                let mut result = Err(BrokerError::Unavailable("not read yet".into()));
+                // A read right after a broker reconnect can meet a connection not yet
+                // restored: retry a little before answering "not recovered" or "lost".
+                for delay_ms in READ_RETRY_DELAYS_MS {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    let since = read.since.clone();
+                    result = node.broker().history(&read.topic, since, read.limit).await;
+                    if result.is_ok() {
+                        break;
+                    }
+                }
                 node.read_done(read, result);
             });
         }
@@ -249,7 +261,7 @@ impl Node {
         let mut inner = self.lock();
         match read.purpose {
             Purpose::Recovery(id) => inner.complete_recovery(id, result),
-            Purpose::Hole => inner.fill_hole(&read.topic, result),
+            Purpose::Hole => inner.fill_hole(&read.topic, result, self.broker()),
         }
         inner.apply(self.broker());
         self.unlock(inner);
@@ -456,6 +468,10 @@ impl Inbound for Node {
                     return;
                 };
                 let accepted = inner.sequencer.accept(&topic, publication);
+                if let Some(position) = &accepted.lost {
+                    HistoryCounters::add(&self.counters.history.holes_lost);
+                    inner.tell_lost(&topic, position);
+                }
                 if accepted.duplicate {
                     HistoryCounters::add(&self.counters.history.duplicates_dropped);
                 }
@@ -767,7 +783,7 @@ impl Inner {
 
     /// A read to fill a hole of `topic` answered (`None`: it failed): what it filled goes
     /// to the hub in order; subscribers with positions hear of what it could not.
-    fn fill_hole(&mut self, topic: &Topic, read: Option<HistoryRead>) {
+    fn fill_hole(&mut self, topic: &Topic, read: Option<HistoryRead>, broker: &dyn Broker) {
         let filled = self.sequencer.fetched(topic, read);
         if let Some(since) = filled.fetch.clone() {
             self.recoveries.reads.push(Read {
@@ -783,13 +799,22 @@ impl Inner {
         } else if !filled.deliver.is_empty() {
             HistoryCounters::add(&history.holes_filled);
         }
+        let count = filled.deliver.len();
         for (index, publication) in filled.deliver.into_iter().enumerate() {
             if let Some((at, position)) = &filled.lost
                 && *at == index
             {
+                // The pushes before the hole go first: the notice sits right after them.
+                self.apply(broker);
                 self.tell_lost(topic, position);
             }
             self.hub.handle(Input::Push(publication));
+        }
+        if let Some((at, position)) = &filled.lost
+            && *at == count
+        {
+            self.apply(broker);
+            self.tell_lost(topic, position);
         }
     }
 

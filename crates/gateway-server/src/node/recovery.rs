@@ -159,7 +159,9 @@ pub(super) fn outcome(
 ) {
     let since = recovery.since();
     let Some(read) = read else {
-        return (since.map(|_| false), None, Vec::new());
+        // Unknown where the stream stands: `recovered:false` (for `recover` too), never a
+        // reply without a position that would read as "no push yet".
+        return (Some(false), None, Vec::new());
     };
     let recovered = since.map(|since| read.recovered(since));
     let replay = if recovered == Some(true) {

@@ -47,6 +47,10 @@ pub(super) struct Accepted {
     pub(super) fetch: Option<Since>,
     /// The arrival was a duplicate.
     pub(super) duplicate: bool,
+    /// The stream started a new run (its history was lost, e.g. the broker lost its data):
+    /// what may have been pushed in the old one since the last position is gone; subscribers
+    /// with positions continue from this one.
+    pub(super) lost: Option<Position>,
 }
 
 /// What a history read filled in.
@@ -102,16 +106,20 @@ impl Sequencer {
                 let filled = stream.drain(Vec::new(), None);
                 return Accepted {
                     deliver: filled.deliver,
+                    // Reported before them: a notice in the middle would need its index.
+                    lost: filled.lost.map(|(_, position)| position),
                     ..Accepted::default()
                 };
             }
             return Accepted::default();
         }
         if position.epoch != stream.last.epoch {
-            // A new run (the stream's history was reset): start over from it.
+            // A new run (the stream's history was reset): start over from it, and say so.
+            let before = Position::new(position.offset - 1, position.epoch.clone());
             stream.last = position;
             return Accepted {
                 deliver: vec![publication],
+                lost: Some(before),
                 ..Accepted::default()
             };
         }
@@ -157,10 +165,46 @@ impl Sequencer {
         }
         stream.fetching = false;
         let Some(read) = read else {
-            // The read failed: what is missing cannot be had now.
-            return stream.drain(Vec::new(), None);
+            // The read failed: what is missing cannot be had now. With nothing waiting (a
+            // gap report) nothing shows a hole, yet pushes may have been lost: say so.
+            let mut filled = stream.drain(Vec::new(), None);
+            if filled.lost.is_none() && filled.deliver.is_empty() {
+                filled.lost = Some((0, stream.last.clone()));
+            }
+            return filled;
         };
-        // Another run, or none: this run's history is gone, a hole in it cannot be filled.
+        if let Some(top) = &read.top
+            && top.epoch != stream.last.epoch
+        {
+            // The stream started a new run meanwhile (its history was lost): what the old
+            // run had after `last` is gone; the new run's pushes are passed on from its start.
+            let epoch = top.epoch.clone();
+            let top_offset = top.offset;
+            stream.last = Position::new(0, epoch.clone());
+            let read_the_new_run = read
+                .publications
+                .iter()
+                .any(|p| p.position.as_ref().is_some_and(|p| p.epoch == epoch));
+            if !read_the_new_run {
+                // The read asked for the old run (and got nothing of it): read the new one
+                // from its start; what waits keeps waiting.
+                stream.fetching = true;
+                return Filled {
+                    deliver: Vec::new(),
+                    lost: Some((0, Position::new(0, epoch))),
+                    fetch: Some(Since::Start),
+                };
+            }
+            let mut filled = stream.drain(read.publications, Some(top_offset));
+            if filled.lost.is_none() {
+                filled.lost = Some((0, Position::new(0, epoch)));
+            }
+            if filled.fetch.is_some() {
+                stream.fetching = true;
+            }
+            return filled;
+        }
+        // No run at all: this run's history is gone, a hole in it cannot be filled.
         let top = read
             .top
             .as_ref()
@@ -368,10 +412,68 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_read_after_a_gap_report_is_announced() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(3, "e"));
+        assert!(s.gap(&topic()).is_some());
+        let filled = s.fetched(&topic(), None);
+        assert!(filled.deliver.is_empty());
+        assert_eq!(
+            filled.lost,
+            Some((0, Position::new(3, Epoch::parse("e").unwrap())))
+        );
+    }
+
+    #[test]
+    fn a_read_that_finds_a_new_run_passes_it_on_and_announces_the_change() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(7, "e1"));
+        assert!(s.gap(&topic()).is_some());
+        // The broker lost its data; three pushes of a new run were stored meanwhile.
+        let read = HistoryRead {
+            top: Some(Position::new(3, Epoch::parse("e2").unwrap())),
+            first: Some(1),
+            publications: vec![push(1, "e2"), push(2, "e2"), push(3, "e2")],
+        };
+        let filled = s.fetched(&topic(), Some(read.clone()));
+        assert_eq!(offsets(&filled.deliver), [1, 2, 3]);
+        assert_eq!(
+            filled.lost,
+            Some((0, Position::new(0, Epoch::parse("e2").unwrap())))
+        );
+        assert_eq!(offsets(&s.accept(&topic(), push(4, "e2")).deliver), [4]);
+
+        // A read after a position of the old run gets none of the new run (another epoch):
+        // the change is announced and the new run is read from its start.
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(7, "e1"));
+        assert!(s.gap(&topic()).is_some());
+        let filled = s.fetched(
+            &topic(),
+            Some(HistoryRead {
+                publications: Vec::new(),
+                ..read.clone()
+            }),
+        );
+        assert!(filled.deliver.is_empty());
+        assert_eq!(filled.fetch, Some(Since::Start));
+        assert_eq!(filled.lost.unwrap().1.epoch.as_str(), "e2");
+        let filled = s.fetched(&topic(), Some(read));
+        assert_eq!(offsets(&filled.deliver), [1, 2, 3]);
+        assert_eq!(filled.lost, None);
+    }
+
+    #[test]
     fn a_new_run_starts_over() {
         let mut s = Sequencer::default();
         let _ = s.accept(&topic(), push(40, "e1"));
-        assert_eq!(offsets(&s.accept(&topic(), push(1, "e2")).deliver), [1]);
+        let new_run = s.accept(&topic(), push(1, "e2"));
+        assert_eq!(offsets(&new_run.deliver), [1]);
+        assert_eq!(
+            new_run.lost,
+            Some(Position::new(0, Epoch::parse("e2").unwrap())),
+            "the old run's tail may be lost: announced"
+        );
         assert_eq!(offsets(&s.accept(&topic(), push(2, "e2")).deliver), [2]);
     }
 }
