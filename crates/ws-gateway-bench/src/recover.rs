@@ -28,8 +28,7 @@ use crate::report::Report;
 use crate::target::Target;
 use crate::ws::{WsClient, source_for};
 use crate::{
-    Common, Error, Opening, http_connection, open_subscribers, proc, request,
-    server_subscribers,
+    Common, Error, Opening, http_connection, open_subscribers, proc, request, server_subscribers,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -100,7 +99,7 @@ pub async fn recover(common: Common, args: RecoverArgs) -> Result<(), Error> {
     let mut sender = http_connection(common.addr).await?;
     push(&common, &mut sender, "start").await?;
     // Every client learns its position from the first push.
-    let clients: Vec<Result<Client, Error>> = futures_util::stream::iter(opened.into_iter())
+    let clients: Vec<Result<Client, Error>> = futures_util::stream::iter(opened)
         .enumerate()
         .map(|(index, mut ws)| async move {
             let frame = tokio::time::timeout(CLIENT_WINDOW, ws.next_message())
@@ -137,7 +136,9 @@ pub async fn recover(common: Common, args: RecoverArgs) -> Result<(), Error> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let cut_s = cut.elapsed().as_secs_f64();
-        let texts: Vec<String> = (0..args.pushes).map(|seq| format!("{round}:{seq}")).collect();
+        let texts: Vec<String> = (0..args.pushes)
+            .map(|seq| format!("{round}:{seq}"))
+            .collect();
         for text in &texts {
             push(&common, &mut sender, text).await?;
         }
