@@ -47,6 +47,9 @@ pub struct ChildArgs {
     /// Seconds to wait for the pushes after `go`.
     #[arg(long)]
     wait_s: u64,
+    /// Subscribe with `"recover":true`.
+    #[arg(long)]
+    recover: bool,
 }
 
 /// A child process: run by `fanout --procs`, never by hand.
@@ -61,6 +64,7 @@ pub async fn child(args: ChildArgs) -> Result<(), Error> {
         first: args.first,
         n: args.count,
         concurrency: args.concurrency,
+        recover: args.recover,
     };
     // Each connection starts receiving once set up, so that it answers the servers' pings
     // however long the other set-ups take (a silent client is closed after timeouts.idle_ms).
@@ -104,6 +108,7 @@ pub async fn child(args: ChildArgs) -> Result<(), Error> {
     let line = serde_json::json!({
         "delivered": seen.delivered,
         "reordered": seen.reordered,
+        "positioned": seen.positioned,
         "last_ns": seen.last_ns,
         "cpu_ns": cpu.as_nanos() as u64,
         "latencies": latencies,
@@ -137,7 +142,8 @@ impl Children {
         for c in 0..procs {
             let first = c * n / procs;
             let count = (c + 1) * n / procs - first;
-            let mut child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .arg("subscribers")
                 .args(["--target", crate::target_name(common.target)])
                 .args(["--addrs", &addrs.join(",")])
@@ -149,7 +155,11 @@ impl Children {
                     "--concurrency",
                     &args.concurrency.div_ceil(procs).to_string(),
                 ])
-                .args(["--wait-s", &RECEIVE_WINDOW.as_secs().to_string()])
+                .args(["--wait-s", &RECEIVE_WINDOW.as_secs().to_string()]);
+            if common.recover {
+                command.arg("--recover");
+            }
+            let mut child = command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -190,6 +200,7 @@ impl Children {
             };
             seen.delivered += number("delivered")?;
             seen.reordered += number("reordered")?;
+            seen.positioned += number("positioned")?;
             seen.last_ns = seen.last_ns.max(number("last_ns")?);
             seen.children_cpu += Duration::from_nanos(number("cpu_ns")?);
             for pair in report["latencies"].as_array().into_iter().flatten() {

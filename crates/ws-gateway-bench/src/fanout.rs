@@ -42,6 +42,8 @@ pub const RECEIVE_WINDOW: Duration = Duration::from_secs(120);
 pub struct Received {
     count: u64,
     reordered: u64,
+    /// Deliveries that carried a stream position (`"offset"`, `"epoch"`; `--recover`).
+    positioned: u64,
     latencies_us: Vec<u32>,
     /// Wall-clock time of the last delivery, ns since the epoch.
     last_ns: Option<u64>,
@@ -76,6 +78,7 @@ pub async fn receive(
         let Some(text) = target.delivered_text(&payload) else {
             continue;
         };
+        let positioned = target.is_positioned(&payload);
         let text = String::from_utf8_lossy(text);
         let mut fields = text.split(' ');
         let (Some(Ok(seq)), Some(Ok(sent_ns))) = (
@@ -89,6 +92,7 @@ pub async fn receive(
         }
         last_seq = Some(seq);
         got.count += 1;
+        got.positioned += u64::from(positioned);
         let latency_ns = now_ns.saturating_sub(sent_ns);
         got.latencies_us
             .push((latency_ns / 1000).min(u64::from(u32::MAX)) as u32);
@@ -102,6 +106,7 @@ pub async fn receive(
 pub struct Seen {
     pub delivered: u64,
     pub reordered: u64,
+    pub positioned: u64,
     /// Wall-clock time of the last delivery, ns since the epoch; 0 if none.
     pub last_ns: u64,
     /// Latencies in µs.
@@ -115,6 +120,7 @@ impl Seen {
         Ok(Seen {
             delivered: 0,
             reordered: 0,
+            positioned: 0,
             last_ns: 0,
             histogram: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             children_cpu: Duration::ZERO,
@@ -124,6 +130,7 @@ impl Seen {
     pub fn add(&mut self, got: Received) -> Result<(), Error> {
         self.delivered += got.count;
         self.reordered += got.reordered;
+        self.positioned += got.positioned;
         self.last_ns = self.last_ns.max(got.last_ns.unwrap_or(0));
         for latency in got.latencies_us {
             self.histogram.record(u64::from(latency).max(1))?;
@@ -251,6 +258,7 @@ pub async fn fanout(common: Common, args: FanoutArgs) -> Result<(), Error> {
         .add("deliveries", delivered, "")
         .add("lost", expected - delivered.min(expected), "")
         .add("reordered", seen.reordered, "")
+        .add("positioned", seen.positioned, "")
         .add("elapsed_s", elapsed.as_secs_f64(), "s")
         .add(
             "deliveries_per_s",

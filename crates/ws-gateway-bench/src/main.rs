@@ -12,6 +12,9 @@
 //!   run, delivered to real subscribers (loss and order checked).
 //! - `subs`: many subscriptions per connection: RSS per subscription, push round trips while
 //!   `/stat` is read, RSS after every client left.
+//! - `recover`: N clients with stream positions cut at once, M pushes sent meanwhile, all
+//!   reconnecting at once with `since`: time until each has its reply and every missed push,
+//!   checked in order (issue 13).
 //!
 //! Several nodes of a cluster (issue 10): `--addrs` spreads the subscribers over nodes
 //! (round-robin) while pushes go to `--addr`; `--stat-addrs` names each node's stat listener;
@@ -23,6 +26,7 @@ mod batch;
 mod children;
 mod fanout;
 mod proc;
+mod recover;
 mod report;
 mod subs;
 mod target;
@@ -88,6 +92,10 @@ struct Common {
     /// The broker server's pid (redis-server, nats-server): its CPU is reported apart.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// ws-gateway subscribers ask for stream positions (`{"app":..,"recover":true}`, issue
+    /// 13): every push they get carries `offset` and `epoch`, a second encoding of each push.
+    #[arg(long)]
+    recover: bool,
 }
 
 impl Common {
@@ -202,6 +210,14 @@ enum Mode {
         #[command(flatten)]
         args: subs::SubsArgs,
     },
+    /// N clients cut at once, M pushes missed, all reconnecting at once with `since`: time
+    /// until every client recovered them, in order.
+    Recover {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: recover::RecoverArgs,
+    },
     /// A child of `fanout --procs`: holds a share of the subscribers (not run by hand).
     #[command(hide = true)]
     Subscribers(children::ChildArgs),
@@ -241,6 +257,7 @@ async fn main() {
         } => push(common, connections, seconds).await,
         Mode::Batch { common, args } => batch::batch(common, args).await,
         Mode::Subs { common, args } => subs::subs(common, args).await,
+        Mode::Recover { common, args } => recover::recover(common, args).await,
         Mode::Subscribers(args) => children::child(args).await,
     };
     if let Err(err) = result {
@@ -268,6 +285,8 @@ struct Opening<'a> {
     first: usize,
     n: usize,
     concurrency: usize,
+    /// Subscribe with `"recover":true` (see [`Common::recover`]).
+    recover: bool,
 }
 
 impl<'a> Opening<'a> {
@@ -279,6 +298,7 @@ impl<'a> Opening<'a> {
             first: 0,
             n,
             concurrency,
+            recover: common.recover,
         }
     }
 }
@@ -298,10 +318,11 @@ async fn open_subscribers<T>(
         first,
         n,
         concurrency,
+        recover,
     } = opening;
     progress.set_length(n as u64);
     let path = target.subscribe_path(app);
-    let (messages, replies) = target.setup_messages(app);
+    let (messages, replies) = target.setup_messages(app, recover);
     let clients: Vec<Result<T, Error>> = futures_util::stream::iter(first..first + n)
         .map(|i| {
             let (path, messages, progress, then) = (&path, &messages, &progress, &then);

@@ -20,13 +20,18 @@ impl Target {
     }
 
     /// Messages a subscriber sends after the upgrade (none for Nchan), and how many replies
-    /// it then waits for.
-    pub fn setup_messages(self, app: &str) -> (Vec<String>, usize) {
+    /// it then waits for. With `recover`, a ws-gateway subscriber asks for stream positions
+    /// (`{"app":..,"recover":true}`): its pushes carry `offset` and `epoch` (issue 13).
+    pub fn setup_messages(self, app: &str, recover: bool) -> (Vec<String>, usize) {
         match self {
             Target::Gateway => (
                 vec![
                     r#"{"member_id":-1,"token":""}"#.to_owned(),
-                    format!(r#"{{"app":"{app}"}}"#),
+                    if recover {
+                        format!(r#"{{"app":"{app}","recover":true}}"#)
+                    } else {
+                        format!(r#"{{"app":"{app}"}}"#)
+                    },
                 ],
                 2,
             ),
@@ -48,14 +53,25 @@ impl Target {
     /// The pushed text inside a delivered frame.
     pub fn delivered_text(self, payload: &[u8]) -> Option<&[u8]> {
         match self {
-            // {"app":"bench","member_id":-1,"text":"<text>"}: the text has no quote in it.
+            // {"app":"bench","member_id":-1,"text":"<text>"}, with `,"offset":N,"epoch":"e"`
+            // before the `}` for a subscriber with positions: the text has no quote in it.
             Target::Gateway => {
                 let marker = b"\"text\":\"";
                 let start = payload.windows(marker.len()).position(|w| w == marker)? + marker.len();
-                let end = payload.len().checked_sub(2)?;
-                payload.get(start..end)
+                let len = payload.get(start..)?.iter().position(|&b| b == b'"')?;
+                payload.get(start..start + len)
             }
             Target::Nchan => Some(payload),
+        }
+    }
+
+    /// Whether a delivered frame carries a stream position (issue 13): the seed frame ends
+    /// `"}` right after the text, a positioned one with `,"epoch":"e"}`.
+    pub fn is_positioned(self, payload: &[u8]) -> bool {
+        let marker = b",\"epoch\":\"";
+        match self {
+            Target::Gateway => payload.windows(marker.len()).any(|w| w == marker),
+            Target::Nchan => false,
         }
     }
 }
