@@ -698,12 +698,6 @@ impl Hub {
         }
     }
 
-    /// Whether `conn` receives `app`'s pushes with positions.
-    pub fn is_positioned(&self, conn: ConnId, app: &AppName) -> bool {
-        self.positioned
-            .get(app)
-            .is_some_and(|conns| conns.contains(&conn))
-    }
 
     fn push(&mut self, publication: Publication) {
         let mut conns: Vec<ConnId> = match self.apps.get(&publication.app) {
