@@ -698,7 +698,6 @@ impl Hub {
         }
     }
 
-
     fn push(&mut self, publication: Publication) {
         let mut conns: Vec<ConnId> = match self.apps.get(&publication.app) {
             None => return,
