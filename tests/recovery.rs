@@ -194,7 +194,11 @@ async fn run(broker: Broker, stream: Stream, recover: bool) -> Outcome {
     });
     let mut pushing = true;
     let mut deadline = Instant::now() + Duration::from_secs(seconds() * 3) + SETTLE_WITHIN;
+    // End markers pace themselves from the moment the pushes stop. (An interval left unpolled
+    // through the pushes would fire every missed tick at once: ~150 markers, more than the
+    // history keeps, so a client cut at that moment would rightly be told it lost pushes.)
     let mut marker = tokio::time::interval(Duration::from_millis(200));
+    marker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut markers = 0u64;
     // Markers still on their way when the run ends are dropped (aborted) before the gateway.
     let mut marker_pushes = tokio::task::JoinSet::new();
@@ -217,6 +221,7 @@ async fn run(broker: Broker, stream: Stream, recover: bool) -> Outcome {
                 pushing = false;
                 proxy.stop_cutting();
                 deadline = Instant::now() + SETTLE_WITHIN;
+                marker.reset_immediately();
             }
             _ = marker.tick(), if !pushing => {
                 markers += 1;
