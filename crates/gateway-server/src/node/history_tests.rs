@@ -355,3 +355,43 @@ async fn a_broker_gap_reads_back_what_was_missed() {
     f.read_started().await;
     assert_eq!(f.answer_read().await, strings(&["m2@2", "m3@3"]));
 }
+
+#[tokio::test]
+async fn a_replay_longer_than_half_the_queue_bounds_is_not_recovered_but_told() {
+    // The fixture's queues hold 100 frames: a replay may carry 50.
+    let missed = |since: u64| {
+        let f = Fixture::new(100);
+        f.publish(60);
+        f.send(&format!(
+            r#"{{"app":"match","since":{{"offset":{since},"epoch":"e1"}}}}"#
+        ));
+        f.confirm();
+        f
+    };
+    let f = missed(10);
+    f.read_started().await;
+    let replay = f.answer_read().await;
+    assert_eq!(replay.len(), 51, "the reply and 50 pushes");
+    assert_eq!(
+        replay[0],
+        r#"{"code":200,"message":"subscribe match success","recovered":true,"offset":60,"epoch":"e1"}"#
+    );
+    assert_eq!(
+        (replay[1].as_str(), replay[50].as_str()),
+        ("m11@11", "m60@60")
+    );
+
+    // One more missed: the history has it, but the replay would be too long for the queue.
+    let f = missed(9);
+    f.read_started().await;
+    assert_eq!(
+        f.answer_read().await,
+        strings(&[
+            r#"{"code":200,"message":"subscribe match success","recovered":false,"offset":60,"epoch":"e1"}"#
+        ])
+    );
+    // It continues live.
+    f.publish(1);
+    f.broker.deliver(61);
+    assert_eq!(f.frames(), strings(&["m61@61"]));
+}

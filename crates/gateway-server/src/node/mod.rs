@@ -47,7 +47,7 @@ use crate::counters::{Counters, HistoryCounters};
 pub(crate) use held::HeldLimits;
 use held::{Held, Item};
 use outbox::Outbox;
-use recovery::{Job, Purpose, Read, Recoveries};
+use recovery::{Job, Purpose, Read, Recoveries, ReplayCap};
 pub(crate) use report::run_reporter;
 use sequencer::Sequencer;
 
@@ -714,9 +714,15 @@ impl Inner {
             return;
         };
         let since = job.recovery.since().cloned();
-        // The whole kept history fits in one read; without `since` only the top is needed.
+        // The whole kept history fits in one read, unless it is longer than a replay may be
+        // (one more then shows the replay would not reach the top); without `since` only the
+        // top is needed.
         let limit = if since.is_some() {
-            self.policy.limits(job.topic.app()).size
+            let cap = ReplayCap::of(self.held_limits).messages;
+            self.policy
+                .limits(job.topic.app())
+                .size
+                .min(cap.saturating_add(1))
         } else {
             0
         };
@@ -746,7 +752,8 @@ impl Inner {
             return;
         }
         let app = job.topic.app().clone();
-        let (recovered, top, replay) = recovery::outcome(&job.recovery, read);
+        let (recovered, top, replay) =
+            recovery::outcome(&job.recovery, read, ReplayCap::of(self.held_limits));
         let history = &self.counters.history;
         HistoryCounters::add(&history.subscriptions);
         match recovered {
@@ -761,12 +768,7 @@ impl Inner {
             position: top.clone(),
         };
         frames.push(to_message(reply.frame()));
-        frames.extend(
-            replay
-                .iter()
-                .filter_map(Publication::positioned_frame)
-                .map(to_message),
-        );
+        frames.extend(replay.into_iter().map(to_message));
         if let Some(top) = &top {
             self.recoveries.replayed_up_to(conn, &app, top);
         }

@@ -17,7 +17,9 @@
 
 use std::collections::HashMap;
 
-use gateway_core::{AppName, ConnId, Epoch, HistoryRead, Position, Recovery, Since, Topic};
+use gateway_core::{
+    AppName, ConnId, Epoch, Frame, HistoryRead, Position, Publication, Recovery, Since, Topic,
+};
 
 /// A subscription's recovery, from the hub's action until its read answered.
 #[derive(Debug)]
@@ -147,27 +149,62 @@ impl Recoveries {
     }
 }
 
+/// The longest replay one recovery may send: half of the connection's queue bounds
+/// (`limits.outbox_messages`, `limits.outbox_bytes`), so the replay and the live pushes behind
+/// it fit without closing the client with 4100. A client that missed more than this is told
+/// `recovered:false` (and continues live) rather than closed on every reconnection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReplayCap {
+    pub(super) messages: usize,
+    pub(super) bytes: usize,
+}
+
+impl ReplayCap {
+    pub(super) fn of(limits: super::held::HeldLimits) -> ReplayCap {
+        ReplayCap {
+            messages: (limits.messages / 2).max(1),
+            bytes: (limits.bytes / 2).max(1),
+        }
+    }
+}
+
 /// What to answer a recovery whose read returned `read` (`None`: the read failed): whether it
-/// recovered (`since` only), the stream's top, and the pushes to replay.
+/// recovered (`since` only), the stream's top, and the frames to replay, each with its
+/// position. A replay that would not reach the top within `cap` is not sent: the answer is
+/// then `recovered:false`.
 pub(super) fn outcome(
     recovery: &Recovery,
     read: Option<HistoryRead>,
-) -> (
-    Option<bool>,
-    Option<Position>,
-    Vec<gateway_core::Publication>,
-) {
+    cap: ReplayCap,
+) -> (Option<bool>, Option<Position>, Vec<Frame>) {
     let since = recovery.since();
     let Some(read) = read else {
         // Unknown where the stream stands: `recovered:false` (for `recover` too), never a
         // reply without a position that would read as "no push yet".
         return (Some(false), None, Vec::new());
     };
-    let recovered = since.map(|since| read.recovered(since));
-    let replay = if recovered == Some(true) {
-        read.publications
-    } else {
-        Vec::new()
+    let Some(since) = since else {
+        return (None, read.top, Vec::new());
     };
-    (recovered, read.top, replay)
+    if !read.recovered(since) {
+        return (Some(false), read.top, Vec::new());
+    }
+    let reaches_top = |frames: &[Publication]| match (&read.top, frames.last()) {
+        (None, _) => true,
+        (Some(top), _) if top.offset == since.offset() => true,
+        (Some(top), Some(last)) => last.position.as_ref() == Some(top),
+        (Some(_), None) => false,
+    };
+    if read.publications.len() > cap.messages || !reaches_top(&read.publications) {
+        return (Some(false), read.top, Vec::new());
+    }
+    let frames: Vec<Frame> = read
+        .publications
+        .iter()
+        .filter_map(Publication::positioned_frame)
+        .collect();
+    if frames.iter().map(Frame::len).sum::<usize>() > cap.bytes {
+        return (Some(false), read.top, Vec::new());
+    }
+    (Some(true), read.top, frames)
 }
