@@ -15,7 +15,7 @@
 //! node's lock; with Redis or NATS it runs on a task ([`Read`]) and its answer comes back
 //! through [`super::Node::read_done`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use gateway_core::{
     AppName, ConnId, Epoch, Frame, HistoryRead, Position, Publication, Recovery, Since, Topic,
@@ -63,6 +63,11 @@ struct Replayed {
 pub(super) struct Recoveries {
     next_id: u64,
     jobs: HashMap<u64, Job>,
+    /// The jobs waiting for their topic's confirmation, by topic, and every job by connection:
+    /// a confirmation or a disconnection finds its jobs without a scan (a mass reconnection
+    /// starts one job per connection).
+    waiting: HashMap<Topic, BTreeSet<u64>>,
+    by_conn: HashMap<ConnId, Vec<u64>>,
     /// Reads to start once the lock is released.
     pub(super) reads: Vec<Read>,
     replayed: HashMap<ConnId, Vec<Replayed>>,
@@ -71,8 +76,16 @@ pub(super) struct Recoveries {
 impl Recoveries {
     pub(super) fn start(&mut self, job: Job) -> u64 {
         self.next_id += 1;
-        self.jobs.insert(self.next_id, job);
-        self.next_id
+        let id = self.next_id;
+        if job.waiting {
+            self.waiting
+                .entry(job.topic.clone())
+                .or_default()
+                .insert(id);
+        }
+        self.by_conn.entry(job.conn).or_default().push(id);
+        self.jobs.insert(id, job);
+        id
     }
 
     pub(super) fn job(&self, id: u64) -> Option<&Job> {
@@ -80,21 +93,41 @@ impl Recoveries {
     }
 
     pub(super) fn finish(&mut self, id: u64) -> Option<Job> {
-        self.jobs.remove(&id)
+        let job = self.jobs.remove(&id)?;
+        if let Some(ids) = self.by_conn.get_mut(&job.conn) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_conn.remove(&job.conn);
+            }
+        }
+        if job.waiting {
+            self.stop_waiting(&job.topic, id);
+        }
+        Some(job)
     }
 
-    /// The jobs that waited for `topic` to be confirmed: they may read now.
+    fn stop_waiting(&mut self, topic: &Topic, id: u64) {
+        if let Some(ids) = self.waiting.get_mut(topic) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.waiting.remove(topic);
+            }
+        }
+    }
+
+    /// The jobs that waited for `topic` to be confirmed, oldest first: they may read now.
     pub(super) fn confirmed(&mut self, topic: &Topic) -> Vec<u64> {
-        let mut ready: Vec<u64> = self
-            .jobs
-            .iter_mut()
-            .filter(|(_, job)| job.waiting && job.topic == *topic)
-            .map(|(id, job)| {
-                job.waiting = false;
-                *id
-            })
+        let ready: Vec<u64> = self
+            .waiting
+            .remove(topic)
+            .unwrap_or_default()
+            .into_iter()
             .collect();
-        ready.sort_unstable();
+        for id in &ready {
+            if let Some(job) = self.jobs.get_mut(id) {
+                job.waiting = false;
+            }
+        }
         ready
     }
 
@@ -143,9 +176,22 @@ impl Recoveries {
         if !self.replayed.is_empty() {
             self.replayed.remove(&conn);
         }
-        if !self.jobs.is_empty() {
-            self.jobs.retain(|_, job| job.conn != conn);
+        let Some(ids) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        for id in ids {
+            if let Some(job) = self.jobs.remove(&id)
+                && job.waiting
+            {
+                self.stop_waiting(&job.topic, id);
+            }
         }
+    }
+
+    /// Jobs pending, and the index entries that must shrink with them (tests).
+    #[cfg(test)]
+    pub(super) fn sizes(&self) -> (usize, usize, usize) {
+        (self.jobs.len(), self.waiting.len(), self.by_conn.len())
     }
 }
 
@@ -207,4 +253,51 @@ pub(super) fn outcome(
         return (Some(false), read.top, Vec::new());
     }
     (Some(true), read.top, frames)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use gateway_core::AppName;
+
+    fn topic(app: &str) -> Topic {
+        Topic::App(AppName::parse(app, 128).unwrap())
+    }
+
+    fn job(conn: u64, app: &str, waiting: bool) -> Job {
+        Job {
+            conn: ConnId::new(conn),
+            topic: topic(app),
+            recovery: Recovery::Positions,
+            waiting,
+        }
+    }
+
+    #[test]
+    fn confirmations_and_disconnections_find_their_jobs_and_leave_no_entry_behind() {
+        let mut r = Recoveries::default();
+        let a1 = r.start(job(1, "a", true));
+        let a2 = r.start(job(2, "a", true));
+        let b2 = r.start(job(2, "b", true));
+        let c3 = r.start(job(3, "c", false));
+        assert_eq!(r.sizes(), (4, 2, 3));
+
+        // Connection 1 leaves: its job no longer waits for `a`.
+        r.forget(ConnId::new(1));
+        assert!(r.job(a1).is_none());
+        assert_eq!(r.confirmed(&topic("a")), [a2]);
+        assert!(!r.job(a2).unwrap().waiting);
+        assert!(r.confirmed(&topic("a")).is_empty(), "confirmed once");
+
+        // Finished jobs leave both indexes.
+        assert_eq!(r.finish(a2).unwrap().conn, ConnId::new(2));
+        assert_eq!(r.finish(c3).unwrap().topic, topic("c"));
+        assert!(r.finish(c3).is_none());
+        assert_eq!(r.sizes(), (1, 1, 1));
+        r.forget(ConnId::new(2));
+        assert!(r.job(b2).is_none());
+        assert!(r.confirmed(&topic("b")).is_empty());
+        assert_eq!(r.sizes(), (0, 0, 0));
+    }
 }
