@@ -395,3 +395,30 @@ async fn a_replay_longer_than_half_the_queue_bounds_is_not_recovered_but_told() 
     f.broker.deliver(61);
     assert_eq!(f.frames(), strings(&["m61@61"]));
 }
+
+#[tokio::test]
+async fn each_hole_the_history_cannot_fill_is_announced_in_its_place() {
+    let f = Fixture::new(3);
+    f.send(r#"{"app":"match","recover":true}"#);
+    f.confirm();
+    f.read_started().await;
+    f.answer_read().await;
+    f.publish(8);
+    f.broker.deliver(1);
+    assert_eq!(f.frames(), strings(&["m1@1"]));
+    // 4 and 8 arrive; the history keeps 6 to 8: 2-3 and 5 are gone.
+    f.broker.deliver(4);
+    f.read_started().await;
+    f.broker.deliver(8);
+    assert_eq!(
+        f.answer_read().await,
+        strings(&[
+            r#"{"code":409,"message":"pushes to match lost","recovered":false,"offset":3,"epoch":"e1"}"#,
+            "m4@4",
+            r#"{"code":409,"message":"pushes to match lost","recovered":false,"offset":5,"epoch":"e1"}"#,
+            "m6@6",
+            "m7@7",
+            "m8@8",
+        ])
+    );
+}

@@ -468,26 +468,19 @@ impl Inbound for Node {
                     return;
                 };
                 let accepted = inner.sequencer.accept(&topic, publication);
-                if let Some(position) = &accepted.lost {
-                    HistoryCounters::add(&self.counters.history.holes_lost);
-                    inner.tell_lost(&topic, position);
-                }
                 if accepted.duplicate {
                     HistoryCounters::add(&self.counters.history.duplicates_dropped);
                 }
-                if let Some(since) = accepted.fetch {
+                if let Some(since) = accepted.fetch.clone() {
                     let limit = inner.policy.limits(topic.app()).size;
                     inner.recoveries.reads.push(Read {
                         purpose: Purpose::Hole,
-                        topic,
+                        topic: topic.clone(),
                         since: Some(since),
                         limit,
                     });
                 }
-                for publication in accepted.deliver {
-                    inner.hub.handle(Input::Push(publication));
-                    inner.apply(self.broker());
-                }
+                inner.pass_on(&topic, accepted.deliver, &accepted.lost, self.broker());
             }
             None => inner.hub.handle(Input::Push(publication)),
         }
@@ -795,26 +788,31 @@ impl Inner {
                 limit: self.policy.limits(topic.app()).size,
             });
         }
-        let history = &self.counters.history;
-        if filled.lost.is_some() {
-            HistoryCounters::add(&history.holes_lost);
-        } else if !filled.deliver.is_empty() {
-            HistoryCounters::add(&history.holes_filled);
+        if filled.lost.is_empty() && !filled.deliver.is_empty() {
+            HistoryCounters::add(&self.counters.history.holes_filled);
         }
-        let count = filled.deliver.len();
-        for (index, publication) in filled.deliver.into_iter().enumerate() {
-            if let Some((at, position)) = &filled.lost
-                && *at == index
-            {
-                // The pushes before the hole go first: the notice sits right after them.
+        self.pass_on(topic, filled.deliver, &filled.lost, broker);
+    }
+
+    /// Hands the sequencer's `deliver` to the hub in order, with a `409 pushes to <app> lost`
+    /// to `topic`'s subscribers with positions at each place in `lost`: after the pushes
+    /// that precede that hole, before those that follow it.
+    fn pass_on(
+        &mut self,
+        topic: &Topic,
+        deliver: Vec<Publication>,
+        lost: &[(usize, Position)],
+        broker: &dyn Broker,
+    ) {
+        let mut lost = lost.iter().peekable();
+        for (index, publication) in deliver.into_iter().enumerate() {
+            while let Some((_, position)) = lost.next_if(|(at, _)| *at == index) {
                 self.apply(broker);
                 self.tell_lost(topic, position);
             }
             self.hub.handle(Input::Push(publication));
         }
-        if let Some((at, position)) = &filled.lost
-            && *at == count
-        {
+        for (_, position) in lost {
             self.apply(broker);
             self.tell_lost(topic, position);
         }
@@ -822,6 +820,7 @@ impl Inner {
 
     /// `409 pushes to <app> lost` to `topic`'s subscribers with positions.
     fn tell_lost(&mut self, topic: &Topic, position: &Position) {
+        HistoryCounters::add(&self.counters.history.holes_lost);
         let frame = Reply::PushesLost {
             app: topic.app().clone(),
             position: position.clone(),

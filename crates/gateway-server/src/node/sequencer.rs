@@ -22,10 +22,22 @@ use gateway_core::{HistoryRead, Position, Publication, Since, Topic};
 /// Publications that may wait behind one hole; past this the hole is given up (reported as
 /// lost) rather than hold more.
 const MAX_WAITING: usize = 10_000;
+/// Bytes of frames that may wait behind holes on one node, all topics together; past this
+/// the hole of the topic whose arrival went past it is given up (reported as lost).
+const MAX_WAITING_BYTES: usize = 64 << 20;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Sequencer {
     streams: HashMap<Topic, Stream>,
+    /// The bytes of every stream's `waiting`, and their bound.
+    waiting_bytes: usize,
+    max_waiting_bytes: usize,
+}
+
+impl Default for Sequencer {
+    fn default() -> Sequencer {
+        Sequencer::with_budget(MAX_WAITING_BYTES)
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +48,8 @@ struct Stream {
     fetching: bool,
     /// Publications that arrived after a hole, by offset.
     waiting: BTreeMap<u64, Publication>,
+    /// Their frames' bytes.
+    bytes: usize,
 }
 
 /// What [`Sequencer::accept`] decided.
@@ -47,31 +61,54 @@ pub(super) struct Accepted {
     pub(super) fetch: Option<Since>,
     /// The arrival was a duplicate.
     pub(super) duplicate: bool,
-    /// The stream started a new run (its history was lost, e.g. the broker lost its data):
-    /// what may have been pushed in the old one since the last position is gone; subscribers
-    /// with positions continue from this one.
-    pub(super) lost: Option<Position>,
+    /// Pushes were lost for good before `deliver[index]` (or after the last when `index` is
+    /// its length): the position right before that one, what subscribers with positions
+    /// continue from. A new run (the stream's history was lost, e.g. the broker lost its
+    /// data) is one: what the old run had since the last position is gone.
+    pub(super) lost: Vec<(usize, Position)>,
 }
 
 /// What a history read filled in.
 #[derive(Debug, Default)]
 pub(super) struct Filled {
     pub(super) deliver: Vec<Publication>,
-    /// Pushes were lost for good before `deliver[index]`: the position right before that one
-    /// (what subscribers with positions continue from).
-    pub(super) lost: Option<(usize, Position)>,
+    /// Where pushes were lost for good, in order (see [`Accepted::lost`]).
+    pub(super) lost: Vec<(usize, Position)>,
     /// A hole remains that the read could not have seen (it was stored after the read): read
     /// again after this position; what follows the hole keeps waiting.
     pub(super) fetch: Option<Since>,
 }
 
 impl Sequencer {
+    /// A sequencer that holds at most `max_waiting_bytes` behind holes, all topics together.
+    pub(super) fn with_budget(max_waiting_bytes: usize) -> Sequencer {
+        Sequencer {
+            streams: HashMap::new(),
+            waiting_bytes: 0,
+            max_waiting_bytes,
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
 
     /// A positioned publication of `topic` arrived from the broker.
     pub(super) fn accept(&mut self, topic: &Topic, publication: Publication) -> Accepted {
+        let before = self.streams.get(topic).map_or(0, |stream| stream.bytes);
+        let accepted = self.accept_in(topic, publication);
+        self.recount(topic, before);
+        accepted
+    }
+
+    /// Moves the node's total by what `topic`'s waiting bytes became since `before`.
+    fn recount(&mut self, topic: &Topic, before: usize) {
+        let after = self.streams.get(topic).map_or(0, |stream| stream.bytes);
+        self.waiting_bytes = self.waiting_bytes - before + after;
+    }
+
+    fn accept_in(&mut self, topic: &Topic, publication: Publication) -> Accepted {
+        let over_budget = self.waiting_bytes > self.max_waiting_bytes;
         let Some(position) = publication.position.clone() else {
             return Accepted {
                 deliver: vec![publication],
@@ -85,6 +122,7 @@ impl Sequencer {
                     last: position,
                     fetching: false,
                     waiting: BTreeMap::new(),
+                    bytes: 0,
                 },
             );
             return Accepted {
@@ -99,15 +137,15 @@ impl Sequencer {
                     ..Accepted::default()
                 };
             }
-            stream.waiting.insert(position.offset, publication);
-            if stream.waiting.len() > MAX_WAITING {
-                // The read takes too long: stop holding; the hole (if any) is lost.
+            stream.wait(position.offset, publication);
+            if stream.waiting.len() > MAX_WAITING || over_budget {
+                // The read takes too long, or holes hold too much of the node: stop holding;
+                // the hole (if any) is lost.
                 stream.fetching = false;
                 let filled = stream.drain(Vec::new(), None);
                 return Accepted {
                     deliver: filled.deliver,
-                    // Reported before them: a notice in the middle would need its index.
-                    lost: filled.lost.map(|(_, position)| position),
+                    lost: filled.lost,
                     ..Accepted::default()
                 };
             }
@@ -119,7 +157,7 @@ impl Sequencer {
             stream.last = position;
             return Accepted {
                 deliver: vec![publication],
-                lost: Some(before),
+                lost: vec![(0, before)],
                 ..Accepted::default()
             };
         }
@@ -137,7 +175,7 @@ impl Sequencer {
             };
         }
         stream.fetching = true;
-        stream.waiting.insert(position.offset, publication);
+        stream.wait(position.offset, publication);
         Accepted {
             fetch: Some(Since::After(stream.last.clone())),
             ..Accepted::default()
@@ -157,6 +195,13 @@ impl Sequencer {
 
     /// The history read of `topic` ended (`Err`: it failed): what can go out now, in order.
     pub(super) fn fetched(&mut self, topic: &Topic, read: Option<HistoryRead>) -> Filled {
+        let before = self.streams.get(topic).map_or(0, |stream| stream.bytes);
+        let filled = self.fetched_in(topic, read);
+        self.recount(topic, before);
+        filled
+    }
+
+    fn fetched_in(&mut self, topic: &Topic, read: Option<HistoryRead>) -> Filled {
         let Some(stream) = self.streams.get_mut(topic) else {
             return Filled::default();
         };
@@ -168,8 +213,8 @@ impl Sequencer {
             // The read failed: what is missing cannot be had now. With nothing waiting (a
             // gap report) nothing shows a hole, yet pushes may have been lost: say so.
             let mut filled = stream.drain(Vec::new(), None);
-            if filled.lost.is_none() && filled.deliver.is_empty() {
-                filled.lost = Some((0, stream.last.clone()));
+            if filled.lost.is_empty() && filled.deliver.is_empty() {
+                filled.lost.push((0, stream.last.clone()));
             }
             return filled;
         };
@@ -191,13 +236,14 @@ impl Sequencer {
                 stream.fetching = true;
                 return Filled {
                     deliver: Vec::new(),
-                    lost: Some((0, Position::new(0, epoch))),
+                    lost: vec![(0, Position::new(0, epoch))],
                     fetch: Some(Since::Start),
                 };
             }
             let mut filled = stream.drain(read.publications, Some(top_offset));
-            if filled.lost.is_none() {
-                filled.lost = Some((0, Position::new(0, epoch)));
+            if filled.lost.first().is_none_or(|(at, _)| *at != 0) {
+                // The old run's tail is gone (a hole at the new run's start says so already).
+                filled.lost.insert(0, (0, Position::new(0, epoch)));
             }
             if filled.fetch.is_some() {
                 stream.fetching = true;
@@ -219,11 +265,21 @@ impl Sequencer {
 
     /// The node's interest in `topic` ended.
     pub(super) fn forget(&mut self, topic: &Topic) {
-        self.streams.remove(topic);
+        if let Some(stream) = self.streams.remove(topic) {
+            self.waiting_bytes -= stream.bytes;
+        }
     }
 }
 
 impl Stream {
+    /// Holds `publication` behind the hole.
+    fn wait(&mut self, offset: u64, publication: Publication) {
+        self.bytes += publication.frame.len();
+        if let Some(replaced) = self.waiting.insert(offset, publication) {
+            self.bytes -= replaced.frame.len();
+        }
+    }
+
     /// Passes on `found` (from the history) and what waited, in offset order, without
     /// duplicates. A hole that a read with newest offset `read_top` saw past (its pushes were
     /// stored, and are no longer kept) or that no read can fill (`None`: the read failed, or
@@ -231,6 +287,7 @@ impl Stream {
     /// after the read: what follows it keeps waiting for another read.
     fn drain(&mut self, found: Vec<Publication>, read_top: Option<u64>) -> Filled {
         let mut ordered = std::mem::take(&mut self.waiting);
+        self.bytes = 0;
         for publication in found {
             if let Some(position) = &publication.position
                 && position.epoch == self.last.epoch
@@ -256,14 +313,16 @@ impl Stream {
                 && top <= self.last.offset
             {
                 // Stored after the read: read again; this and what follows wait.
-                self.waiting.insert(offset, publication);
-                self.waiting.extend(ordered);
+                self.wait(offset, publication);
+                for (offset, publication) in ordered {
+                    self.wait(offset, publication);
+                }
                 filled.fetch = Some(Since::After(self.last.clone()));
                 return filled;
             }
-            if hole && filled.lost.is_none() {
+            if hole {
                 let before = Position::new(offset - 1, position.epoch.clone());
-                filled.lost = Some((filled.deliver.len(), before));
+                filled.lost.push((filled.deliver.len(), before));
             }
             self.last = position;
             filled.deliver.push(publication);
@@ -333,7 +392,7 @@ mod tests {
         };
         let filled = s.fetched(&topic(), Some(read));
         assert_eq!(offsets(&filled.deliver), [2, 3, 4, 5]);
-        assert_eq!(filled.lost, None);
+        assert_eq!(filled.lost, []);
         // The late live copy of 3 is a duplicate now.
         assert!(s.accept(&topic(), push(3, "e")).duplicate);
         assert_eq!(offsets(&s.accept(&topic(), push(6, "e")).deliver), [6]);
@@ -353,7 +412,7 @@ mod tests {
         };
         let filled = s.fetched(&topic(), Some(read));
         assert_eq!(offsets(&filled.deliver), [2, 3]);
-        assert_eq!(filled.lost, None, "4 was stored after the read: not lost");
+        assert_eq!(filled.lost, [], "4 was stored after the read: not lost");
         assert_eq!(
             filled.fetch,
             Some(Since::After(Position::new(3, Epoch::parse("e").unwrap())))
@@ -366,7 +425,7 @@ mod tests {
         };
         let filled = s.fetched(&topic(), Some(read));
         assert_eq!(offsets(&filled.deliver), [4, 5]);
-        assert_eq!((filled.lost, filled.fetch), (None, None));
+        assert_eq!((filled.lost, filled.fetch), (vec![], None));
     }
 
     #[test]
@@ -383,13 +442,13 @@ mod tests {
         assert_eq!(offsets(&filled.deliver), [7, 8, 9]);
         assert_eq!(
             filled.lost,
-            Some((0, Position::new(6, Epoch::parse("e").unwrap())))
+            [(0, Position::new(6, Epoch::parse("e").unwrap()))]
         );
         // A failed read gives out what waited, and reports the hole.
         let _ = s.accept(&topic(), push(12, "e"));
         let filled = s.fetched(&topic(), None);
         assert_eq!(offsets(&filled.deliver), [12]);
-        assert_eq!(filled.lost.unwrap().1.offset, 11);
+        assert_eq!(filled.lost[0].1.offset, 11);
     }
 
     #[test]
@@ -408,7 +467,7 @@ mod tests {
             }),
         );
         assert_eq!(offsets(&filled.deliver), [4]);
-        assert_eq!(filled.lost, None);
+        assert_eq!(filled.lost, []);
     }
 
     #[test]
@@ -420,7 +479,7 @@ mod tests {
         assert!(filled.deliver.is_empty());
         assert_eq!(
             filled.lost,
-            Some((0, Position::new(3, Epoch::parse("e").unwrap())))
+            [(0, Position::new(3, Epoch::parse("e").unwrap()))]
         );
     }
 
@@ -439,7 +498,7 @@ mod tests {
         assert_eq!(offsets(&filled.deliver), [1, 2, 3]);
         assert_eq!(
             filled.lost,
-            Some((0, Position::new(0, Epoch::parse("e2").unwrap())))
+            [(0, Position::new(0, Epoch::parse("e2").unwrap()))]
         );
         assert_eq!(offsets(&s.accept(&topic(), push(4, "e2")).deliver), [4]);
 
@@ -457,10 +516,10 @@ mod tests {
         );
         assert!(filled.deliver.is_empty());
         assert_eq!(filled.fetch, Some(Since::Start));
-        assert_eq!(filled.lost.unwrap().1.epoch.as_str(), "e2");
+        assert_eq!(filled.lost[0].1.epoch.as_str(), "e2");
         let filled = s.fetched(&topic(), Some(read));
         assert_eq!(offsets(&filled.deliver), [1, 2, 3]);
-        assert_eq!(filled.lost, None);
+        assert_eq!(filled.lost, []);
     }
 
     #[test]
@@ -471,9 +530,54 @@ mod tests {
         assert_eq!(offsets(&new_run.deliver), [1]);
         assert_eq!(
             new_run.lost,
-            Some(Position::new(0, Epoch::parse("e2").unwrap())),
+            [(0, Position::new(0, Epoch::parse("e2").unwrap()))],
             "the old run's tail may be lost: announced"
         );
         assert_eq!(offsets(&s.accept(&topic(), push(2, "e2")).deliver), [2]);
+    }
+
+    #[test]
+    fn every_hole_a_read_cannot_fill_is_reported_in_its_place() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(1, "e"));
+        let _ = s.accept(&topic(), push(4, "e"));
+        let _ = s.accept(&topic(), push(8, "e"));
+        // The history lost 2-3 and 5-6; it still has 7.
+        let read = HistoryRead {
+            top: Some(Position::new(8, Epoch::parse("e").unwrap())),
+            publications: vec![push(7, "e"), push(8, "e")],
+            ..HistoryRead::default()
+        };
+        let filled = s.fetched(&topic(), Some(read));
+        assert_eq!(offsets(&filled.deliver), [4, 7, 8]);
+        let e = || Epoch::parse("e").unwrap();
+        assert_eq!(
+            filled.lost,
+            [(0, Position::new(3, e())), (1, Position::new(6, e()))]
+        );
+    }
+
+    #[test]
+    fn holes_give_up_once_the_node_holds_too_many_bytes_behind_them() {
+        let frame = push(1, "e").frame.len();
+        let mut s = Sequencer::with_budget(3 * frame);
+        let other = Topic::App(AppName::parse("other", 128).unwrap());
+        for t in [topic(), other.clone()] {
+            let _ = s.accept(&t, push(1, "e"));
+            assert!(s.accept(&t, push(3, "e")).fetch.is_some());
+        }
+        assert!(s.accept(&topic(), push(4, "e")).deliver.is_empty());
+        assert_eq!(s.waiting_bytes, 3 * frame);
+        // Past the budget: the topic that went past it stops waiting, its hole reported.
+        let _ = s.accept(&topic(), push(5, "e"));
+        let given_up = s.accept(&topic(), push(6, "e"));
+        assert_eq!(offsets(&given_up.deliver), [3, 4, 5, 6]);
+        assert_eq!(
+            given_up.lost,
+            [(0, Position::new(2, Epoch::parse("e").unwrap()))]
+        );
+        assert_eq!(s.waiting_bytes, frame, "only the other topic's 3 waits");
+        s.forget(&other);
+        assert_eq!(s.waiting_bytes, 0);
     }
 }
