@@ -340,6 +340,21 @@ fn timing() {
         "append, full ring of 100, 1k streams: {:?} each",
         started.elapsed_to(cpu()) / 100_000
     );
+    drop(history);
+
+    // One busy app, as in the push benchmark: every append goes to the newest stream.
+    let mut history = History::new(policy(100), "seed");
+    let hot = public(0);
+    let publications: Vec<Publication> =
+        (0..1_000_000).map(|i| publication(&hot, i, true)).collect();
+    let started = cpu();
+    for (i, push) in publications.into_iter().enumerate() {
+        drop(history.append(&hot, push, Timestamp::from_millis(i as u64 / 100)));
+    }
+    eprintln!(
+        "append, one stream, full ring of 100: {:?} each",
+        started.elapsed_to(cpu()) / 1_000_000
+    );
 }
 
 trait Elapsed {

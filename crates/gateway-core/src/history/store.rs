@@ -278,14 +278,26 @@ impl History {
             }
             self.create(topic, limits);
         }
-        self.writes += 1;
-        let written = self.writes;
         let max_bytes = self.policy.max_bytes;
         let Some(stream) = self.streams.get_mut(topic) else {
             return publication;
         };
         let (before, old_deadline, id) = (stream.charge(), stream.deadline(), stream.id);
-        let old_written = std::mem::replace(&mut stream.written, written);
+        // The most recently written stream keeps its place in the write order: a busy app's
+        // appends leave that index alone.
+        let newest = self
+            .by_write
+            .last_key_value()
+            .is_some_and(|(last, _)| *last == stream.written);
+        if !newest {
+            self.writes += 1;
+            let old_written = std::mem::replace(&mut stream.written, self.writes);
+            let key = self
+                .by_write
+                .remove(&old_written)
+                .unwrap_or_else(|| topic.clone());
+            self.by_write.insert(self.writes, key);
+        }
         stream.offset += 1;
         publication.position = Some(Position::new(stream.offset, stream.epoch.clone()));
         stream.drop_expired(now);
@@ -302,11 +314,6 @@ impl History {
         }
         let new_deadline = stream.deadline();
         self.bytes = self.bytes - before + stream.charge();
-        let key = self
-            .by_write
-            .remove(&old_written)
-            .unwrap_or_else(|| topic.clone());
-        self.by_write.insert(written, key);
         self.rekey(topic, id, old_deadline, new_deadline);
         self.fit(topic);
         publication
