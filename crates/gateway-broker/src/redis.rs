@@ -83,11 +83,14 @@
 //! The broker [keeps history](Broker::keeps_history) for every app whose
 //! [`HistoryPolicy`](gateway_core::HistoryPolicy) (`BrokerSettings::history`) enables it
 //! (docs/protocol.md, "History in a cluster", "Redis"). Each stream (a topic) has two keys on
-//! its app's shard, next to its channel: `<channel>.meta`, a hash of the run's `epoch` and
-//! newest `offset`, and `<channel>.log`, a Redis stream of the kept pushes (entry ID
+//! its app's shard, next to its channel: `<channel>.meta`, a hash of the run's `epoch`, newest
+//! `offset` and the `server` run that wrote it, and `<channel>.log`, a Redis stream of the kept pushes (entry ID
 //! `<offset>-0`, fields `t`, the server's time in ms, and `m`, the wire message).
 //! - A publication runs `publish.lua` instead of a bare `PUBLISH`: it takes the stream's run
-//!   (or starts one with the epoch the node drew, deleting any older log), gives the push the
+//!   (or starts one with the epoch the node drew, deleting any older log; also when another
+//!   run of the server wrote it, i.e. Redis restarted or failed over since, so that a restore
+//!   from an older state never gives out an offset twice: each publisher connection reads its
+//!   server's `run_id` with `INFO server`), gives the push the
 //!   next offset, appends it with `XADD … MAXLEN <size>`, refreshes the log's expiry (the app's
 //!   TTL) and the meta's ([`RedisOptions::history_meta_ttl`], at least the TTL), and
 //!   `PUBLISH`es it as wire version 2, and answers with the position. Redis runs a script
@@ -101,7 +104,8 @@
 //!
 //! This broker does not use Redis Cluster (sharding is by app, over independent servers) and
 //! does not need RESP3 (it speaks RESP2, which every Redis speaks). History needs Redis 5 or
-//! later (streams) and the right to run scripts.
+//! later (streams) and the right to run scripts (and `INFO`, without which a restart does not
+//! start new runs).
 //!
 //! ```no_run
 //! # use std::sync::Arc;

@@ -132,13 +132,15 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// The call that publishes `publication` to `topic` with a position. `meta_ttl`: how long the
-/// stream's run outlives its last push (at least as long as its log).
+/// stream's run outlives its last push (at least as long as its log); `server_run`: the run
+/// of the server it goes to (see [`super::publisher::Live`]).
 pub(super) fn publish_call(
     prefix: &str,
     topic: &Topic,
     publication: &Publication,
     limits: StreamLimits,
     meta_ttl: Duration,
+    server_run: &str,
 ) -> Call {
     let (channel, keys) = keys(prefix, topic);
     // Used only if the stream has no run: drawn per push, since the node cannot know.
@@ -152,6 +154,7 @@ pub(super) fn publish_call(
         channel.into_bytes(),
         wire::head(publication, true),
         publication.frame.as_bytes().to_vec(),
+        server_run.as_bytes().to_vec(),
     ];
     Call {
         script: &PUBLISH,

@@ -17,14 +17,28 @@ use crate::backoff::Backoff;
 pub(super) struct Publisher {
     /// Cloned by each publish (a few reference counts); written only when the connection
     /// changes, and never held across an await.
-    connection: RwLock<Option<MultiplexedConnection>>,
+    connection: RwLock<Option<Live>>,
     /// A publish saw a connection error: the supervisor checks at once instead of waiting for
     /// its next PING.
     suspect: Notify,
 }
 
+/// A connection, and the run of the server it reached (`INFO server`'s `run_id`, new at each
+/// start of a Redis process; empty when the server would not say).
+#[derive(Clone)]
+pub(super) struct Live {
+    pub(super) connection: MultiplexedConnection,
+    pub(super) server_run: Arc<str>,
+}
+
 impl Publisher {
     pub(super) fn connection(&self) -> Option<MultiplexedConnection> {
+        self.live().map(|live| live.connection)
+    }
+
+    /// The connection with its server's run, read together: a publication with history
+    /// names the run of the server that will run its script.
+    pub(super) fn live(&self) -> Option<Live> {
         self.connection
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -40,7 +54,7 @@ impl Publisher {
         self.set(None);
     }
 
-    fn set(&self, connection: Option<MultiplexedConnection>) {
+    fn set(&self, connection: Option<Live>) {
         *self.connection.write().unwrap_or_else(|e| e.into_inner()) = connection;
     }
 }
@@ -93,14 +107,20 @@ pub(super) async fn run(task: Task) {
             Ok(Ok(mut connection)) => {
                 tracing::debug!(shard, %addr, "redis publisher connected");
                 let loaded = if history_on {
-                    load_scripts(&mut connection, &options).await
+                    match load_scripts(&mut connection, &options).await {
+                        Ok(()) => server_run(&mut connection, &options).await,
+                        Err(error) => Err(error),
+                    }
                 } else {
-                    Ok(())
+                    Ok(Arc::from(""))
                 };
                 match loaded {
                     Err(error) => error,
-                    Ok(()) => {
-                        slot.set(Some(connection.clone()));
+                    Ok(server_run) => {
+                        slot.set(Some(Live {
+                            connection: connection.clone(),
+                            server_run,
+                        }));
                         shared.set_up(shard, Role::Publisher, true, None);
                         let Some(error) = watch(connection, &slot, &shared, &options).await else {
                             break;
@@ -147,6 +167,42 @@ async fn load_scripts(
             Ok(())
         }
         Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// The `run_id` of the server `connection` reached (see [`Live`]): the publish script starts
+/// a new run of a stream last written by another server run. A server that refuses `INFO`
+/// gives an empty one (logged), which the script does not check.
+async fn server_run(
+    connection: &mut MultiplexedConnection,
+    options: &RedisOptions,
+) -> Result<Arc<str>, String> {
+    let mut command = ::redis::cmd("INFO");
+    command.arg("server");
+    let info = command.query_async::<String>(connection);
+    match tokio::time::timeout(options.connect_timeout, info).await {
+        Err(_) => Err(format!(
+            "no answer to INFO within {:?}",
+            options.connect_timeout
+        )),
+        Ok(Err(error)) if super::is_connection_error(&error) => Err(error.to_string()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "redis refused INFO: a restart of it will not start new runs of the streams");
+            Ok(Arc::from(""))
+        }
+        Ok(Ok(info)) => {
+            let run = info
+                .lines()
+                .find_map(|line| line.strip_prefix("run_id:"))
+                .map(str::trim)
+                .filter(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if run.is_none() {
+                tracing::warn!(
+                    "redis INFO names no run_id: a restart of it will not start new runs of the streams"
+                );
+            }
+            Ok(Arc::from(run.unwrap_or("")))
+        }
     }
 }
 

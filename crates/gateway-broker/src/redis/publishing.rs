@@ -10,6 +10,7 @@ use ::redis::{Cmd, Value};
 use gateway_core::{Publication, Topic};
 
 use super::history::{self, Call};
+use super::publisher::Live;
 use super::{Publisher, RedisBroker, not_connected, sent_and_failed};
 use crate::{BoxFuture, BrokerError, Published, Publishing, wire};
 
@@ -61,11 +62,15 @@ fn publish_answer(answer: Value) -> Result<Published, BrokerError> {
 /// request, their topics and what each sends.
 struct Group {
     shard: usize,
+    /// The shard's connection, taken once for the whole group (its scripts name its server's
+    /// run); `None`: not connected.
+    live: Option<Live>,
     items: Vec<(usize, Topic, Outgoing)>,
 }
 
 impl RedisBroker {
-    fn outgoing(&self, topic: &Topic, publication: &Publication) -> Outgoing {
+    /// What publishing `publication` sends to a server whose run is `server_run`.
+    fn outgoing(&self, topic: &Topic, publication: &Publication, server_run: &str) -> Outgoing {
         let limits = self.settings.history.limits(topic.app());
         if limits.enabled() {
             Outgoing::Script(history::publish_call(
@@ -74,6 +79,7 @@ impl RedisBroker {
                 publication,
                 limits,
                 self.options.history_meta_ttl,
+                server_run,
             ))
         } else {
             let mut command = ::redis::cmd("PUBLISH");
@@ -87,11 +93,11 @@ impl RedisBroker {
     /// [`crate::Broker::publish`].
     pub(super) fn publish_one(&self, topic: &Topic, publication: Publication) -> Publishing {
         let shard = self.shard(topic);
-        let connection = match shard.publisher.connection() {
-            Some(connection) if !self.shared.is_closed() => connection,
+        let (connection, server_run) = match shard.publisher.live() {
+            Some(live) if !self.shared.is_closed() => (live.connection, live.server_run),
             _ => return Publishing::Done(Err(not_connected(&shard.addr))),
         };
-        let outgoing = self.outgoing(topic, &publication);
+        let outgoing = self.outgoing(topic, &publication, &server_run);
         let timeout = self.settings.publish_timeout;
         let publisher = shard.publisher.clone();
         Publishing::Pending(Box::pin(async move {
@@ -119,6 +125,7 @@ impl RedisBroker {
         publications: Vec<(Topic, Publication)>,
     ) -> BoxFuture<'_, Vec<Result<Published, BrokerError>>> {
         let count = publications.len();
+        let closed = self.shared.is_closed();
         let mut groups: Vec<Group> = Vec::new();
         for (place, (topic, publication)) in publications.into_iter().enumerate() {
             let shard = wire::shard_of(topic.app(), self.shards.len());
@@ -127,21 +134,22 @@ impl RedisBroker {
                 None => {
                     groups.push(Group {
                         shard,
+                        live: self.shards[shard].publisher.live().filter(|_| !closed),
                         items: Vec::new(),
                     });
                     groups.last_mut().expect("just pushed")
                 }
             };
-            let outgoing = self.outgoing(&topic, &publication);
+            let server_run = group.live.as_ref().map_or("", |live| &live.server_run);
+            let outgoing = self.outgoing(&topic, &publication, server_run);
             group.items.push((place, topic, outgoing));
         }
         let timeout = self.settings.publish_timeout;
-        let closed = self.shared.is_closed();
         let sends: Vec<_> = groups
             .into_iter()
-            .map(|group| {
+            .map(|mut group| {
                 let shard = &self.shards[group.shard];
-                let connection = shard.publisher.connection().filter(|_| !closed);
+                let connection = group.live.take().map(|live| live.connection);
                 let (publisher, addr) = (shard.publisher.clone(), shard.addr.clone());
                 async move {
                     let Some(mut connection) = connection else {

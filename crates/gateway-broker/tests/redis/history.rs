@@ -373,6 +373,59 @@ async fn a_redis_that_lost_its_data_starts_a_new_run() {
     assert_eq!(top(&node, &topic).await, Some(restarted));
 }
 
+/// Publishes until the broker takes one (after a restart, the publisher may notice its dead
+/// connection only when a push fails on it).
+async fn publish_after_restart(
+    node: &mut Node,
+    topic: &gateway_core::Topic,
+    text: &str,
+) -> Position {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match node.broker.publish(topic, push(topic, text)).await {
+            Ok(published) => return published.position.unwrap(),
+            Err(error) => assert!(Instant::now() < deadline, "still failing: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restored_from_an_older_snapshot_starts_a_new_run_rather_than_reuse_offsets() {
+    let mut redis = RedisServer::start();
+    let mut node = Node::start("a", &[redis.url()]);
+    let topic = public("match");
+    publish(&mut node, &topic, "1").await;
+    let saved = publish(&mut node, &topic, "2").await;
+    assert_eq!(redis.command(&["SAVE"]).unwrap(), "OK");
+    let lost = publish(&mut node, &topic, "3").await;
+    assert_eq!((lost.offset, &lost.epoch), (3, &saved.epoch));
+
+    // The restart loads the snapshot: the run as it was at 2, push 3 gone.
+    tokio::task::block_in_place(|| redis.restart());
+    node.state(BrokerState::Connecting).await;
+    let next = publish_after_restart(&mut node, &topic, "4").await;
+    // Offset 3 of the same epoch would tell a client that holds push 3 that push 4 is the
+    // one it has: a new run instead, which such a client is told about.
+    assert_ne!(
+        next.epoch, saved.epoch,
+        "offsets reused after a restore: {next:?}"
+    );
+    assert_eq!(next.offset, 1);
+    let old = after(lost.offset, &lost.epoch);
+    let read = node
+        .broker
+        .history(&topic, Some(old.clone()), 10)
+        .await
+        .unwrap();
+    assert!(!read.recovered(&old));
+    assert_eq!(read.top, Some(next.clone()));
+
+    // The new run carries on as usual on this server.
+    let following = publish(&mut node, &topic, "5").await;
+    assert_eq!((following.offset, &following.epoch), (2, &next.epoch));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_forgot_the_scripts_gets_them_again() {
     let redis = RedisServer::start();
