@@ -2,7 +2,7 @@
 -- "Redis"): gives it the stream's next offset, keeps it in the stream's log and publishes it
 -- as wire format version 2, all in one step, so every node sees the same offsets in one order.
 --
--- KEYS[1]  the stream's meta hash: epoch, offset (the newest push's)
+-- KEYS[1]  the stream's meta hash: epoch, offset (the newest push's), server (the run that wrote it)
 -- KEYS[2]  the stream's log: a Redis stream, entry ID `<offset>-0`, fields t (ms), m (message)
 -- ARGV[1]  an epoch for a new run, used only when the stream has none
 -- ARGV[2]  MAXLEN: pushes kept

@@ -481,6 +481,9 @@ impl Inbound for Node {
                     });
                 }
                 inner.pass_on(&topic, accepted.deliver, &accepted.lost, self.broker());
+                if let Some((other, filled)) = accepted.given_up {
+                    inner.pass_on(&other, filled.deliver, &filled.lost, self.broker());
+                }
             }
             None => inner.hub.handle(Input::Push(publication)),
         }

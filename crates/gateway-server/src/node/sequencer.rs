@@ -17,13 +17,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use gateway_core::{HistoryRead, Position, Publication, Since, Topic};
+use gateway_core::{Epoch, HistoryRead, Position, Publication, Since, Topic};
 
 /// Publications that may wait behind one hole; past this the hole is given up (reported as
 /// lost) rather than hold more.
 const MAX_WAITING: usize = 10_000;
 /// Bytes of frames that may wait behind holes on one node, all topics together; past this
-/// the hole of the topic whose arrival went past it is given up (reported as lost).
+/// the stream holding the most gives its hole up (reported as lost).
 const MAX_WAITING_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
@@ -50,6 +50,9 @@ struct Stream {
     waiting: BTreeMap<u64, Publication>,
     /// Their frames' bytes.
     bytes: usize,
+    /// The run this stream left for its current one: its late arrivals are stale (epochs have
+    /// no order, so without this one would look like yet another new run).
+    retired: Option<Epoch>,
 }
 
 /// What [`Sequencer::accept`] decided.
@@ -66,6 +69,9 @@ pub(super) struct Accepted {
     /// continue from. A new run (the stream's history was lost, e.g. the broker lost its
     /// data) is one: what the old run had since the last position is gone.
     pub(super) lost: Vec<(usize, Position)>,
+    /// Another topic whose hole was given up to bring the node back within its budget of
+    /// waiting bytes: what it held goes out now.
+    pub(super) given_up: Option<(Topic, Filled)>,
 }
 
 /// What a history read filled in.
@@ -96,9 +102,41 @@ impl Sequencer {
     /// A positioned publication of `topic` arrived from the broker.
     pub(super) fn accept(&mut self, topic: &Topic, publication: Publication) -> Accepted {
         let before = self.streams.get(topic).map_or(0, |stream| stream.bytes);
-        let accepted = self.accept_in(topic, publication);
+        let mut accepted = self.accept_in(topic, publication);
         self.recount(topic, before);
+        if self.waiting_bytes > self.max_waiting_bytes
+            && let Some((biggest, filled)) = self.give_up_biggest()
+        {
+            if biggest == *topic {
+                let at = accepted.deliver.len();
+                accepted
+                    .lost
+                    .extend(filled.lost.into_iter().map(|(i, p)| (at + i, p)));
+                accepted.deliver.extend(filled.deliver);
+                accepted.fetch = None;
+            } else {
+                accepted.given_up = Some((biggest, filled));
+            }
+        }
         accepted
+    }
+
+    /// Gives up the hole of the stream holding the most bytes behind one: what waits goes
+    /// out, the hole reported lost, and its read's answer will be ignored. Scans the streams:
+    /// only when the node is past its budget.
+    fn give_up_biggest(&mut self) -> Option<(Topic, Filled)> {
+        let topic = self
+            .streams
+            .iter()
+            .filter(|(_, stream)| stream.bytes > 0)
+            .max_by_key(|(_, stream)| stream.bytes)
+            .map(|(topic, _)| topic.clone())?;
+        let stream = self.streams.get_mut(&topic)?;
+        let before = stream.bytes;
+        stream.fetching = false;
+        let filled = stream.drain(Vec::new(), None);
+        self.waiting_bytes = self.waiting_bytes - before + stream.bytes;
+        Some((topic, filled))
     }
 
     /// Moves the node's total by what `topic`'s waiting bytes became since `before`.
@@ -108,7 +146,6 @@ impl Sequencer {
     }
 
     fn accept_in(&mut self, topic: &Topic, publication: Publication) -> Accepted {
-        let over_budget = self.waiting_bytes > self.max_waiting_bytes;
         let Some(position) = publication.position.clone() else {
             return Accepted {
                 deliver: vec![publication],
@@ -123,6 +160,7 @@ impl Sequencer {
                     fetching: false,
                     waiting: BTreeMap::new(),
                     bytes: 0,
+                    retired: None,
                 },
             );
             return Accepted {
@@ -130,17 +168,38 @@ impl Sequencer {
                 ..Accepted::default()
             };
         };
+        if stream.retired.as_ref() == Some(&position.epoch) {
+            return Accepted {
+                duplicate: true,
+                ..Accepted::default()
+            };
+        }
         if stream.fetching {
-            if position.epoch == stream.last.epoch && position.offset <= stream.last.offset {
+            if position.epoch != stream.last.epoch {
+                // A new run while a hole of the old one is read (the broker lost its data):
+                // what waits of the old run goes out, its holes announced, then the new run
+                // starts over from this push; the read's answer will be ignored.
+                stream.fetching = false;
+                let mut filled = stream.drain(Vec::new(), None);
+                let before = Position::new(position.offset - 1, position.epoch.clone());
+                filled.lost.push((filled.deliver.len(), before));
+                stream.start_run(position);
+                filled.deliver.push(publication);
+                return Accepted {
+                    deliver: filled.deliver,
+                    lost: filled.lost,
+                    ..Accepted::default()
+                };
+            }
+            if position.offset <= stream.last.offset {
                 return Accepted {
                     duplicate: true,
                     ..Accepted::default()
                 };
             }
             stream.wait(position.offset, publication);
-            if stream.waiting.len() > MAX_WAITING || over_budget {
-                // The read takes too long, or holes hold too much of the node: stop holding;
-                // the hole (if any) is lost.
+            if stream.waiting.len() > MAX_WAITING {
+                // The read takes too long: stop holding; the hole (if any) is lost.
                 stream.fetching = false;
                 let filled = stream.drain(Vec::new(), None);
                 return Accepted {
@@ -154,7 +213,7 @@ impl Sequencer {
         if position.epoch != stream.last.epoch {
             // A new run (the stream's history was reset): start over from it, and say so.
             let before = Position::new(position.offset - 1, position.epoch.clone());
-            stream.last = position;
+            stream.start_run(position);
             return Accepted {
                 deliver: vec![publication],
                 lost: vec![(0, before)],
@@ -221,30 +280,38 @@ impl Sequencer {
         if let Some(top) = &read.top
             && top.epoch != stream.last.epoch
         {
-            // The stream started a new run meanwhile (its history was lost): what the old
-            // run had after `last` is gone; the new run's pushes are passed on from its start.
+            // The stream started a new run meanwhile (its history was lost): what waited of the
+            // old run goes out first (its holes are lost with it), then the new run's pushes
+            // from its start, the change announced between them.
             let epoch = top.epoch.clone();
             let top_offset = top.offset;
-            stream.last = Position::new(0, epoch.clone());
+            let mut filled = stream.drain(Vec::new(), None);
+            filled
+                .lost
+                .push((filled.deliver.len(), Position::new(0, epoch.clone())));
+            stream.start_run(Position::new(0, epoch.clone()));
             let read_the_new_run = read
                 .publications
                 .iter()
                 .any(|p| p.position.as_ref().is_some_and(|p| p.epoch == epoch));
             if !read_the_new_run {
                 // The read asked for the old run (and got nothing of it): read the new one
-                // from its start; what waits keeps waiting.
+                // from its start.
                 stream.fetching = true;
-                return Filled {
-                    deliver: Vec::new(),
-                    lost: vec![(0, Position::new(0, epoch))],
-                    fetch: Some(Since::Start),
-                };
+                filled.fetch = Some(Since::Start);
+                return filled;
             }
-            let mut filled = stream.drain(read.publications, Some(top_offset));
-            if filled.lost.first().is_none_or(|(at, _)| *at != 0) {
-                // The old run's tail is gone (a hole at the new run's start says so already).
-                filled.lost.insert(0, (0, Position::new(0, epoch)));
+            let at = filled.deliver.len();
+            let new_run = stream.drain(read.publications, Some(top_offset));
+            for (index, position) in new_run.lost {
+                // A hole at the new run's start says the same as the change's notice.
+                if index == 0 && filled.lost.last().is_some_and(|(i, _)| *i == at) {
+                    filled.lost.pop();
+                }
+                filled.lost.push((at + index, position));
             }
+            filled.deliver.extend(new_run.deliver);
+            filled.fetch = new_run.fetch;
             if filled.fetch.is_some() {
                 stream.fetching = true;
             }
@@ -272,6 +339,12 @@ impl Sequencer {
 }
 
 impl Stream {
+    /// Moves to another run at `position`, retiring the current one.
+    fn start_run(&mut self, position: Position) {
+        let old = std::mem::replace(&mut self.last, position);
+        self.retired = Some(old.epoch);
+    }
+
     /// Holds `publication` behind the hole.
     fn wait(&mut self, offset: u64, publication: Publication) {
         self.bytes += publication.frame.len();
@@ -302,6 +375,9 @@ impl Stream {
             let Some(position) = publication.position.clone() else {
                 continue;
             };
+            if self.retired.as_ref() == Some(&position.epoch) {
+                continue; // what waited of the run left behind: gone with it
+            }
             let same_run = position.epoch == self.last.epoch;
             if same_run && offset <= self.last.offset {
                 continue;
@@ -558,26 +634,67 @@ mod tests {
     }
 
     #[test]
-    fn holes_give_up_once_the_node_holds_too_many_bytes_behind_them() {
+    fn past_the_node_budget_the_stream_holding_the_most_gives_its_hole_up() {
         let frame = push(1, "e").frame.len();
-        let mut s = Sequencer::with_budget(3 * frame);
+        let mut s = Sequencer::with_budget(4 * frame);
         let other = Topic::App(AppName::parse("other", 128).unwrap());
         for t in [topic(), other.clone()] {
             let _ = s.accept(&t, push(1, "e"));
             assert!(s.accept(&t, push(3, "e")).fetch.is_some());
         }
         assert!(s.accept(&topic(), push(4, "e")).deliver.is_empty());
-        assert_eq!(s.waiting_bytes, 3 * frame);
-        // Past the budget: the topic that went past it stops waiting, its hole reported.
-        let _ = s.accept(&topic(), push(5, "e"));
-        let given_up = s.accept(&topic(), push(6, "e"));
-        assert_eq!(offsets(&given_up.deliver), [3, 4, 5, 6]);
+        assert!(s.accept(&topic(), push(5, "e")).deliver.is_empty());
+        assert_eq!(s.waiting_bytes, 4 * frame);
+        // `other`'s arrival goes past the budget, but `topic` holds the most: it gives up.
+        let accepted = s.accept(&other, push(4, "e"));
+        assert!(accepted.deliver.is_empty() && accepted.lost.is_empty());
+        let (given_up, filled) = accepted.given_up.unwrap();
+        assert_eq!(given_up, topic());
+        assert_eq!(offsets(&filled.deliver), [3, 4, 5]);
         assert_eq!(
-            given_up.lost,
+            filled.lost,
             [(0, Position::new(2, Epoch::parse("e").unwrap()))]
         );
-        assert_eq!(s.waiting_bytes, frame, "only the other topic's 3 waits");
+        assert_eq!(s.waiting_bytes, 2 * frame, "other's 3 and 4 still wait");
+        // Its read's late answer changes nothing; the stream goes on from 5.
+        assert!(s.fetched(&topic(), None).deliver.is_empty());
+        assert_eq!(offsets(&s.accept(&topic(), push(6, "e")).deliver), [6]);
+
+        // When the arrival's own stream holds the most, its answer carries what it held.
+        for offset in [5, 6, 7] {
+            let accepted = s.accept(&other, push(offset, "e"));
+            if offset < 7 {
+                assert!(accepted.deliver.is_empty());
+            } else {
+                assert_eq!(offsets(&accepted.deliver), [3, 4, 5, 6, 7]);
+                assert_eq!(accepted.lost[0].1.offset, 2);
+                assert!(accepted.given_up.is_none() && accepted.fetch.is_none());
+            }
+        }
+        assert_eq!(s.waiting_bytes, 0);
         s.forget(&other);
         assert_eq!(s.waiting_bytes, 0);
+    }
+
+    #[test]
+    fn a_new_run_while_a_hole_is_read_passes_on_what_waited_and_late_old_pushes_are_stale() {
+        let mut s = Sequencer::default();
+        let _ = s.accept(&topic(), push(1, "e1"));
+        let _ = s.accept(&topic(), push(3, "e1"));
+        // The broker lost its data; a push of the new run arrives while 2 is read.
+        let new_run = s.accept(&topic(), push(1, "e2"));
+        assert_eq!(offsets(&new_run.deliver), [3, 1]);
+        let e = |name: &str| Epoch::parse(name).unwrap();
+        assert_eq!(
+            new_run.lost,
+            [
+                (0, Position::new(2, e("e1"))),
+                (1, Position::new(0, e("e2")))
+            ]
+        );
+        // The read of the old run answers late: ignored. A late push of the old run is stale.
+        assert!(s.fetched(&topic(), None).deliver.is_empty());
+        assert!(s.accept(&topic(), push(4, "e1")).duplicate);
+        assert_eq!(offsets(&s.accept(&topic(), push(2, "e2")).deliver), [2]);
     }
 }
