@@ -142,13 +142,20 @@ async fn a_client_that_stops_reading_never_delays_the_others() {
         })
         .collect();
 
+    let mut stuck = Some(stuck);
     let mut stuck_closed_after = None;
+    let mut stuck_reading = None;
     for n in 0..PUSHES {
         server
             .push_ok("flood", -1, &format!("{n:05} {padding}"))
             .await;
         if stuck_closed_after.is_none() && server.stat().await == "flood 3\n" {
             stuck_closed_after = Some(n);
+            // Closed: from now on it reads, so that its close handshake completes within
+            // `timeouts.close` however long the rest of the flood takes on a loaded machine
+            // (past it the server drops the connection without the close frame).
+            let mut stuck = stuck.take().expect("closed once");
+            stuck_reading = Some(tokio::spawn(async move { stuck.expect_close(4100).await }));
         }
     }
     let closed_after = stuck_closed_after.expect("the stuck client was never closed");
@@ -157,8 +164,13 @@ async fn a_client_that_stops_reading_never_delays_the_others() {
         guard("the readers", task).await.unwrap();
     }
 
-    // The stuck client now reads: an in-order prefix of the pushes, then the close frame.
-    let received = stuck.expect_close(4100).await;
+    // What the stuck client read: an in-order prefix of the pushes, then the close frame.
+    let received = guard(
+        "the stuck client's close frame",
+        stuck_reading.expect("spawned"),
+    )
+    .await
+    .unwrap();
     assert!(received.len() <= closed_after + 1);
     for (n, text) in received.iter().enumerate() {
         assert!(
