@@ -7,49 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 // tests: a failure should panic where it happens
-// A counting global allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::live_bytes;
 use gateway_core::{AuthOutcome, ConnId, Hub, HubConfig, Input, MemberId};
-
-struct Counting;
-
-thread_local! {
-    // Per thread, so that tests running in parallel do not count each other.
-    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add(bytes: isize) {
-    let _ = LIVE_BYTES.try_with(|n| n.set(n.get() + bytes));
-}
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.with(Cell::get)
-}
-
-// SAFETY: every method forwards its arguments unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add(-(layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        add(new_size as isize - layout.size() as isize);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// A 128-byte app name (the default maximum), the case where copying it hurt most.
 fn long_name(i: usize) -> String {
