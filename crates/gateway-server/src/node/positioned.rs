@@ -83,12 +83,14 @@ impl Inner {
         }
         let waiting = !self.pending.is_empty() && self.pending.contains_key(&topic);
         let gate = waiting.then(|| topic.clone());
-        let id = self.recoveries.start(Job {
-            conn,
-            topic,
-            recovery,
+        let id = self.recoveries.start(
+            Job {
+                conn,
+                topic,
+                recovery,
+            },
             waiting,
-        });
+        );
         if self
             .held
             .hold_item(conn, gate, Item::Recovery(id), self.held_limits)

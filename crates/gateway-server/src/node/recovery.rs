@@ -27,8 +27,6 @@ pub(super) struct Job {
     pub(super) conn: ConnId,
     pub(super) topic: Topic,
     pub(super) recovery: Recovery,
-    /// Waiting for the broker to confirm the topic before reading.
-    pub(super) waiting: bool,
 }
 
 /// A history read to run once the node's lock is released.
@@ -74,10 +72,11 @@ pub(super) struct Recoveries {
 }
 
 impl Recoveries {
-    pub(super) fn start(&mut self, job: Job) -> u64 {
+    /// Records `job`; `waiting`: it reads only once its topic is confirmed.
+    pub(super) fn start(&mut self, job: Job, waiting: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        if job.waiting {
+        if waiting {
             self.waiting
                 .entry(job.topic.clone())
                 .or_default()
@@ -100,13 +99,14 @@ impl Recoveries {
                 self.by_conn.remove(&job.conn);
             }
         }
-        if job.waiting {
-            self.stop_waiting(&job.topic, id);
-        }
+        self.stop_waiting(&job.topic, id);
         Some(job)
     }
 
     fn stop_waiting(&mut self, topic: &Topic, id: u64) {
+        if self.waiting.is_empty() {
+            return;
+        }
         if let Some(ids) = self.waiting.get_mut(topic) {
             ids.remove(&id);
             if ids.is_empty() {
@@ -117,18 +117,8 @@ impl Recoveries {
 
     /// The jobs that waited for `topic` to be confirmed, oldest first: they may read now.
     pub(super) fn confirmed(&mut self, topic: &Topic) -> Vec<u64> {
-        let ready: Vec<u64> = self
-            .waiting
-            .remove(topic)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for id in &ready {
-            if let Some(job) = self.jobs.get_mut(id) {
-                job.waiting = false;
-            }
-        }
-        ready
+        let ready = self.waiting.remove(topic).unwrap_or_default();
+        ready.into_iter().collect()
     }
 
     /// From now on, `conn`'s live pushes of `app` up to `top` are left out.
@@ -180,9 +170,7 @@ impl Recoveries {
             return;
         };
         for id in ids {
-            if let Some(job) = self.jobs.remove(&id)
-                && job.waiting
-            {
+            if let Some(job) = self.jobs.remove(&id) {
                 self.stop_waiting(&job.topic, id);
             }
         }
@@ -235,13 +223,15 @@ pub(super) fn outcome(
     if !read.recovered(since) {
         return (Some(false), read.top, Vec::new());
     }
-    let reaches_top = |frames: &[Publication]| match (&read.top, frames.last()) {
+    // The read was limited to one more than the cap: a replay that does not end at the top
+    // left pushes out.
+    let reaches_top = match (&read.top, read.publications.last()) {
         (None, _) => true,
         (Some(top), _) if top.offset == since.offset() => true,
         (Some(top), Some(last)) => last.position.as_ref() == Some(top),
         (Some(_), None) => false,
     };
-    if read.publications.len() > cap.messages || !reaches_top(&read.publications) {
+    if read.publications.len() > cap.messages || !reaches_top {
         return (Some(false), read.top, Vec::new());
     }
     let frames: Vec<Frame> = read
@@ -265,29 +255,27 @@ mod tests {
         Topic::App(AppName::parse(app, 128).unwrap())
     }
 
-    fn job(conn: u64, app: &str, waiting: bool) -> Job {
+    fn job(conn: u64, app: &str) -> Job {
         Job {
             conn: ConnId::new(conn),
             topic: topic(app),
             recovery: Recovery::Positions,
-            waiting,
         }
     }
 
     #[test]
     fn confirmations_and_disconnections_find_their_jobs_and_leave_no_entry_behind() {
         let mut r = Recoveries::default();
-        let a1 = r.start(job(1, "a", true));
-        let a2 = r.start(job(2, "a", true));
-        let b2 = r.start(job(2, "b", true));
-        let c3 = r.start(job(3, "c", false));
+        let a1 = r.start(job(1, "a"), true);
+        let a2 = r.start(job(2, "a"), true);
+        let b2 = r.start(job(2, "b"), true);
+        let c3 = r.start(job(3, "c"), false);
         assert_eq!(r.sizes(), (4, 2, 3));
 
         // Connection 1 leaves: its job no longer waits for `a`.
         r.forget(ConnId::new(1));
         assert!(r.job(a1).is_none());
         assert_eq!(r.confirmed(&topic("a")), [a2]);
-        assert!(!r.job(a2).unwrap().waiting);
         assert!(r.confirmed(&topic("a")).is_empty(), "confirmed once");
 
         // Finished jobs leave both indexes.
